@@ -1,0 +1,25 @@
+# The README's two commands:  `make demo`  and  `make test`.
+# Both install what they need first (install/install.sh is idempotent).
+PY := .venv/bin/python
+export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD := 1
+export OMP_NUM_THREADS ?= 1
+export MPLBACKEND := Agg
+
+.PHONY: install demo test test-slow test-all bench clean
+install:
+	bash install/install.sh
+
+demo: install
+	$(PY) examples/demo.py
+
+test: install
+	$(PY) -m pytest -q -n 2 --timeout=900 tests
+
+test-slow: install
+	$(PY) -m pytest -q -m slow --timeout=3600 tests
+
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow" --timeout=3600 tests
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache

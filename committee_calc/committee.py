@@ -1,0 +1,244 @@
+"""CommitteeCalculator: an ASE calculator over an ensemble of models.
+
+Drop-in: ``atoms.calc = CommitteeCalculator([calc_a, calc_b, ...])`` and every
+ASE optimiser, filter and MD integrator sees the committee mean under the
+standard keys; spreads and per-member values sit beside them (schema in
+:mod:`committee_calc.uncertainty`).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from .errors import CalibrationError, ConfigError, MemberPropertyError, NonFiniteOutputError
+from .members.ase_member import ASEMember
+from .members.base import Member
+from .molecules import count_molecules
+from .uncertainty import aggregate
+
+_BASE = (
+    "energy", "free_energy", "forces",
+    "energy_members", "forces_members",
+    "energy_std", "energy_std_per_atom", "forces_std", "forces_std_atom",
+    "forces_std_max", "force_uncertainty_relative", "n_nonfinite",
+)
+_STRESS = ("stress", "stress_members", "stress_std")
+_ENERGIES = ("energies", "energies_members", "energies_std")
+CALIBRATION_KEYS = ("energy", "forces", "stress", "energies")
+
+
+def validate_calibration(calibration) -> dict:
+    """Check α factors: known quantities, finite, > 0."""
+    if calibration is None:
+        return {}
+    if not isinstance(calibration, dict):
+        raise CalibrationError(f"calibration must be a mapping like {{energy: 1.2}}, got {calibration!r}")
+    out = {}
+    for k, v in calibration.items():
+        if k not in CALIBRATION_KEYS:
+            raise CalibrationError(f"unknown calibration quantity {k!r}; use {CALIBRATION_KEYS}")
+        try:
+            a = float(v)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"calibration factor for {k!r} must be a number, got {v!r}") from None
+        if not math.isfinite(a) or a <= 0:
+            raise CalibrationError(f"calibration factor for {k!r} must be finite and > 0, got {v!r}")
+        out[k] = a
+    return out
+
+
+def _as_member(obj, i) -> Member:
+    if isinstance(obj, Member):
+        return obj
+    if hasattr(obj, "get_property"):
+        return ASEMember(obj, name=f"member{i}")
+    raise ConfigError(f"committee member {i} ({obj!r}) is neither a Member nor an ASE calculator")
+
+
+class CommitteeCalculator(Calculator):
+    """Committee mean and spread of M ≥ 2 members.
+
+    Parameters
+    ----------
+    members:
+        ASE calculators and/or :class:`~committee_calc.members.base.Member`
+        adapters (see :func:`committee_calc.load_committee` for YAML specs).
+    calibration:
+        α factors ``{"energy": α_E, "forces": α_F, "stress": α_S}`` that
+        scale the spreads (never the means); default 1.
+    molecules:
+        molecule count for per-molecule uncertainty: an int, ``"auto"``
+        (connectivity via covalent radii, recomputed when atomic numbers
+        change) or None (no per-molecule key).
+    stress:
+        ``"auto"`` computes stress for 3-D periodic cells when every member
+        supports it; ``True`` always (error on non-periodic); ``False`` never.
+    require:
+        properties every member must provide (checked at construction).
+    """
+
+    implemented_properties = _BASE + _STRESS + _ENERGIES + ("energy_std_per_molecule",)
+    default_parameters: dict = {}
+
+    def __init__(self, members, calibration=None, molecules=None, stress="auto",
+                 require=("energy", "forces"), **kwargs):
+        super().__init__(**kwargs)
+        members = list(members)
+        if len(members) < 2:
+            raise ConfigError(
+                f"a committee needs at least 2 members, got {len(members)}; a spread "
+                "over one model is undefined"
+            )
+        ids = [id(getattr(m, "calc", m)) for m in members]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("the same calculator object appears twice in the committee; "
+                              "give each member its own instance")
+        self.members = [_as_member(m, i) for i, m in enumerate(members)]
+        for p in require:
+            lacking = [m.name for m in self.members if p not in m.implemented_properties]
+            if lacking:
+                raise MemberPropertyError(
+                    f"committee members {lacking} do not provide {p!r}; every member must"
+                )
+        self.calibration = validate_calibration(calibration)
+        if stress not in ("auto", True, False):
+            raise ConfigError(f"stress must be 'auto', True or False, got {stress!r}")
+        self.stress_mode = stress
+        if molecules is not None and molecules != "auto":
+            if not isinstance(molecules, (int, np.integer)) or molecules < 1:
+                raise ConfigError(f"molecules must be a positive int or 'auto', got {molecules!r}")
+        self.molecules = molecules
+        self._n_molecules = None if molecules == "auto" else molecules
+        common = set.intersection(*(set(m.implemented_properties) for m in self.members))
+        props = list(_BASE)
+        if "stress" in common:
+            props += _STRESS
+        props += _ENERGIES  # only present in results when every member returns them
+        if molecules is not None:
+            props.append("energy_std_per_molecule")
+        # a fresh tuple per instance: never mutate the class-level declaration
+        self.implemented_properties = tuple(props)
+        self.member_properties = tuple(sorted(common))
+        self.n_calls = 0
+        self.member_calls = [0] * len(self.members)
+        self._groups = self._make_groups()
+
+    # ------------------------------------------------------------------
+    def _make_groups(self):
+        groups: "OrderedDict" = OrderedDict()
+        for i, m in enumerate(self.members):
+            key = m.group_key()
+            groups.setdefault((type(m), key) if key is not None else ("solo", i), []).append(i)
+        return list(groups.values())
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    def _want_stress(self, atoms, properties) -> bool:
+        periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+        has = "stress" in self.member_properties
+        asked = any(p.startswith("stress") for p in properties)
+        if asked and not has:
+            lacking = [m.name for m in self.members if "stress" not in m.implemented_properties]
+            raise MemberPropertyError(
+                f"stress requested but members {lacking} cannot compute it; use members "
+                "with stress or do not ask for it (e.g. no cell filter)"
+            )
+        if self.stress_mode is False:
+            if asked:
+                raise MemberPropertyError("stress requested but the committee was built with stress=False")
+            return False
+        if asked and not periodic:
+            raise MemberPropertyError("stress requested for a structure that is not 3-D periodic")
+        if self.stress_mode is True:
+            return True
+        return has and periodic
+
+    def evaluate_members(self, atoms, properties=("energy", "forces")) -> list:
+        """Raw per-member predictions (list of M dicts) for ``atoms``."""
+        for m in self.members:
+            m.check_atoms(atoms)
+        preds = [None] * len(self.members)
+        for idx in self._groups:
+            group = [self.members[i] for i in idx]
+            copy = atoms.copy()
+            copy.calc = None
+            out = type(group[0]).predict_group(group, copy, properties) if len(group) > 1 \
+                else [group[0].predict(copy, properties)]
+            for i, p in zip(idx, out):
+                preds[i] = p
+                self.member_calls[i] += 1
+        return preds
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        props = ["energy", "forces"]
+        if self._want_stress(atoms, properties):
+            props.append("stress")
+        if "energies" in self.member_properties or any(p.startswith("energies") for p in properties):
+            props.append("energies")
+        preds = self.evaluate_members(atoms, props)
+        self.n_calls += 1
+        self.results = aggregate(preds, self.calibration)
+        if self.molecules is not None:
+            if self._n_molecules is None or "numbers" in system_changes:
+                self._n_molecules = (count_molecules(atoms) if self.molecules == "auto"
+                                     else self.molecules)
+            self.results["energy_std_per_molecule"] = self.results["energy_std"] / self._n_molecules
+            self.results["n_molecules"] = self._n_molecules
+
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        if name not in self.implemented_properties:
+            raise MemberPropertyError(
+                f"property {name!r} is not available from this committee; available: "
+                f"{list(self.implemented_properties)}"
+            )
+        if name.startswith("stress"):
+            self._want_stress(atoms if atoms is not None else self.atoms, [name])
+        return super().get_property(name, atoms, allow_calculation)
+
+    # ------------------------------------------------------------------
+    def predict(self, structures, batch_size: int | None = None, properties=None,
+                progress: bool = False) -> list:
+        """Committee results (schema dicts) for many structures.
+
+        Does not touch ``self.results``; each structure is evaluated once.
+        Backends that can batch several structures implement
+        ``Member.predict_batch``; others are looped.
+        """
+        from .progress import progress_iter
+
+        out = []
+        for atoms in progress_iter(list(structures), enabled=progress, desc="predict"):
+            props = ["energy", "forces"]
+            if self._want_stress(atoms, properties or ()):
+                props.append("stress")
+            if "energies" in self.member_properties:
+                props.append("energies")
+            preds = self.evaluate_members(atoms, props)
+            self.n_calls += 1
+            try:
+                out.append(aggregate(preds, self.calibration))
+            except NonFiniteOutputError:
+                if properties is not None and "raise" in properties:
+                    raise
+                out.append({"n_nonfinite": len(preds), "energy": float("nan")})
+        return out
+
+    def with_calibration(self, calibration) -> "CommitteeCalculator":
+        """Same members, new α factors (a new calculator; members shared)."""
+        new = CommitteeCalculator.__new__(CommitteeCalculator)
+        new.__dict__.update(self.__dict__)
+        new.calibration = validate_calibration(calibration)
+        new.results = {}
+        new.atoms = None
+        return new
+
+    def __repr__(self):
+        names = ", ".join(m.name for m in self.members)
+        return f"CommitteeCalculator(M={len(self.members)}: {names})"

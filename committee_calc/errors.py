@@ -1,0 +1,67 @@
+"""One exception hierarchy for committee_calc, rooted in ASE's ``CalculatorError``.
+
+Every error names the problem and what to do about it.  Catch
+:class:`CommitteeError` to handle all of them; the extra built-in bases
+(``ValueError``, ``FileNotFoundError``, ``ImportError``...) let existing code
+that catches those keep working.
+"""
+from ase.calculators.calculator import CalculatorError, PropertyNotImplementedError
+
+
+class CommitteeError(CalculatorError):
+    """Base class of every committee_calc error."""
+
+
+class ConfigError(CommitteeError, ValueError):
+    """An invalid setting: committee/reference YAML, threshold, option value."""
+
+
+class UnitError(ConfigError):
+    """An unknown or inconsistent unit."""
+
+
+class ModelFileError(CommitteeError, OSError):
+    """A model file or folder is missing, unreadable or corrupt."""
+
+
+class BackendUnavailableError(CommitteeError, ImportError):
+    """The framework a member needs is not installed (or lacks a feature)."""
+
+
+class UnknownSpeciesError(CommitteeError, ValueError):
+    """A structure contains an element a member model was not trained on."""
+
+
+class CutoffMismatchError(CommitteeError, ValueError):
+    """Members that must share work (one graph, one batch) have different cutoffs."""
+
+
+class MemberPropertyError(CommitteeError, PropertyNotImplementedError):
+    """A property was requested that not every committee member provides."""
+
+
+class NonFiniteOutputError(CommitteeError, FloatingPointError):
+    """No committee member returned a finite value: nothing can be averaged."""
+
+
+class CalibrationError(CommitteeError, ValueError):
+    """Calibration could not be fitted (too few members or samples, zero spread)."""
+
+
+class StructureReadError(CommitteeError, OSError):
+    """An input structure file cannot be read or holds no structures."""
+
+
+class ReferenceCalculationError(CommitteeError):
+    """The reference (e.g. DFT) calculation failed, crashed or timed out."""
+
+
+class LabelStoreError(CommitteeError, OSError):
+    """The label store cannot be opened or appended to safely."""
+
+
+class GateStop(CommitteeError):
+    """Raised by a gate when a hard uncertainty cap is exceeded: stop, do not label."""
+
+
+__all__ = [name for name in dir() if name.endswith(("Error", "Stop"))]

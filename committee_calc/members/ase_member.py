@@ -1,0 +1,78 @@
+"""The generic member: any ASE calculator instance (or import path + parameters)."""
+from __future__ import annotations
+
+import importlib
+
+from ase.calculators.calculator import Calculator
+
+from ..errors import BackendUnavailableError, ConfigError
+from .base import MEMBER_PROPERTIES, Member, as_prediction
+
+
+def import_object(path: str):
+    """Import ``package.module.Name`` (or ``package.module:Name``)."""
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"expected an import path like 'ase.calculators.emt.EMT', got {path!r}")
+    mod, _, attr = path.replace(":", ".").rpartition(".")
+    if not mod:
+        raise ConfigError(f"import path {path!r} needs a module, e.g. 'ase.calculators.emt.EMT'")
+    try:
+        module = importlib.import_module(mod)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"cannot import {mod!r} for {path!r}: {exc}. Install the package that "
+            "provides it (see install/install.sh) or fix the path."
+        ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {mod!r} has no attribute {attr!r} (from {path!r})") from None
+
+
+class ASEMember(Member):
+    """Wrap one ASE calculator.
+
+    The calculator is called through its own API (``get_properties``) on the
+    committee's private copy of the atoms, so its own result caching works and
+    the user's ``atoms.calc`` is never touched.
+    """
+
+    backend = "ase"
+
+    def __init__(self, calc, name: str | None = None, species=None, cutoff=None):
+        if not hasattr(calc, "get_property"):
+            raise ConfigError(
+                f"member {name or calc!r} is not an ASE calculator (no get_property); "
+                "pass a Calculator instance"
+            )
+        super().__init__(name or type(calc).__name__)
+        self.calc = calc
+        self.species = frozenset(species) if species else None
+        self.cutoff = cutoff
+        props = tuple(getattr(calc, "implemented_properties", ()))
+        self.implemented_properties = tuple(p for p in MEMBER_PROPERTIES if p in props)
+
+    @classmethod
+    def from_spec(cls, spec: dict, base_dir=None) -> "ASEMember":
+        path = spec.get("calculator")
+        if path is None:
+            raise ConfigError("an 'ase' member needs 'calculator: <import path>'")
+        factory = import_object(path)
+        params = dict(spec.get("parameters") or {})
+        try:
+            calc = factory(**params)
+        except TypeError as exc:
+            raise ConfigError(f"cannot construct {path} with parameters {params}: {exc}") from exc
+        if not isinstance(calc, Calculator) and not hasattr(calc, "get_property"):
+            raise ConfigError(f"{path} did not build an ASE calculator")
+        return cls(calc, name=spec.get("name"), species=spec.get("species"), cutoff=spec.get("cutoff"))
+
+    def predict(self, atoms, properties):
+        want = [p for p in properties if p in self.implemented_properties]
+        results = {p: self.calc.get_property(p, atoms) for p in want}
+        merged = dict(getattr(self.calc, "results", {}) or {})
+        merged.update(results)
+        return as_prediction(merged, len(atoms))
+
+    def describe(self):
+        return {"backend": "ase", "name": self.name, "calculator": type(self.calc).__name__}

@@ -1,0 +1,110 @@
+"""Committee statistics: means, spreads and summary measures.
+
+Every spread is a sample standard deviation over members (``ddof=1``) in the
+unit of its quantity, multiplied by the calibration factor α of that quantity.
+Shapes: M members, N atoms.
+
+========================== ======== ======= =======================================
+key                        shape    unit    meaning
+========================== ======== ======= =======================================
+energy, free_energy        ()       eV      committee mean
+forces                     (N,3)    eV/Å    mean
+stress                     (6,)     eV/Å³   mean, Voigt, ASE sign convention
+energies                   (N,)     eV      mean per-atom energies
+energy_members             (M,)     eV      per member (raw, uncalibrated)
+forces_members             (M,N,3)  eV/Å    per member
+stress_members             (M,6)    eV/Å³   per member
+energies_members           (M,N)    eV      per member
+energy_std                 ()       eV      α_E · std(energy_members, ddof=1)
+energy_std_per_atom        ()       eV      energy_std / N
+forces_std                 (N,3)    eV/Å    α_F · per-component std
+forces_std_atom            (N,)     eV/Å    sqrt(sum over xyz of forces_std²)
+forces_std_max             ()       eV/Å    max(forces_std_atom)
+force_uncertainty_relative ()       1       max‖σ_F,i‖ / max‖F̄_i‖ (Hessmann et al.)
+stress_std                 (6,)     eV/Å³   α_S · per-component std
+n_nonfinite                ()       1       members with non-finite output
+========================== ======== ======= =======================================
+
+A member with non-finite output is left out of the means and makes every
+spread equal :data:`UNCERTAIN` (a finite sentinel, "infinitely uncertain")
+with ``n_nonfinite > 0`` as the flag.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import NonFiniteOutputError
+
+#: spread reported when a member returned NaN/inf (eV, eV/Å, eV/Å³ or 1)
+UNCERTAIN = 1.0e6
+#: floor of max‖F̄‖ in the relative force uncertainty, eV/Å
+FORCE_FLOOR = 1.0e-8
+
+QUANTITIES = ("energy", "forces", "stress", "energies")
+
+
+def _std(stack: np.ndarray, alpha: float) -> np.ndarray:
+    return alpha * np.std(stack, axis=0, ddof=1)
+
+
+def force_uncertainty_relative(forces_mean: np.ndarray, forces_std_atom: np.ndarray) -> float:
+    """U = max_i ‖σ_F,i‖ / max_i ‖F̄_i‖ (denominator floored at FORCE_FLOOR)."""
+    fmax = float(np.max(np.linalg.norm(forces_mean, axis=1))) if len(forces_mean) else 0.0
+    smax = float(np.max(forces_std_atom)) if len(forces_std_atom) else 0.0
+    return smax / max(fmax, FORCE_FLOOR)
+
+
+def aggregate(predictions: list, calibration: dict | None = None) -> dict:
+    """Combine per-member prediction dicts into the committee result schema.
+
+    ``predictions``: list of M dicts as returned by ``Member.predict``.
+    ``calibration``: optional ``{"energy": α_E, "forces": α_F, "stress": α_S}``.
+    Only quantities present in every member's prediction are aggregated.
+    """
+    alpha = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "energies": None}
+    alpha.update(calibration or {})
+    if alpha["energies"] is None:
+        alpha["energies"] = alpha["energy"]
+    m = len(predictions)
+    keys = [q for q in QUANTITIES if all(q in p for p in predictions)]
+    stacks = {q: np.array([p[q] for p in predictions], dtype=float) for q in keys}
+
+    finite = np.ones(m, dtype=bool)
+    for q, s in stacks.items():
+        finite &= np.isfinite(s.reshape(m, -1)).all(axis=1)
+    n_bad = int(m - finite.sum())
+    if finite.sum() == 0:
+        raise NonFiniteOutputError(
+            "every committee member returned non-finite energy/forces/stress; the "
+            "structure is far outside the training data (or the models are broken)"
+        )
+
+    res: dict = {"n_nonfinite": n_bad}
+    for q, s in stacks.items():
+        good = s[finite]
+        res[q] = good.mean(axis=0) if q != "energy" else float(good.mean())
+        res[f"{q}_members"] = s.copy()
+        if n_bad or len(good) < 2:
+            res[f"{q}_std"] = np.full_like(good[0], UNCERTAIN) if q != "energy" else UNCERTAIN
+        else:
+            std = _std(good, alpha[q])
+            res[f"{q}_std"] = float(std) if q == "energy" else std
+    if "energy" in res:
+        res["free_energy"] = res["energy"]
+    if "forces" in res:
+        natoms = res["forces"].shape[0]
+        fsa = np.sqrt(np.sum(res["forces_std"] ** 2, axis=1))
+        res["forces_std_atom"] = fsa
+        res["forces_std_max"] = float(fsa.max()) if natoms else 0.0
+        res["force_uncertainty_relative"] = (
+            UNCERTAIN if n_bad else force_uncertainty_relative(res["forces"], fsa)
+        )
+        res["energy_std_per_atom"] = res["energy_std"] / max(natoms, 1)
+    return res
+
+
+def energy_std_per_molecule(energy_std_eV: float, n_molecules: int) -> float:
+    """Energy spread per molecule in eV (total spread / molecule count)."""
+    if n_molecules is None or int(n_molecules) < 1:
+        raise ValueError(f"n_molecules must be a positive integer, got {n_molecules!r}")
+    return float(energy_std_eV) / int(n_molecules)

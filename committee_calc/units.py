@@ -1,0 +1,88 @@
+"""Unit conversion at the edges.  Internally everything is eV, Å, K, eV/Å³.
+
+Energies given by users may carry a unit; per-molecule energies (the CSP
+convention) are converted with an explicit molecule count.
+"""
+from __future__ import annotations
+
+import math
+
+from ase import units as _u
+
+from .errors import UnitError
+
+#: eV per 1 kJ/mol (per molecule / per formula unit).
+KJMOL = _u.kJ / _u.mol
+#: eV per 1 kcal/mol.
+KCALMOL = _u.kcal / _u.mol
+#: eV/Å³ per GPa.
+GPA = _u.GPa
+#: J/K/mol per eV/K (per formula unit)
+JKMOL_PER_EVK = _u.mol / _u.J
+
+ENERGY_UNITS = {
+    "eV": 1.0,
+    "meV": 1.0e-3,
+    "kJ/mol": KJMOL,
+    "kcal/mol": KCALMOL,
+    "Hartree": _u.Hartree,
+    "Ha": _u.Hartree,
+    "Ry": _u.Rydberg,
+}
+LENGTH_UNITS = {"Angstrom": 1.0, "Å": 1.0, "A": 1.0, "Bohr": _u.Bohr, "nm": 10.0}
+PRESSURE_UNITS = {"eV/A^3": 1.0, "eV/Å³": 1.0, "GPa": GPA, "bar": _u.bar, "kbar": 1e3 * _u.bar}
+
+
+def _lookup(table, unit, kind):
+    try:
+        return table[unit]
+    except KeyError:
+        raise UnitError(
+            f"unknown {kind} unit {unit!r}; use one of {sorted(table)}"
+        ) from None
+
+
+def energy_factor(unit: str) -> float:
+    """eV per one ``unit`` of energy."""
+    return _lookup(ENERGY_UNITS, unit, "energy")
+
+
+def length_factor(unit: str) -> float:
+    """Å per one ``unit`` of length."""
+    return _lookup(LENGTH_UNITS, unit, "length")
+
+
+def pressure_factor(unit: str) -> float:
+    """eV/Å³ per one ``unit`` of pressure."""
+    return _lookup(PRESSURE_UNITS, unit, "pressure")
+
+
+def kjmol_to_ev(value_kjmol: float) -> float:
+    """kJ/mol -> eV (per molecule stays per molecule)."""
+    return float(value_kjmol) * KJMOL
+
+
+def ev_to_kjmol(value_ev: float) -> float:
+    """eV -> kJ/mol."""
+    return float(value_ev) / KJMOL
+
+
+def gpa_to_ev_per_a3(value_gpa: float) -> float:
+    return float(value_gpa) * GPA
+
+
+def ev_per_a3_to_gpa(value: float) -> float:
+    return float(value) / GPA
+
+
+def check_positive(name: str, value, allow_zero: bool = False, allow_inf: bool = False) -> float:
+    """Validate a threshold-like number: finite (unless allowed), > 0 (or >= 0)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UnitError(f"{name} must be a number, got {value!r}") from None
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise UnitError(f"{name} must be finite, got {value!r}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise UnitError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
