@@ -1,0 +1,119 @@
+"""Crash-safe file helpers shared by the drivers.
+
+Every output a driver resumes from is written atomically (temporary file in
+the same folder, fsync, rename), so a kill leaves the old or the new version,
+never half of one.  Per-step CSV logs are appended a whole line at a time
+and fsynced; ``CsvLog.rows()`` reads them back for resuming (a torn last line
+from a kill is ignored and rewritten).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_json_atomic(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+
+
+def load_json(path, default=None):
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text())
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_structures_atomic(path, images, format="extxyz") -> None:
+    """Write a list of Atoms to ``path`` atomically (whole file replaced)."""
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, list(images), format=format)
+    atomic_write_text(path, buf.getvalue())
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header; one fsynced write per row."""
+
+    def __init__(self, path, columns):
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size:
+            self._repair()
+            with open(self.path, newline="") as fh:
+                header = next(csv.reader(fh), None)
+            if header != self.columns:
+                from .errors import ConfigError
+
+                raise ConfigError(
+                    f"{self.path} has columns {header}, expected {self.columns}; it belongs "
+                    "to a different run or version; use a new output folder"
+                )
+        else:
+            self._write_line(self.columns, mode="w")
+
+    def _repair(self):
+        """Drop a torn last line (no trailing newline) left by a kill."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            atomic_write_bytes(self.path, data[:cut])
+
+    def _write_line(self, values, mode="a"):
+        buf = io.StringIO()
+        csv.writer(buf).writerow(values)
+        with open(self.path, mode) as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def append(self, row: dict) -> None:
+        self._write_line([_fmt(row.get(c, "")) for c in self.columns])
+
+    def rows(self) -> list:
+        with open(self.path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def __len__(self):
+        return len(self.rows())
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return repr(v)
+    return v
