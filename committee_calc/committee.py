@@ -193,6 +193,8 @@ class CommitteeCalculator(Calculator):
             self.results["n_molecules"] = self._n_molecules
 
     def get_property(self, name, atoms=None, allow_calculation=True):
+        if name.startswith("stress") and "stress" not in self.member_properties:
+            self._want_stress(self.atoms, [name])  # raises, naming the members
         if name not in self.implemented_properties:
             raise MemberPropertyError(
                 f"property {name!r} is not available from this committee; available: "

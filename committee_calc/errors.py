@@ -64,4 +64,13 @@ class GateStop(CommitteeError):
     """Raised by a gate when a hard uncertainty cap is exceeded: stop, do not label."""
 
 
-__all__ = [name for name in dir() if name.endswith(("Error", "Stop"))]
+class MoleculeError(CommitteeError, ValueError):
+    """Molecules cannot be identified (periodic bond network, bad or disconnected labels)."""
+
+
+class TrainingError(CommitteeError, RuntimeError):
+    """A member's training run failed (framework trainer error, bad training set)."""
+
+
+__all__ = [name for name, obj in list(globals().items())
+           if isinstance(obj, type) and obj.__module__ == __name__]

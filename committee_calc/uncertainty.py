@@ -94,6 +94,8 @@ def aggregate(predictions: list, calibration: dict | None = None) -> dict:
     if "forces" in res:
         natoms = res["forces"].shape[0]
         fsa = np.sqrt(np.sum(res["forces_std"] ** 2, axis=1))
+        if n_bad:
+            fsa = np.full(natoms, UNCERTAIN)
         res["forces_std_atom"] = fsa
         res["forces_std_max"] = float(fsa.max()) if natoms else 0.0
         res["force_uncertainty_relative"] = (

@@ -70,9 +70,11 @@ class ASEMember(Member):
     def predict(self, atoms, properties):
         want = [p for p in properties if p in self.implemented_properties]
         results = {p: self.calc.get_property(p, atoms) for p in want}
-        merged = dict(getattr(self.calc, "results", {}) or {})
-        merged.update(results)
-        return as_prediction(merged, len(atoms))
+        # per-atom energies come for free with many calculators: keep them if computed
+        extra = getattr(self.calc, "results", {}) or {}
+        if "energies" not in results and extra.get("energies") is not None:
+            results["energies"] = extra["energies"]
+        return as_prediction(results, len(atoms))
 
     def describe(self):
         return {"backend": "ase", "name": self.name, "calculator": type(self.calc).__name__}
