@@ -1,0 +1,140 @@
+"""QHA layer: phonopy-qha reproduction, committee aggregation (cu_emt_committee), bad input."""
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.mixing import LinearCombinationCalculator
+
+from committee_calc.committee import CommitteeCalculator
+from committee_calc.errors import ConfigError
+from committee_calc.phonons import PhononSettings
+from committee_calc.qha import (EV_A3_TO_GPA, EV_TO_KJMOL, QHAInputs, QHAWarning,
+                                inputs_from_points, run_committee_qha, run_qha_arrays)
+from committee_calc.qha_io import inputs_from_phonopy_files, read_qha_csv
+from committee_calc.qha_volumes import run_volume_point, scaled_structures
+
+DATA = Path(__file__).parent / "data" / "qha"
+SCALES = [0.99, 0.995, 1.0, 1.005, 1.01, 1.015, 1.02, 1.025, 1.03]
+pytestmark = pytest.mark.filterwarnings("ignore:Half-grid shift")
+#: cu_emt tolerances: (our attribute, reference key, factor to reference unit, atol)
+TOL = [("volume_A3", "volume_A3", 1.0, 1e-5), ("gibbs_eV", "gibbs_eV", 1.0, 1e-6),
+       ("bulk_modulus_eV_A3", "bulk_modulus_GPa", EV_A3_TO_GPA, 2e-3),
+       ("thermal_expansion_per_K", "thermal_expansion_volumetric_per_K", 1.0, 1e-8),
+       ("heat_capacity_P_eV_per_K", "heat_capacity_P_polyfit_J_per_K_mol", EV_TO_KJMOL * 1e3, 1e-3)]
+
+
+def _cu_emt_inputs(idx=range(9)):
+    d = DATA / "cu_emt" / "inputs"
+    idx = list(idx)
+    full = inputs_from_phonopy_files(d / "e-v.dat", [d / f"thermal_properties.yaml-{i:02d}"
+                                                     for i in range(9)])
+    return QHAInputs(full.volumes_A3[idx], full.energies_eV[idx], full.temperatures_K,
+                     full.free_energy_eV[:, idx], full.entropy_eV_per_K[:, idx],
+                     full.heat_capacity_eV_per_K[:, idx])
+
+
+@pytest.mark.parametrize("case,efe", [("reference", False), ("reference_efe", True)])
+def test_cu_qha_phonopy_example_via_driver(tmp_path, case, efe):
+    from drivers.qha import run
+
+    d = DATA / "cu_qha_vasp_phonopy_example"
+    argv = ["--ev", str(d / "inputs" / "e-v.dat"), "--thermal-properties",
+            *[str(d / "inputs" / f"thermal_properties.yaml-{i:02d}") for i in range(11)],
+            "--out", str(tmp_path), "--qha-tmax-K", "1300", "--no-plots"]
+    if efe:
+        argv += ["--efe", str(d / "inputs" / "fe-v.dat")]
+    assert run(argv) == 0
+    got = read_qha_csv(tmp_path / "qha.csv")
+    assert len(got["T_K"]) == 131 and got["T_K"][-1] == 1300
+    checks = [("V_A3", "volume-temperature", 1e-6), ("G_eV", "gibbs-temperature", 1e-7),
+              ("B_T_GPa", "bulk_modulus-temperature", 1e-4),
+              ("beta_V_per_K", "thermal_expansion", 1e-10),
+              ("C_P_numerical_J_per_K_mol", "Cp-temperature", 1e-4)]
+    if not efe:
+        checks.append(("C_P_J_per_K_mol", "Cp-temperature_polyfit", 1e-4))
+    for col, name, atol in checks:
+        ref = np.loadtxt(d / case / f"{name}.dat")
+        n = min(len(ref), len(got["T_K"]))
+        np.testing.assert_allclose(got["T_K"][:n], ref[:n, 0])
+        np.testing.assert_allclose(got[col][:n], ref[:n, 1], atol=atol, err_msg=col)
+
+
+def test_cu_emt_qha_layer_from_thermal_yaml():
+    """The 7-decimal yaml of cu_emt -> QHA within the cu_emt tolerances (80 temperatures)."""
+    ref = json.loads((DATA / "cu_emt" / "reference" / "qha_summary.json").read_text())
+    r = run_qha_arrays(_cu_emt_inputs())
+    assert len(r.temperatures_K) == 80
+    np.testing.assert_array_equal(r.temperatures_K, np.arange(0, 800, 10))
+    for attr, key, f, atol in TOL:
+        np.testing.assert_allclose(getattr(r, attr) * f, ref[key], atol=atol, err_msg=attr)
+
+
+def test_too_few_volumes_and_unbracketed_range():
+    with pytest.raises(ConfigError, match="at least 5 volumes"):
+        _cu_emt_inputs(range(4))
+    # volumes 3..8 lie above the E(V) minimum (index 2): warn with the fitted minimum
+    with pytest.warns(QHAWarning, match=r"do not bracket the minimum.*fitted minimum is V0 = 11\.5"):
+        run_committee_qha(_cu_emt_inputs(range(3, 9)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QHAWarning)
+        run_committee_qha(_cu_emt_inputs(), t_max_K=300)
+
+
+@pytest.fixture(scope="module")
+def committee_qha():
+    com = CommitteeCalculator([LinearCombinationCalculator([EMT()], [w]) for w in (0.97, 1.0, 1.03)])
+    settings = PhononSettings(supercell_matrix=3, distance_A=0.01, mesh=(20, 20, 20),
+                              t_min_K=0, t_max_K=800, t_step_K=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pts = [run_volume_point(a, com, settings, relax="none")
+               for a in scaled_structures(bulk("Cu", "fcc", a=3.59), linear_scales=SCALES)]
+    inputs = inputs_from_points([(p.energy_eV, p.phonons) for p in pts],
+                                np.array([p.energies_members_eV for p in pts]).T)
+    return run_committee_qha(inputs, eos="vinet", ddof=1), pts
+
+
+def test_cu_emt_committee_members_and_both_aggregations(committee_qha):
+    res, pts = committee_qha
+    d = DATA / "cu_emt_committee" / "reference"
+    members = json.loads((d / "committee_members.json").read_text())
+    stats = json.loads((d / "committee_stats.json").read_text())
+    cu = json.loads((DATA / "cu_emt" / "reference" / "qha_summary.json").read_text())
+    np.testing.assert_allclose([p.energies_members_eV for p in pts],
+                               np.array([members[k]["energies_eV"] for k in members]).T, atol=1e-9)
+    for k, key in enumerate(["0.97", "1.0", "1.03"]):
+        for attr, rkey, f, atol in TOL:
+            np.testing.assert_allclose(getattr(res.members[k], attr) * f, members[key][rkey],
+                                       atol=atol, err_msg=f"member {key} {attr}")
+    for attr, rkey, f, atol in TOL:
+        np.testing.assert_allclose(res.stats[attr]["mean"] * f, stats[rkey]["mean"], atol=atol)
+        np.testing.assert_allclose(res.stats[attr]["std"] * f, stats[rkey]["std_ddof1"],
+                                   atol=np.sqrt(2) * atol)
+        # the mean potential (mean w = 1) is plain EMT: cu_emt
+        np.testing.assert_allclose(getattr(res.mean_potential, attr) * f, cu[rkey], atol=atol)
+    # the two strategies differ by more than the tolerance (QHA is nonlinear in w)
+    i300 = 30
+    assert abs(res.mean_potential.volume_A3[i300] - res.stats["volume_A3"]["mean"][i300]) > 1e-4
+
+
+def test_fixed_volume_relaxation_keeps_volume_and_caller_atoms():
+    from committee_calc.qha_volumes import relax_structure
+
+    at = bulk("Cu", "fcc", a=3.6, cubic=True)
+    at.rattle(0.05, seed=1)
+    at.set_cell(at.cell * [1.02, 1.0, 0.98], scale_atoms=True)
+    before = at.positions.copy()
+    calc = EMT()
+    for mode in ("internal", "shape"):
+        r = relax_structure(at, calc, mode, fmax_eVA=0.01)
+        r.calc = EMT()
+        assert np.abs(r.get_forces()).max() < 0.011
+        assert r.get_volume() == pytest.approx(at.get_volume(), rel=1e-8)
+    np.testing.assert_array_equal(at.positions, before)
+    assert at.calc is None
+    with pytest.raises(ConfigError, match="relax mode"):
+        relax_structure(at, calc, "full")
