@@ -25,8 +25,8 @@ THRESHOLD_OPTIONS = {
 }
 
 
-def add_committee_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--committee", required=True, help="committee YAML (members, calibration)")
+def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--committee", required=required, help="committee YAML (members, calibration)")
     parser.add_argument("--molecules", default=None,
                         help="molecule count per structure for per-molecule measures: an int or 'auto'")
 

@@ -39,10 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="committee-qha", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("structure", nargs="?", help="input structure (any ASE format; first frame)")
-    add_committee_arguments(p)
-    for a in p._actions:  # the QHA-only mode (--ev) needs no committee
-        if a.dest == "committee":
-            a.required = False
+    add_committee_arguments(p, required=False)  # the QHA-only mode (--ev) needs no committee
     add_gate_arguments(p)
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     g = p.add_argument_group("volumes")
