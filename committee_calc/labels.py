@@ -1,0 +1,383 @@
+"""Append-only, crash-safe, multi-writer label store (extended XYZ).
+
+::
+
+    store = LabelStore("labels.extxyz")
+    i = store.append(atoms, {"energy": e, "forces": f, "stress": s},
+                     committee_results=committee.results, provenance={"driver": "md", "step": 7})
+    len(store)                  # number of complete labels
+    frames = store.read()       # list[Atoms]; info["REF_energy"] (eV), arrays["REF_forces"] (eV/Å),
+                                # info["REF_stress"] (6 Voigt, eV/Å³, ASE sign convention)
+
+Frame layout (one extxyz frame per label)
+    * reference values under ``energy_key``/``forces_key``/``stress_key``
+      (defaults ``REF_energy``, ``REF_forces``, ``REF_stress``: what the MACE,
+      NequIP and SchNetPack trainers of :mod:`committee_calc.train` read);
+    * optional baseline values (Δ-learning) under ``BASE_energy`` ... ;
+    * the committee prediction and uncertainty that triggered the label under
+      the ``committee_`` prefix (:func:`committee_calc.io.attach_uncertainties`);
+    * provenance under ``prov_*`` (driver, step, reference hash, ISO time,
+      host, pid, plus whatever the caller passes) and ``label_id`` (uuid4 hex),
+      ``label_hash`` (hash of numbers, positions, cell, pbc rounded to 1e-6 Å).
+
+Guarantees and how they are met
+    * **Atomic append**: the whole frame (or batch, for :meth:`extend`) is
+      formatted in memory and written with one ``os.write`` on an
+      ``O_APPEND`` descriptor, then ``fsync``-ed.  A process killed during the
+      write can leave at most a *torn trailing frame*.
+    * **Torn frames are quarantined, never dropped or merged**: every open,
+      append and read first scans the new part of the file (frame structure:
+      count line, comment line, N atom lines, each newline-terminated) and
+      parses the last new frame with ASE.  An incomplete or unparsable
+      trailing frame is copied to ``<path>.quarantine`` (with a header line
+      saying when and from which offset), fsync-ed, and only then cut from
+      the store (``truncate``); a warning names both files.  Corruption in the
+      *middle* of the file is not repaired silently: :class:`LabelStoreError`.
+    * **Concurrent writers lose nothing and interleave no bytes**: scan,
+      repair and write happen under an exclusive ``fcntl.flock`` on
+      ``<path>.lock`` (see :mod:`committee_calc._lock`).
+    * **Optional de-duplication** (``deduplicate=True``): a label whose
+      ``label_hash`` is already in the store is not written again; ``append``
+      returns the index of the existing copy and sets ``last_was_duplicate``.
+
+An ASE-db backend is not provided: the extxyz store meets every requirement
+above and is what the trainers read directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import os
+import re
+import socket
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from ._lock import file_lock
+from .errors import LabelStoreError
+from .io import attach_uncertainties
+
+_HASH_RE = re.compile(rb"label_hash=([0-9a-f]{16,64})")
+
+
+def structure_hash(atoms, decimals: int = 6) -> str:
+    """sha1 of atomic numbers, positions, cell (rounded to ``decimals`` Å) and pbc."""
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update((np.round(np.asarray(atoms.positions, float), decimals) + 0.0).tobytes())
+    h.update((np.round(np.asarray(atoms.cell[:], float), decimals) + 0.0).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    return h.hexdigest()
+
+
+def _scalar(v):
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, default=str)
+
+
+class LabelStore:
+    """Append-only extxyz training set (see module docstring for guarantees).
+
+    Parameters
+    ----------
+    path: the ``.extxyz`` file (created with its folder if missing).
+    energy_key, forces_key, stress_key: names of the reference values in the frames.
+    baseline_prefix: prefix of baseline (Δ-learning) values, e.g. ``BASE_energy``.
+    committee_prefix: prefix of the stored committee prediction/uncertainties.
+    deduplicate: skip structures already stored (same ``label_hash``).
+    lock_timeout_s: give up (LabelStoreError) after waiting this long for the lock; None = wait.
+    """
+
+    def __init__(self, path, energy_key="REF_energy", forces_key="REF_forces",
+                 stress_key="REF_stress", baseline_prefix="BASE_", committee_prefix="committee_",
+                 deduplicate=False, lock_timeout_s=None):
+        self.path = Path(path).expanduser().absolute()
+        for name, key in (("energy_key", energy_key), ("forces_key", forces_key),
+                          ("stress_key", stress_key)):
+            if not isinstance(key, str) or not key or key in ("energy", "forces", "stress"):
+                raise LabelStoreError(
+                    f"{name} must be a non-empty name other than {key!r} (ASE would turn "
+                    "plain energy/forces/stress into a calculator); use e.g. 'REF_energy'")
+        self.energy_key, self.forces_key, self.stress_key = energy_key, forces_key, stress_key
+        self.baseline_prefix = baseline_prefix
+        self.committee_prefix = committee_prefix
+        self.deduplicate = bool(deduplicate)
+        self.lock_timeout_s = lock_timeout_s
+        self.lock_path = Path(str(self.path) + ".lock")
+        self.quarantine_path = Path(str(self.path) + ".quarantine")
+        self.last_was_duplicate = False
+        self.n_quarantined = 0
+        self._offsets: list = []   # byte offset of each complete frame
+        self._end = 0              # byte offset after the last complete frame
+        self._hashes: dict = {}    # label_hash -> index
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LabelStoreError(f"cannot create the folder of {str(self.path)!r}: {exc}") from exc
+        with self._lock():
+            self._refresh()
+
+    # ------------------------------------------------------------------ locking/scan
+    def _lock(self):
+        return file_lock(self.lock_path, exclusive=True, timeout_s=self.lock_timeout_s)
+
+    def _refresh(self) -> None:
+        """Index frames appended since the last look; quarantine a torn tail (lock held)."""
+        try:
+            size = os.path.getsize(self.path)
+        except FileNotFoundError:
+            size = 0
+        if size < self._end:  # replaced/shortened behind our back: index from scratch
+            self._offsets, self._end, self._hashes = [], 0, {}
+        if size == self._end:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self._end)
+            buf = fh.read(size - self._end)
+        base = self._end
+        pos, new, torn_at = 0, [], None
+        while pos < len(buf):
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                torn_at = pos
+                break
+            try:
+                natoms = int(buf[pos:nl].strip())
+            except ValueError:
+                raise LabelStoreError(
+                    f"{self.path} is corrupt at byte {base + pos}: expected an atom count line, "
+                    f"found {buf[pos:nl][:60]!r}. It was not written by LabelStore; move it "
+                    "aside or repair it by hand") from None
+            end = nl
+            for _ in range(natoms + 1):
+                end = buf.find(b"\n", end + 1)
+                if end < 0:
+                    break
+            if end < 0:
+                torn_at = pos
+                break
+            new.append((pos, end + 1))
+            pos = end + 1
+        if new and torn_at is None and not self._parses(buf[new[-1][0]:new[-1][1]]):
+            torn_at = new.pop()[0]
+        for start, stop in new:
+            idx = len(self._offsets)
+            self._offsets.append(base + start)
+            m = _HASH_RE.search(buf, start, buf.find(b"\n", buf.find(b"\n", start) + 1))
+            if m:
+                self._hashes.setdefault(m.group(1).decode(), idx)
+        self._end = base + (new[-1][1] if new else 0)
+        if torn_at is not None:
+            self._quarantine(buf[torn_at:], base + torn_at)
+
+    @staticmethod
+    def _parses(frame: bytes) -> bool:
+        from ase.io import read
+
+        try:
+            read(_io.StringIO(frame.decode()), format="extxyz")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not a valid frame"
+            return False
+
+    def _quarantine(self, data: bytes, offset: int) -> None:
+        header = (f"# quarantined {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from {self.path} "
+                  f"offset {offset}: {len(data)} bytes of a torn trailing frame\n").encode()
+        fd = os.open(self.quarantine_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            _write_all(fd, header + data + (b"" if data.endswith(b"\n") else b"\n"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.truncate(self.path, offset)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.n_quarantined += 1
+        warnings.warn(f"label store {self.path}: a torn trailing frame ({len(data)} bytes, from "
+                      f"an interrupted write) was moved to {self.quarantine_path}",
+                      RuntimeWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ formatting
+    def format_frame(self, atoms, reference_results: dict, committee_results=None,
+                     provenance=None, baseline_results=None) -> tuple:
+        """Return ``(extxyz text of one frame, label_hash)``; validates the values."""
+        from ase.io import write
+
+        if not isinstance(reference_results, dict) or "energy" not in reference_results:
+            raise LabelStoreError("reference_results must be a dict with at least 'energy' (eV)")
+        n = len(atoms)
+        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                      pbc=atoms.pbc)
+        e = float(reference_results["energy"])
+        vals = [("energy", e)]
+        frame.info[self.energy_key] = e
+        if reference_results.get("forces") is not None:
+            f = np.asarray(reference_results["forces"], float).reshape(n, 3)
+            frame.arrays[self.forces_key] = f.copy()
+            vals.append(("forces", f))
+        if reference_results.get("stress") is not None:
+            s = _voigt(reference_results["stress"])
+            frame.info[self.stress_key] = s
+            vals.append(("stress", s))
+        bad = [k for k, v in vals if not np.all(np.isfinite(v))]
+        if bad:
+            raise LabelStoreError(f"refusing to store a label with non-finite reference {bad}")
+        if baseline_results:
+            p = self.baseline_prefix
+            frame.info[p + "energy"] = float(baseline_results["energy"])
+            if baseline_results.get("forces") is not None:
+                frame.arrays[p + "forces"] = np.asarray(baseline_results["forces"], float).reshape(n, 3)
+            if baseline_results.get("stress") is not None:
+                frame.info[p + "stress"] = _voigt(baseline_results["stress"])
+        if committee_results:
+            attach_uncertainties(frame, committee_results, prefix=self.committee_prefix)
+        prov = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+                "pid": os.getpid()}
+        prov.update({k: v for k, v in (provenance or {}).items() if v is not None})
+        for k, v in prov.items():
+            frame.info[f"prov_{k}"] = _scalar(v)
+        h = structure_hash(frame)
+        frame.info["label_hash"] = h
+        frame.info["label_id"] = uuid.uuid4().hex
+        buf = _io.StringIO()
+        write(buf, frame, format="extxyz")
+        text = buf.getvalue()
+        if not text.endswith("\n"):
+            text += "\n"
+        return text, h
+
+    # ------------------------------------------------------------------ public API
+    def append(self, atoms, reference_results: dict, committee_results=None, provenance=None,
+               baseline_results=None) -> int:
+        """Append one label atomically; return its index (0-based) in the store."""
+        return self._write([self.format_frame(atoms, reference_results, committee_results,
+                                              provenance, baseline_results)])[0]
+
+    def extend(self, items, provenance=None) -> list:
+        """Append several labels in one atomic write (all or none); return their indices.
+
+        ``items``: Atoms carrying a calculator with results (e.g. a
+        SinglePointCalculator), or tuples ``(atoms, reference_results[,
+        committee_results[, provenance]])``.
+        """
+        frames = []
+        for item in items:
+            if isinstance(item, Atoms):
+                if item.calc is None or not getattr(item.calc, "results", None):
+                    raise LabelStoreError("extend() needs Atoms with a calculator holding results "
+                                          "(energy, forces...) or (atoms, results) tuples")
+                ref, com, prov = dict(item.calc.results), None, provenance
+            else:
+                item = tuple(item)
+                ref = item[1]
+                com = item[2] if len(item) > 2 else None
+                prov = item[3] if len(item) > 3 else provenance
+                item = item[0]
+            frames.append(self.format_frame(item, ref, com, prov))
+        return self._write(frames) if frames else []
+
+    def _write(self, frames: list) -> list:
+        with self._lock():
+            self._refresh()
+            out, data, seen = [], [], {}
+            self.last_was_duplicate = False
+            for text, h in frames:
+                if self.deduplicate and (h in self._hashes or h in seen):
+                    out.append(self._hashes.get(h, seen.get(h)))
+                    self.last_was_duplicate = True
+                    continue
+                idx = len(self._offsets) + len(data)
+                seen[h] = idx
+                out.append(idx)
+                data.append((text.encode(), h))
+            if not data:
+                return out
+            blob = b"".join(c for c, _ in data)
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _write_all(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.path.parent)
+            pos = self._end
+            for chunk, h in data:
+                self._hashes.setdefault(h, len(self._offsets))
+                self._offsets.append(pos)
+                pos += len(chunk)
+            self._end = pos
+            return out
+
+    def __len__(self) -> int:
+        with self._lock():
+            self._refresh()
+            return len(self._offsets)
+
+    def read(self, index=":") -> list:
+        """All complete labels (or ``index``: int or slice string) as a list of Atoms."""
+        from ase.io import read
+
+        with self._lock():
+            self._refresh()
+            if not self._offsets:
+                return []
+            with open(self.path, "rb") as fh:
+                text = fh.read(self._end).decode()
+        frames = read(_io.StringIO(text), index=":", format="extxyz")
+        if index == ":":
+            return frames
+        if isinstance(index, str):
+            return frames[slice(*[int(x) if x else None for x in index.split(":")])]
+        return [frames[index]]
+
+    def __iter__(self):
+        return iter(self.read())
+
+    def __repr__(self):
+        return f"LabelStore({str(self.path)!r}, n={len(self._offsets)})"
+
+
+def _voigt(stress) -> np.ndarray:
+    s = np.asarray(stress, float)
+    if s.shape == (3, 3):
+        s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return s.reshape(6).copy()
+
+
+def _write_all(fd, data: bytes) -> None:
+    """One ``os.write``; loops only if the kernel reports a short write."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(folder) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
