@@ -115,7 +115,8 @@ def build_gate_from_args(args, driver: str, committee=None, n_molecules=None):
         retrain = make_retrainer(**training)
     return Gate(committee, reference, thresholds=thresholds or None, logic=args.logic,
                 hard_cap=caps or None, label_store=store, provenance={"driver": driver},
-                retrain=retrain, retrain_every=getattr(args, "retrain_every", None))
+                retrain=retrain, retrain_every=getattr(args, "retrain_every", None),
+                molecules=n_mol)
 
 
 def read_structures(path, index=":") -> list:

@@ -203,3 +203,33 @@ def test_read_structures_and_cli_exit_code(tmp_path, capsys):
     good = tmp_path / "good.extxyz"
     write(good, [cu_cell(seed=i) for i in range(2)])
     assert len(read_structures(good)) == 2
+
+
+def test_cli_builds_one_gate_from_options(tmp_path):
+    import argparse
+
+    from committee_calc.cli import add_committee_arguments, add_gate_arguments, build_gate_from_args
+    from committee_calc.units import KJMOL
+
+    c = write_spec(tmp_path, {"members": [EMT_SPEC, {**EMT_SPEC, "parameters": {"asap_cutoff": True}}]})
+    r = write_spec(tmp_path, {"calculator": "ase.calculators.emt.EMT", "parameters": {}}, "ref.yaml")
+    p = argparse.ArgumentParser()
+    add_committee_arguments(p)
+    add_gate_arguments(p)
+    base = ["--committee", str(c), "--labels", str(tmp_path / "l.extxyz")]
+    args = p.parse_args(base + ["--reference", str(r), "--molecules", "4",
+                                "--threshold-energy-std-per-molecule-kjmol", "2",
+                                "--cap-forces-std-max-eVA", "1.5"])
+    gate = build_gate_from_args(args, "test")
+    assert gate.thresholds == {"energy_std_per_molecule": pytest.approx(2 * KJMOL)}
+    assert gate.hard_cap == {"forces_std_max": 1.5}
+    res = gate.evaluate(cu_cell())
+    assert res.decision in ("committee", "reference")
+    with pytest.raises(E.ConfigError, match="no --reference"):
+        build_gate_from_args(p.parse_args(base + ["--threshold-forces-std-max-eVA", "0.1"]), "t")
+    with pytest.raises(E.ConfigError, match="--molecules"):
+        build_gate_from_args(p.parse_args(base + ["--reference", str(r),
+                                                  "--threshold-energy-std-per-molecule-kjmol", "2"]), "t")
+    with pytest.raises(E.UnitError, match="> 0"):
+        build_gate_from_args(p.parse_args(base + ["--reference", str(r),
+                                                  "--threshold-forces-std-max-eVA", "-1"]), "t")
