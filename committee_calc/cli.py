@@ -46,7 +46,8 @@ def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = 
     g.add_argument("--retrain-every", type=int, default=None, help="retrain after every K new labels")
 
 
-def _collect(args, prefix, n_molecules):
+def measures_from_args(args, prefix, n_molecules):
+    """Thresholds (prefix "threshold_") or hard caps ("cap_") from CLI options, internal units."""
     from .units import check_positive, kjmol_to_ev
 
     out = {}
@@ -95,8 +96,8 @@ def build_gate_from_args(args, driver: str, committee=None, n_molecules=None):
 
     committee = committee or load_committee_from_args(args)
     n_mol = n_molecules if n_molecules is not None else parse_molecules(getattr(args, "molecules", None))
-    thresholds = _collect(args, "threshold_", n_mol)
-    caps = _collect(args, "cap_", n_mol)
+    thresholds = measures_from_args(args, "threshold_", n_mol)
+    caps = measures_from_args(args, "cap_", n_mol)
     reference = load_reference(args.reference) if getattr(args, "reference", None) else None
     if thresholds and reference is None:
         raise ConfigError("thresholds were given but no --reference to fall back to")
@@ -154,3 +155,6 @@ def run_cli(main, argv=None) -> int:
         print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+_collect = measures_from_args  # old private name, kept while drivers migrate

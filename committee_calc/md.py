@@ -1,0 +1,427 @@
+"""NPT/NVT/NVE molecular dynamics on a committee (directly or through the gate), resumable.
+
+::
+
+    md = CommitteeMD(atoms, gate, "out/", ensemble="mtk_iso", timestep_fs=1.0,
+                     temperature=TemperatureSchedule([100, 400], n_steps=5000),
+                     pressure_GPa=0.0, write_interval=10)
+    result = md.run(5000)          # reruns resume from out/md_state.json
+
+Every step is one force/stress evaluation of ``calc`` (a ``CommitteeCalculator``
+or a :class:`committee_calc.gate.Gate`, which may fall back to the reference
+and label).  Outputs in ``out_dir``:
+
+* ``md_trajectory.extxyz``: a frame every ``write_interval`` steps (and at every
+  labelled step), with the committee uncertainties in ``info``/``arrays``
+  (:func:`committee_calc.io.attach_uncertainties`, prefix ``committee_``) and
+  ``info`` keys ``step``, ``time_fs``, ``temperature_target_K``, ``gate_decision``;
+* ``md_log.csv``: one row per step, columns :data:`CSV_COLUMNS` (units in the names);
+* ``md_state.json``: the state at the last written frame (positions, momenta,
+  cell at full precision, thermostat/barostat chain variables, RNG state),
+  written atomically after the frame; a rerun continues from it, drops any
+  frame/CSV row written after it, and so repeats the same steps exactly.
+
+Safety: the run stops with ``MDResult.stop_reason`` (everything written so far
+kept, the offending structure in ``md_unphysical.extxyz``) when two atoms come
+closer than ``min_distance_A``, the volume leaves ``[V0/max_volume_ratio,
+V0*max_volume_ratio]``, a cell height drops below the committee cutoff, the
+energy is non-finite, or the gate's hard cap raises ``GateStop``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from .errors import ConfigError, GateStop, NonFiniteOutputError
+from .fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
+from .io import attach_uncertainties
+from .md_plots import read_log  # noqa: F401 (re-export)
+from .md_schedule import (ENSEMBLES, TemperatureSchedule, integrator_state, make_integrator,
+                          restore_atoms, restore_integrator_state, set_target_temperature)
+from .units import check_positive, ev_per_a3_to_gpa
+
+CSV_COLUMNS = (
+    "step", "time_fs", "temperature_K", "temperature_target_K", "pressure_GPa", "volume_A3",
+    "a_A", "b_A", "c_A", "energy_eV", "conserved_energy_eV", "energy_std_eV",
+    "energy_std_per_atom_eV", "forces_std_max_eVA", "force_uncertainty_relative",
+    "gate_decision", "label_index",
+)
+TRAJECTORY = "md_trajectory.extxyz"
+LOG = "md_log.csv"
+STATE = "md_state.json"
+UNPHYSICAL = "md_unphysical.extxyz"
+STATE_VERSION = 1
+#: calculator results kept (full precision) with the state, re-used on resume without recomputing
+_CACHED = ("energy", "free_energy", "forces", "stress", "energy_std", "energy_std_per_atom",
+           "energy_std_per_molecule", "forces_std_max", "force_uncertainty_relative", "gate_decision")
+
+
+@dataclass(frozen=True)
+class MDResult:
+    """Outcome of :meth:`CommitteeMD.run`.
+
+    start_step/last_step: step counters (the state after ``last_step`` is saved when
+    ``stop_reason`` is None); n_labels: labels appended by the gate in this call;
+    stop_reason: why a safety check stopped the run, or None.
+    """
+
+    start_step: int
+    last_step: int
+    n_frames: int
+    n_labels: int
+    stop_reason: str | None
+    trajectory: str
+    log: str
+    state: str
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+
+def committee_of(calc):
+    """The CommitteeCalculator behind a gate (or the calculator itself)."""
+    return getattr(calc, "committee", calc)
+
+
+def committee_cutoff(calc) -> float | None:
+    cuts = [m.cutoff for m in getattr(committee_of(calc), "members", []) if m.cutoff]
+    return max(cuts) if cuts else None
+
+
+def cell_heights(cell) -> np.ndarray:
+    """Perpendicular widths of the cell [Å], shape (3,)."""
+    cell = np.asarray(cell, dtype=float)
+    vol = abs(np.linalg.det(cell))
+    return np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
+
+
+class CommitteeMD:
+    """Committee MD with a temperature schedule, pressure in GPa and resumable outputs.
+
+    ``atoms`` is copied (the caller's object and its ``calc`` are not touched);
+    ``calc`` is a CommitteeCalculator or a Gate.  ``temperature`` is a number [K]
+    or a :class:`TemperatureSchedule`; it also sets the initial Maxwell-Boltzmann
+    velocities (seeded by ``seed``) when the structure has none.
+    """
+
+    def __init__(self, atoms, calc, out_dir, ensemble: str = "mtk_iso", timestep_fs: float = 1.0,
+                 temperature=300.0, pressure_GPa: float = 0.0, tdamp_fs=None, pdamp_fs=None,
+                 hydrostatic: bool = True, compressibility_per_GPa: float = 1.0e-2,
+                 write_interval: int = 10, min_distance_A: float = 0.6, max_volume_ratio: float = 2.0,
+                 cutoff_A: float | None = None, seed: int = 0, init_velocities: bool = True,
+                 hard_cap: dict | None = None, provenance: dict | None = None):
+        if ensemble not in ENSEMBLES:
+            raise ConfigError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
+        self.ensemble = ensemble
+        self.timestep_fs = check_positive("timestep_fs", timestep_fs)
+        if not isinstance(temperature, TemperatureSchedule):
+            temperature = TemperatureSchedule([check_positive("temperature_K", temperature)])
+        self.schedule = temperature
+        self.pressure_GPa = float(pressure_GPa)
+        if not math.isfinite(self.pressure_GPa):
+            raise ConfigError(f"pressure_GPa must be finite, got {pressure_GPa!r}")
+        if int(write_interval) < 1:
+            raise ConfigError(f"write_interval must be >= 1, got {write_interval}")
+        self.write_interval = int(write_interval)
+        self.min_distance_A = check_positive("min_distance_A", min_distance_A, allow_zero=True)
+        self.max_volume_ratio = check_positive("max_volume_ratio", max_volume_ratio)
+        if self.max_volume_ratio <= 1:
+            raise ConfigError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
+        self.calc = calc
+        self.hard_cap = {k: check_positive(f"hard_cap[{k!r}]", v) for k, v in (hard_cap or {}).items()}
+        self.cutoff_A = cutoff_A if cutoff_A is not None else committee_cutoff(calc)
+        self.seed = int(seed)
+        self.provenance = dict(provenance or {})
+        self.out_dir = Path(out_dir)
+        self.paths = {k: self.out_dir / v for k, v in
+                      (("trajectory", TRAJECTORY), ("log", LOG), ("state", STATE), ("unphysical", UNPHYSICAL))}
+        self.atoms = atoms.copy()
+        self.atoms.calc = None
+        if len(self.atoms) == 0:
+            raise ConfigError("the structure has no atoms")
+        self._check_cell(self.atoms, at_start=True)
+        if init_velocities and not np.any(self.atoms.get_momenta()):
+            from ase.md import velocitydistribution as vd
+
+            thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+            thermalize(self.atoms, temperature_K=self.schedule(0), rng=np.random.default_rng(self.seed))
+            vd.Stationary(self.atoms)
+        self.volume0 = self.atoms.get_volume() if self.atoms.cell.rank == 3 else None
+        self.dyn_kwargs = dict(ensemble=ensemble, timestep_fs=self.timestep_fs, pressure_GPa=self.pressure_GPa,
+                               tdamp_fs=tdamp_fs, pdamp_fs=pdamp_fs, hydrostatic=hydrostatic,
+                               compressibility_per_GPa=compressibility_per_GPa, seed=self.seed)
+
+    # ------------------------------------------------------------------ checks
+    def _check_cell(self, atoms, at_start=False) -> str | None:
+        if self.cutoff_A is None or not np.all(atoms.pbc):
+            return None
+        h = cell_heights(atoms.cell)
+        if np.min(h) < self.cutoff_A:
+            msg = (f"cell height {np.min(h):.3f} Å is smaller than the committee cutoff "
+                   f"{self.cutoff_A:.3f} Å")
+            if at_start:
+                reps = np.maximum(1, np.ceil(self.cutoff_A / h)).astype(int).tolist()
+                raise ConfigError(f"{msg}; build a supercell (e.g. atoms.repeat({reps})) first")
+            return msg
+        return None
+
+    def safety_problem(self, atoms, results) -> str | None:
+        """Why ``atoms`` is unphysical (a message) or None."""
+        over = {k: results[k] for k, cap in self.hard_cap.items()
+                if k in results and not results[k] <= cap}
+        if over:
+            return "hard cap exceeded: " + ", ".join(f"{k}={v:.4g} > {self.hard_cap[k]:.4g}"
+                                                      for k, v in over.items())
+        e = results.get("energy")
+        if e is None or not np.isfinite(e) or not np.all(np.isfinite(results.get("forces", 0.0))):
+            return "non-finite energy or forces from the committee"
+        if self.min_distance_A > 0 and len(atoms) > 1:
+            from ase.neighborlist import neighbor_list
+
+            d = neighbor_list("d", atoms, self.min_distance_A)
+            if len(d):
+                return (f"atoms closer than the minimum distance: {float(np.min(d)):.3f} Å < "
+                        f"{self.min_distance_A} Å")
+        if self.volume0 is not None:
+            ratio = atoms.get_volume() / self.volume0
+            if not (1 / self.max_volume_ratio <= ratio <= self.max_volume_ratio):
+                return (f"volume exploded/collapsed: V/V0 = {ratio:.3f} outside "
+                        f"[{1 / self.max_volume_ratio:.3f}, {self.max_volume_ratio:.3f}]")
+        return self._check_cell(atoms)
+
+    # ------------------------------------------------------------------ output helpers
+    def _row(self, step, dyn, results) -> dict:
+        a = self.atoms
+        row = {"step": step, "time_fs": step * self.timestep_fs, "temperature_K": float(a.get_temperature()),
+               "temperature_target_K": self.schedule(step), "energy_eV": float(results["energy"]),
+               "gate_decision": results.get("gate_decision", "committee"),
+               "label_index": "" if results.get("label_index") is None else int(results["label_index"])}
+        if a.cell.rank == 3:
+            row["volume_A3"] = float(a.get_volume())
+            row["a_A"], row["b_A"], row["c_A"] = (float(x) for x in a.cell.lengths())
+        if "stress" in results:
+            s = a.get_stress(voigt=True, include_ideal_gas=True)
+            row["pressure_GPa"] = ev_per_a3_to_gpa(-np.mean(s[:3]))
+        for col, key in (("energy_std_eV", "energy_std"), ("energy_std_per_atom_eV", "energy_std_per_atom"),
+                         ("forces_std_max_eVA", "forces_std_max"),
+                         ("force_uncertainty_relative", "force_uncertainty_relative")):
+            if key in results:
+                row[col] = float(results[key])
+        if hasattr(dyn, "get_conserved_energy"):
+            row["conserved_energy_eV"] = float(dyn.get_conserved_energy())
+        elif self.ensemble == "nve":
+            row["conserved_energy_eV"] = float(results["energy"] + a.get_kinetic_energy())
+        return row
+
+    def _frame(self, step, results, extra=None):
+        from ase.io import write
+
+        frame = self.atoms.copy()
+        frame.calc = None
+        attach_uncertainties(frame, results, members=False)
+        frame.info.update(step=int(step), time_fs=step * self.timestep_fs,
+                          temperature_target_K=self.schedule(step),
+                          gate_decision=str(results.get("gate_decision", "committee")))
+        frame.info.update(extra or {})
+        buf = io.StringIO()
+        write(buf, frame, format="extxyz")
+        return buf.getvalue()
+
+    def _append_frame(self, text):
+        import os
+
+        with open(self.paths["trajectory"], "a") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _save_state(self, step, dyn, n_frames, results):
+        cached = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
+                  for k, v in results.items() if k in _CACHED}
+        save_json_atomic(self.paths["state"], {"results": cached,
+            "version": STATE_VERSION, "step": int(step), "time_fs": step * self.timestep_fs,
+            "numbers": self.atoms.numbers.tolist(), "pbc": self.atoms.pbc.tolist(),
+            "ensemble": self.ensemble, "timestep_fs": self.timestep_fs, "pressure_GPa": self.pressure_GPa,
+            "schedule": self.schedule.to_dict(), "n_frames": int(n_frames), "volume0": self.volume0,
+            "integrator": integrator_state(dyn)})
+
+    # ------------------------------------------------------------------ resume
+    def _check_same_system(self, numbers, what):
+        if list(numbers) != self.atoms.numbers.tolist():
+            raise ConfigError(
+                f"{what} in {str(self.out_dir)!r} is from a different system ({len(numbers)} atoms, "
+                f"not the {len(self.atoms)} given); use a new output folder or the matching structure")
+
+    def _truncate_outputs(self, last_step):
+        """Drop frames / CSV rows written after the saved state (a kill between writes)."""
+        from ase.io import iread
+
+        traj = self.paths["trajectory"]
+        kept = []
+        if traj.exists():
+            text = traj.read_text()
+            try:
+                for f in iread(io.StringIO(text), index=":", format="extxyz"):
+                    self._check_same_system(f.numbers, "the trajectory")
+                    if int(f.info.get("step", -1)) <= last_step:
+                        kept.append(f)
+            except (ValueError, IndexError, KeyError, AssertionError):
+                pass  # a torn last frame from a kill
+            buf = io.StringIO()
+            if kept:
+                from ase.io import write
+
+                write(buf, kept, format="extxyz")
+            if buf.getvalue() != text:
+                atomic_write_text(traj, buf.getvalue())
+        log = self.paths["log"]
+        if log.exists():
+            with open(log, newline="") as fh:
+                rows = list(csv.reader(fh))
+            good = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= last_step]
+            out = io.StringIO()
+            csv.writer(out).writerows(rows[:1] + good)
+            atomic_write_text(log, out.getvalue())
+        return len(kept)
+
+    def _fresh_start(self):
+        """No saved state: refuse another system's trajectory, else start from step 0."""
+        traj = self.paths["trajectory"]
+        if traj.exists() and traj.stat().st_size:
+            from ase.io import read
+
+            try:
+                first = read(str(traj), index=0, format="extxyz")
+            except Exception:  # noqa: BLE001 - unreadable leftovers of a killed first step
+                first = None
+            if first is not None:
+                self._check_same_system(first.numbers, "the trajectory")
+        for p in (self.paths["trajectory"], self.paths["log"]):
+            if p.exists():
+                p.unlink()
+
+    def _check_state(self, state):
+        self._check_same_system(state.get("numbers", []), "the saved MD state")
+        for key in ("ensemble", "timestep_fs", "pressure_GPa"):
+            mine = getattr(self, key)
+            if state.get(key) != mine:
+                raise ConfigError(f"the saved MD state in {str(self.out_dir)!r} has {key}={state.get(key)!r}, "
+                                  f"this run asks for {mine!r}; resume with the same settings or a new folder")
+
+    def _inject(self, results):
+        """Hand the saved results at the saved positions to the calculator (no recomputation,
+        so a resumed gate neither repeats a reference call nor labels the frame twice)."""
+        if not results:
+            return
+        self.calc.reset()
+        self.calc.atoms = self.atoms.copy()
+        self.calc.results = {k: np.array(v, dtype=float) if isinstance(v, list) else v
+                             for k, v in results.items()}
+
+    def _gate_context(self, step):
+        """Tell a gate which step it is evaluating (label provenance)."""
+        if hasattr(self.calc, "step"):
+            self.calc.step = int(step)
+        prov = getattr(self.calc, "provenance", None)
+        if isinstance(prov, dict):
+            prov.update(self.provenance)
+            prov["time_fs"] = step * self.timestep_fs
+
+    # ------------------------------------------------------------------ run
+    def run(self, n_steps: int, stop_after: int | None = None) -> MDResult:
+        """Run until step ``n_steps`` (resuming from a saved state); ``stop_after``
+        ends this call after that many new steps without a final checkpoint
+        (used to emulate a kill)."""
+        if int(n_steps) < 0:
+            raise ConfigError(f"n_steps must be >= 0, got {n_steps}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atoms = self.atoms
+        atoms.calc = self.calc
+        state = load_json(self.paths["state"])
+        if state is not None:
+            self._check_state(state)
+            restore_atoms(atoms, state["integrator"])
+            self._inject(state.get("results"))
+        dyn = make_integrator(atoms, temperature_K=self.schedule(0), **self.dyn_kwargs)
+        if state is None:
+            self._fresh_start()
+            start, n_frames = 0, 0
+        else:
+            restore_integrator_state(dyn, state["integrator"])
+            self._inject(state.get("results"))
+            self.volume0 = state.get("volume0", self.volume0)
+            start = int(state["step"])
+            n_frames = self._truncate_outputs(start)
+        set_target_temperature(dyn, self.schedule(start))
+        log = CsvLog(self.paths["log"], CSV_COLUMNS)
+        n_labels0 = getattr(self.calc, "n_labels", 0)
+        self._gate_context(start)
+        if start == 0:
+            results = self._evaluate(atoms)
+            problem = self.safety_problem(atoms, results)
+            if problem:
+                return self._stop(start, start, n_frames, n_labels0, problem, results)
+            log.append(self._row(0, dyn, results))
+            self._append_frame(self._frame(0, results))
+            n_frames += 1
+            self._save_state(0, dyn, n_frames, results)
+        step = start
+        for step in range(start + 1, int(n_steps) + 1):
+            if stop_after is not None and step - start > stop_after:
+                step -= 1
+                break
+            set_target_temperature(dyn, self.schedule(step))
+            self._gate_context(step)
+            try:
+                dyn.step()
+                results = self._evaluate(atoms)
+            except GateStop as exc:
+                return self._stop(start, step, n_frames, n_labels0, f"hard cap exceeded: {exc}", None)
+            except NonFiniteOutputError as exc:
+                return self._stop(start, step, n_frames, n_labels0, f"non-finite committee output: {exc}", None)
+            problem = self.safety_problem(atoms, results)
+            row = self._row(step, dyn, results)
+            log.append(row)
+            if problem:
+                return self._stop(start, step, n_frames, n_labels0, problem, results)
+            labelled = results.get("gate_decision") == "reference"
+            if step % self.write_interval == 0 or labelled or step == n_steps:
+                self._append_frame(self._frame(step, results))
+                n_frames += 1
+                self._save_state(step, dyn, n_frames, results)
+        return MDResult(start, step, n_frames, getattr(self.calc, "n_labels", 0) - n_labels0, None,
+                        *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
+
+    def _evaluate(self, atoms) -> dict:
+        atoms.get_forces()
+        if "stress" in getattr(self.calc, "implemented_properties", ()) and atoms.cell.rank == 3 \
+                and np.all(atoms.pbc):
+            atoms.get_stress()
+        res = dict(self.calc.results)
+        if "label_index" not in res:
+            last = getattr(self.calc, "last", None)
+            if last is not None and getattr(last, "label_index", None) is not None:
+                res["label_index"] = last.label_index
+        return res
+
+    def _stop(self, start, step, n_frames, n_labels0, reason, results):
+        from ase.io import write
+
+        frame = self.atoms.copy()
+        frame.calc = None
+        if results:
+            attach_uncertainties(frame, results, members=False)
+        frame.info.update(step=int(step), stop_reason=reason)
+        buf = io.StringIO()
+        write(buf, frame, format="extxyz")
+        atomic_write_text(self.paths["unphysical"], buf.getvalue())
+        return MDResult(start, step, n_frames, getattr(self.calc, "n_labels", 0) - n_labels0, reason,
+                        *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
+
+
+__all__ = ["CommitteeMD", "MDResult", "TemperatureSchedule", "CSV_COLUMNS", "read_log"]

@@ -1,0 +1,83 @@
+"""The uncertainty-trace figure of a committee MD run (matplotlib, Agg).
+
+Two panels over simulation time [ps]: the committee energy uncertainty
+(σ_E per atom, meV/atom) and the force uncertainty (max_i ‖σ_F,i‖, eV/Å),
+with frames selected for labelling marked (red circles), steps the gate sent
+to the reference marked (black crosses), and the thermostat target temperature
+[K] (and the instantaneous temperature, faint) on a second y axis.
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+
+def read_log(path, columns=None) -> dict:
+    """The per-step MD CSV as ``{column: array}``; numeric columns as float arrays (NaN
+    for blanks), text columns as lists of str."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    out = {}
+    for col in cols:
+        vals = [r.get(col, "") or "" for r in rows]
+        try:
+            out[col] = np.array([float(v) if v != "" else np.nan for v in vals])
+        except ValueError:
+            out[col] = vals
+    return out
+
+
+def plot_uncertainty_trace(log_path, png_path, selected_steps=(), title=None, dpi=120) -> str:
+    """Write the figure for the CSV at ``log_path`` to ``png_path`` (atomically); return the path."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .fileio import atomic_write_bytes
+
+    log = read_log(log_path)
+    if not log or len(log.get("step", [])) == 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{log_path} has no MD steps to plot")
+    t_ps = log["time_fs"] / 1000.0
+    steps = log["step"].astype(int)
+    index = {s: i for i, s in enumerate(steps)}
+    sel = np.array([index[s] for s in selected_steps if s in index], dtype=int)
+    decisions = log.get("gate_decision", [])
+    ref = np.array([i for i, d in enumerate(decisions) if d == "reference"], dtype=int)
+    panels = (("energy_std_per_atom_eV", 1000.0, "σ$_E$ (meV/atom)", "tab:blue"),
+              ("forces_std_max_eVA", 1.0, "max σ$_F$ (eV/Å)", "tab:green"))
+    fig, axes = plt.subplots(2, 1, sharex=True, figsize=(7.5, 5.5))
+    for ax, (col, factor, label, colour) in zip(axes, panels):
+        y = log.get(col, np.full(len(steps), np.nan)) * factor
+        ax.plot(t_ps, y, color=colour, lw=1.0, label=label)
+        if sel.size:
+            ax.plot(t_ps[sel], y[sel], "o", mfc="none", mec="red", ms=6, label="selected for labelling")
+        if ref.size:
+            ax.plot(t_ps[ref], y[ref], "x", color="black", ms=5, label="reference (gate)")
+        ax.set_ylabel(label, color=colour)
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        if "temperature_K" in log:
+            twin.plot(t_ps, log["temperature_K"], color="tab:orange", lw=0.6, alpha=0.35,
+                      label="T (instantaneous)")
+        twin.plot(t_ps, log["temperature_target_K"], color="tab:red", lw=1.5, ls="--",
+                  label="T thermostat target")
+        twin.set_ylabel("temperature (K)", color="tab:red")
+        lines = ax.get_legend_handles_labels()
+        lines2 = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
+    axes[-1].set_xlabel("time (ps)")
+    axes[0].set_title(title or "committee uncertainty along the MD trajectory")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return str(png_path)

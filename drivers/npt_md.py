@@ -1,0 +1,156 @@
+"""committee-md: NPT molecular dynamics on a committee, with the uncertainty gate or
+query-by-committee selection afterwards.  Stateless and resumable: rerun the same
+command to continue from the last written frame.
+
+Modes
+  online  every step goes through the gate: above the thresholds the reference is
+          used and the structure labelled (optionally retraining every K labels).
+  record  the committee alone drives the run; uncertainties are recorded, then up to
+          --n-select frames are selected (--select) and labelled by --reference.
+
+Outputs in --out: md_trajectory.extxyz, md_log.csv, md_state.json, md_selection.json
+(record mode), uncertainty_trace.png, md_unphysical.extxyz (only when a safety check
+stopped the run; exit code 3).
+
+Example
+  committee-md cell.cif --committee committee.yaml --reference dft.yaml --labels labels.extxyz \\
+      --mode record --ensemble mtk_iso --temperature 100:400 --pressure-GPa 0.0 --steps 20000 \\
+      --timestep-fs 1 --select fps --select-measure forces_std_max --n-select 20 --out md_gen1
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from committee_calc.cli import (measures_from_args, add_committee_arguments, add_gate_arguments,
+                                build_gate_from_args, load_committee_from_args, parse_molecules,
+                                read_structures, run_cli)
+from committee_calc.errors import ConfigError
+from committee_calc.fileio import load_json, save_json_atomic
+from committee_calc.md import CommitteeMD
+from committee_calc.md_plots import plot_uncertainty_trace
+from committee_calc.md_schedule import ENSEMBLES, TemperatureSchedule
+from committee_calc.md_select import MEASURES, METHODS, label_frames, select_frames
+
+log = logging.getLogger("committee_calc.md")
+SELECTION = "md_selection.json"
+PLOT = "uncertainty_trace.png"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="committee-md", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("structure", help="starting structure (any ASE format)")
+    p.add_argument("--index", type=int, default=0, help="which structure of the file (default 0)")
+    p.add_argument("--out", default="md_out", help="output folder (resumed if it holds a run)")
+    add_committee_arguments(p)
+    add_gate_arguments(p)
+    p.add_argument("--mode", choices=("online", "record"), default="record")
+    md = p.add_argument_group("dynamics")
+    md.add_argument("--ensemble", choices=ENSEMBLES, default="mtk_iso")
+    md.add_argument("--steps", type=int, required=True, help="total number of MD steps")
+    md.add_argument("--timestep-fs", type=float, default=1.0)
+    md.add_argument("--temperature", default="300",
+                    help="K: '300' constant, '100:400' linear ramp, '100,200,300,400' set points")
+    md.add_argument("--schedule-mode", choices=("hold", "ramp"), default="hold",
+                    help="for comma-separated set points: hold each, or interpolate linearly")
+    md.add_argument("--pressure-GPa", type=float, default=0.0)
+    md.add_argument("--tdamp-fs", type=float, default=None, help="thermostat time (default 100 steps)")
+    md.add_argument("--pdamp-fs", type=float, default=None, help="barostat time (default 1000 steps)")
+    md.add_argument("--anisotropic", action="store_true",
+                    help="langevin/berendsen: let the cell shape change (mtk is always full-cell)")
+    md.add_argument("--write-interval", type=int, default=10, help="frame + checkpoint every N steps")
+    md.add_argument("--seed", type=int, default=0, help="initial velocities / Langevin noise")
+    s = p.add_argument_group("safety")
+    s.add_argument("--min-distance-A", type=float, default=0.6)
+    s.add_argument("--max-volume-ratio", type=float, default=2.0)
+    s.add_argument("--cutoff-A", type=float, default=None,
+                   help="committee cutoff for the cell-size check (default: from the members)")
+    q = p.add_argument_group("selection after a record run")
+    q.add_argument("--select", choices=METHODS + ("none",), default="highest")
+    q.add_argument("--select-measure", choices=MEASURES, default="forces_std_max")
+    q.add_argument("--n-select", type=int, default=10, help="maximum frames labelled per generation")
+    q.add_argument("--lower-trust", type=float, default=None,
+                   help="below this σ (unit of the measure: eV, eV/atom, eV/Å) frames are trusted")
+    q.add_argument("--upper-trust", type=float, default=None,
+                   help="above this σ frames are discarded as unphysical")
+    return p
+
+
+def _selection(args, out: Path, frames, committee) -> list:
+    """Selected steps, remembered in md_selection.json so a rerun labels the same frames."""
+    params = {"method": args.select, "measure": args.select_measure, "n_max": args.n_select,
+              "lower": args.lower_trust, "upper": args.upper_trust, "seed": args.seed,
+              "n_frames": len(frames)}
+    path = out / SELECTION
+    record = load_json(path, default=None)
+    if record and record.get("params") == params:
+        return record["selected_steps"]
+    idx = select_frames(frames, args.select_measure, args.select, args.n_select, args.lower_trust,
+                        args.upper_trust, seed=args.seed, committee=committee)
+    steps = [int(frames[i].info["step"]) for i in idx]
+    labelled = (record or {}).get("labelled", {})
+    save_json_atomic(path, {"params": params, "selected_steps": steps, "labelled": labelled})
+    return steps
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    atoms_list = read_structures(args.structure)
+    if not -len(atoms_list) <= args.index < len(atoms_list):
+        raise ConfigError(f"--index {args.index} is out of range: {args.structure} holds {len(atoms_list)}")
+    atoms = atoms_list[args.index]
+    schedule = TemperatureSchedule.parse(args.temperature, args.steps, args.schedule_mode)
+    committee = load_committee_from_args(args)
+    n_mol = parse_molecules(args.molecules)
+    if args.mode == "online":
+        calc = build_gate_from_args(args, "md", committee=committee)
+        if calc.label_store is not None:
+            calc.label_store.deduplicate = True  # a repeated step never appends twice
+        caps = None
+    else:
+        calc, caps = committee, measures_from_args(args, "cap_", n_mol) or None
+    md = CommitteeMD(atoms, calc, out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
+                     temperature=schedule, pressure_GPa=args.pressure_GPa, tdamp_fs=args.tdamp_fs,
+                     pdamp_fs=args.pdamp_fs, hydrostatic=not args.anisotropic,
+                     write_interval=args.write_interval, min_distance_A=args.min_distance_A,
+                     max_volume_ratio=args.max_volume_ratio, cutoff_A=args.cutoff_A, seed=args.seed,
+                     hard_cap=caps, provenance={"driver": "md", "mode": args.mode})
+    result = md.run(args.steps)
+    log.info("MD steps %d..%d done, %d frames, %d labels by the gate", result.start_step,
+             result.last_step, result.n_frames, result.n_labels)
+    selected = []
+    if args.mode == "record" and args.select != "none" and not result.stopped:
+        from ase.io import read
+
+        frames = read(result.trajectory, index=":", format="extxyz")
+        selected = _selection(args, out, frames, committee)
+        if selected and args.labels:
+            from committee_calc.labels import LabelStore
+
+            by_step = {int(f.info["step"]): i for i, f in enumerate(frames)}
+            store = LabelStore(args.labels, deduplicate=True)
+            done = label_frames(frames, [by_step[s] for s in selected], args.reference, store,
+                                out / SELECTION, provenance={"driver": "md", "mode": "record",
+                                                             "selection": args.select,
+                                                             "measure": args.select_measure})
+            log.info("labelled %d selected frames into %s", len(done), args.labels)
+        else:
+            log.info("selected steps %s (give --labels and --reference to label them)", selected)
+    plot_uncertainty_trace(result.log, out / PLOT, selected_steps=selected)
+    if result.stopped:
+        log.error("stopped at step %d: %s (outputs so far kept; offending structure in %s)",
+                  result.last_step, result.stop_reason, out / "md_unphysical.extxyz")
+        return 3
+    return 0
+
+
+def main(argv=None) -> int:
+    """Console entry point (``committee-md``): errors become one line + exit code 2."""
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Committee MD library: schedules, units, conservation, NPT behaviour, resume, safety, bad input."""
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.calculators.mixing import LinearCombinationCalculator
+
+from committee_calc.committee import CommitteeCalculator
+from committee_calc.errors import CommitteeError, ConfigError
+from committee_calc.md import CSV_COLUMNS, CommitteeMD, read_log
+from committee_calc.md_schedule import TemperatureSchedule, make_integrator
+from committee_calc.members.ase_member import ASEMember
+
+
+def emt_committee(cutoff=None):
+    """EMT plus a 3 %-scaled EMT: a conservative mean and a real, smooth spread."""
+    return CommitteeCalculator([ASEMember(EMT(), cutoff=cutoff),
+                                ASEMember(LinearCombinationCalculator([EMT()], [1.03]), cutoff=cutoff)])
+
+
+def cu(n=(1, 1, 2)):
+    return bulk("Cu", cubic=True).repeat(n)
+
+
+def test_schedules():
+    assert TemperatureSchedule([300]).is_constant and TemperatureSchedule([300])(1234) == 300
+    ramp = TemperatureSchedule.parse("100:400", n_steps=300)
+    assert [ramp(s) for s in (0, 150, 300, 999)] == [100, 250, 400, 400]
+    hold = TemperatureSchedule.parse("100,200,300,400", n_steps=400, mode="hold")
+    assert [hold(s) for s in (0, 99, 100, 250, 399, 400)] == [100, 100, 200, 300, 400, 400]
+    interp = TemperatureSchedule([100, 200, 400], n_steps=100, mode="ramp")
+    assert interp(25) == pytest.approx(150) and interp(75) == pytest.approx(300)
+    for bad in ("0", "-5", "100:abc"):
+        with pytest.raises(ConfigError):
+            TemperatureSchedule.parse(bad, 10)
+
+
+def test_pressure_converted_from_GPa():
+    atoms = cu()
+    atoms.calc = emt_committee()
+    dyn = make_integrator(atoms, "mtk_iso", 1.0, 300.0, pressure_GPa=2.5)
+    assert dyn._pressure_au == pytest.approx(2.5 * units.GPa)  # eV/Å³
+    assert dyn._pressure_au == pytest.approx(2.5 / 160.21766208)
+    lang = make_integrator(atoms, "langevin", 1.0, 300.0, pressure_GPa=2.5)
+    assert lang.externalstress == pytest.approx(-2.5 * units.GPa)  # ASE stress sign convention
+    ber = make_integrator(atoms, "berendsen", 1.0, 300.0, pressure_GPa=-1.0)
+    assert ber.pressure == pytest.approx(-1.0 * units.GPa)
+
+
+def test_csv_pressure_in_GPa(tmp_path):
+    atoms = cu()
+    atoms.rattle(0.02, seed=3)
+    md = CommitteeMD(atoms, emt_committee(), tmp_path, ensemble="mtk_iso", init_velocities=False)
+    res = md.run(0)
+    row = read_log(res.log)
+    ref = atoms.copy()
+    ref.calc = emt_committee()
+    p_gpa = -np.trace(ref.get_stress(voigt=False)) / 3 / units.GPa
+    assert row["pressure_GPa"][0] == pytest.approx(p_gpa, rel=1e-10)
+    assert list(read_log(res.log)) == list(CSV_COLUMNS)
+
+
+def test_temperature_ramp_drives_thermostat(tmp_path):
+    sched = TemperatureSchedule([100, 500], n_steps=160)
+    md = CommitteeMD(cu((2, 2, 2)), emt_committee(), tmp_path, ensemble="nvt", timestep_fs=2.0,
+                     temperature=sched, tdamp_fs=20.0, write_interval=40)
+    res = md.run(160)
+    log = read_log(res.log)
+    assert np.allclose(log["temperature_target_K"], [sched(int(s)) for s in log["step"]])
+    state = json.loads((tmp_path / "md_state.json").read_text())
+    assert state["integrator"]["thermostat"]["_kT"] == pytest.approx(units.kB * 500.0)
+    t = log["temperature_K"]
+    assert t[-40:].mean() > t[:40].mean() + 100  # the instantaneous T follows the ramp up
+    assert t[-40:].mean() == pytest.approx(log["temperature_target_K"][-40:].mean(), rel=0.3)
+
+
+def test_nve_energy_conservation(tmp_path):
+    md = CommitteeMD(cu((2, 2, 1)), emt_committee(), tmp_path, ensemble="nve", timestep_fs=1.0,
+                     temperature=300.0, write_interval=50)
+    res = md.run(200)
+    log = read_log(res.log)
+    e = log["conserved_energy_eV"] / 16
+    assert np.all(np.isfinite(e)) and log["temperature_K"].max() > 50
+    assert np.abs(e - e[0]).max() < 2e-4  # eV/atom over 200 fs at 1 fs
+    drift = np.polyfit(log["time_fs"], e, 1)[0] * 1000  # eV/atom/ps
+    assert abs(drift) < 5e-4
+
+
+def test_npt_short_run_holds_set_points(tmp_path):
+    md = CommitteeMD(cu((2, 2, 2)), emt_committee(), tmp_path, ensemble="mtk_iso", timestep_fs=2.0,
+                     temperature=300.0, pressure_GPa=0.0, tdamp_fs=40.0, pdamp_fs=200.0,
+                     write_interval=100)
+    res = md.run(300)
+    log = read_log(res.log)
+    h = log["step"] > 100
+    assert not res.stopped and res.n_frames == 4
+    assert log["temperature_K"][h].mean() == pytest.approx(300, rel=0.2)
+    assert abs(log["pressure_GPa"][h].mean()) < 0.8
+    assert np.ptp(log["volume_A3"]) > 0.5  # the barostat moves the cell
+
+
+@pytest.mark.parametrize("ensemble", ["mtk_iso", "mtk", "langevin", "nve"])
+def test_resume_after_kill_matches_uninterrupted(tmp_path, ensemble):
+    kw = dict(ensemble=ensemble, timestep_fs=2.0, temperature=TemperatureSchedule([300, 500], 40),
+              write_interval=10)
+    a, b = tmp_path / "a", tmp_path / "b"
+    CommitteeMD(cu(), emt_committee(), a, **kw).run(40)
+    killed = CommitteeMD(cu(), emt_committee(), b, **kw).run(40, stop_after=17)  # "kill" at step 17
+    assert killed.last_step == 17
+    # rows 11..17 were written after the last checkpoint (step 10): they are dropped and redone
+    resumed = CommitteeMD(cu(), emt_committee(), b, **kw).run(40)
+    assert resumed.start_step == 10 and resumed.last_step == 40
+    sa = json.loads((a / "md_state.json").read_text())
+    sb = json.loads((b / "md_state.json").read_text())
+    la, lb = read_log(a / "md_log.csv"), read_log(b / "md_log.csv")
+    assert list(lb["step"]) == list(range(41))
+    if ensemble == "nve":  # EMT's neighbour list history changes round-off only
+        assert np.allclose(sa["integrator"]["positions"], sb["integrator"]["positions"], atol=1e-9)
+        assert np.allclose(la["energy_eV"], lb["energy_eV"], atol=1e-9)
+    else:  # the cell moves every step, so EMT rebuilds its list: bit-identical
+        assert sa["integrator"] == sb["integrator"]
+        assert (a / "md_log.csv").read_text() == (b / "md_log.csv").read_text()
+        assert (a / "md_trajectory.extxyz").read_text() == (b / "md_trajectory.extxyz").read_text()
+
+
+def test_resume_rejects_other_system_and_settings(tmp_path):
+    CommitteeMD(cu(), emt_committee(), tmp_path, write_interval=5).run(5)
+    al = bulk("Al", cubic=True).repeat((1, 1, 3))
+    with pytest.raises(ConfigError, match="different system"):
+        CommitteeMD(al, emt_committee(), tmp_path).run(10)
+    with pytest.raises(ConfigError, match="timestep_fs"):
+        CommitteeMD(cu(), emt_committee(), tmp_path, timestep_fs=2.0).run(10)
+    (tmp_path / "md_state.json").unlink()  # a trajectory alone is still checked
+    with pytest.raises(ConfigError, match="different system"):
+        CommitteeMD(al, emt_committee(), tmp_path).run(10)
+
+
+def test_bad_input(tmp_path):
+    for kw in ({"temperature": 0.0}, {"temperature": -10.0}, {"timestep_fs": 0.0},
+               {"timestep_fs": -1.0}, {"ensemble": "nph"}, {"write_interval": 0},
+               {"max_volume_ratio": 0.5}):
+        with pytest.raises(CommitteeError):
+            CommitteeMD(cu(), emt_committee(), tmp_path, **kw)
+    with pytest.raises(ConfigError, match="supercell"):
+        CommitteeMD(bulk("Cu", cubic=True), emt_committee(cutoff=5.0), tmp_path)
+    CommitteeMD(bulk("Cu", cubic=True).repeat(2), emt_committee(cutoff=5.0), tmp_path)  # 7.2 Å is fine
+    with pytest.raises(ConfigError, match="3-D periodic"):
+        CommitteeMD(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), emt_committee(),
+                    tmp_path / "x").run(1)
+
+
+def test_safety_stops_keep_outputs(tmp_path):
+    close = cu()
+    close.positions[1] = close.positions[0] + [0.4, 0, 0]
+    res = CommitteeMD(close, emt_committee(), tmp_path / "d", min_distance_A=0.6).run(10)
+    assert res.stopped and "minimum distance" in res.stop_reason
+    assert (tmp_path / "d" / "md_unphysical.extxyz").exists()
+
+    res = CommitteeMD(cu(), emt_committee(), tmp_path / "v", ensemble="mtk_iso", pdamp_fs=20.0,
+                      pressure_GPa=-20.0, max_volume_ratio=1.02, write_interval=5).run(400)
+    assert res.stopped and "volume" in res.stop_reason
+    log = read_log(tmp_path / "v" / "md_log.csv")
+    assert log["step"][-1] == res.last_step and res.n_frames >= 1  # everything so far kept
+
+    res = CommitteeMD(cu(), emt_committee(), tmp_path / "c", hard_cap={"forces_std_max": 1e-3}).run(50)
+    assert res.stopped and "hard cap" in res.stop_reason and res.last_step > 0
+
+
+def test_user_atoms_untouched(tmp_path):
+    atoms = cu()
+    before = atoms.positions.copy()
+    CommitteeMD(atoms, emt_committee(), tmp_path).run(3)
+    assert atoms.calc is None and np.array_equal(atoms.positions, before)
+
+
+@pytest.mark.slow
+def test_npt_ensemble_long_run(tmp_path):
+    """Mean T and P within statistical error (block averages) of the set points."""
+    T0, P0 = 400.0, 1.0
+    md = CommitteeMD(cu((2, 2, 2)), emt_committee(), tmp_path, ensemble="mtk_iso", timestep_fs=2.0,
+                     temperature=T0, pressure_GPa=P0, tdamp_fs=50.0, pdamp_fs=300.0, write_interval=500)
+    res = md.run(4000)
+    log = read_log(res.log)
+    keep = log["step"] > 1000
+    for col, target in (("temperature_K", T0), ("pressure_GPa", P0)):
+        x = log[col][keep]
+        blocks = x[: len(x) // 10 * 10].reshape(10, -1).mean(1)
+        err = blocks.std(ddof=1) / np.sqrt(len(blocks))
+        assert abs(x.mean() - target) < 3 * err + 0.03 * abs(target or 1), (col, x.mean(), err)
