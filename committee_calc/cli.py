@@ -155,6 +155,3 @@ def run_cli(main, argv=None) -> int:
         print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
         return 130
     return int(rc or 0)
-
-
-_collect = measures_from_args  # old private name, kept while drivers migrate

@@ -1,0 +1,157 @@
+"""Threshold MC through the shared Gate: labels, retraining, hard cap, label replay on resume."""
+import json
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from test_mc_moves import water_crystal
+
+from committee_calc.errors import GateStop
+from committee_calc.gate import Gate
+from committee_calc.labels import LabelStore
+from committee_calc.mc_moves import MoveSet, make_whole
+from committee_calc.montecarlo import ThresholdMC, label_replay, select_starts
+from committee_calc.ridge_committee import PairRidgeCommittee
+
+MOVES = {"translate": {"probability": 2, "step": 0.3}, "rotate": {"probability": 2, "step": 20},
+         "cell_volume": {"probability": 1, "step": 0.04}}
+
+
+def reference_data(structures):
+    E, F = [], []
+    for s in structures:
+        a = s.copy()
+        a.calc = EMT()
+        E.append(a.get_potential_energy())
+        F.append(a.get_forces())
+    return E, F
+
+
+def fit_committee(structures, seed=0):
+    E, F = reference_data(structures)
+    model = PairRidgeCommittee(["H", "O"], n_members=6, seed=seed, r_cut=4.0, n_basis=8, ridge=1e-6)
+    model.fit(structures, E, F)
+    return model.as_committee(molecules=4)
+
+
+def minima_set(n=6, seed=0):
+    """'Minima-only' training data: the start crystal with tiny rigid perturbations."""
+    atoms, topo = make_whole(water_crystal(a=4.0))
+    ms = MoveSet({"translate": {"probability": 1, "step": 0.02}, "rotate": {"probability": 1, "step": 1}})
+    rng = np.random.default_rng(seed)
+    out = [atoms]
+    for _ in range(n - 1):
+        out.append(ms.propose(atoms, topo, rng)[0])
+    return out
+
+
+def retrainer(path):
+    frames = LabelStore(path).read()
+    base = minima_set()
+    E0, F0 = reference_data(base)
+    model = PairRidgeCommittee(["H", "O"], n_members=6, seed=1, r_cut=4.0, n_basis=8, ridge=1e-6)
+    model.fit(base + frames, list(E0) + [f.info["REF_energy"] for f in frames],
+              list(F0) + [f.arrays["REF_forces"] for f in frames])
+    return model.as_committee(molecules=4)
+
+
+@pytest.fixture
+def gate(tmp_path):
+    return Gate(fit_committee(minima_set()), EMT(), thresholds={"energy_std_per_molecule": 0.01},
+                hard_cap={"energy_std_per_molecule": 5.0}, label_store=tmp_path / "labels.extxyz",
+                provenance={"driver": "mc-test"}, retrain=retrainer, retrain_every=3)
+
+
+def test_on_the_fly_labels_and_retrains(gate):
+    mc = ThresholdMC(water_crystal(a=4.0), gate, MOVES, lid_eV=0.3, seed=2, run_id="t1")
+    recs = mc.run(40)
+    labelled = [r for r in recs if r["gate_decision"] == "reference"]
+    assert 0 < len(labelled) < len(recs)
+    assert gate.n_labels == len(labelled) == len(gate.label_store)
+    assert gate.n_retrains >= 1
+    frames = gate.label_store.read()
+    steps = sorted(int(f.info["prov_mc_step"]) for f in frames)
+    assert steps == sorted(r["step"] for r in labelled)
+    assert all(f.info["prov_mc_run"] == "t1" for f in frames)
+    for r in recs[1:]:
+        if r["accepted"]:
+            assert r["trial_energy_eV"] < r["lid_eV"]
+    # labelled steps carry the reference energy
+    for r in labelled:
+        f = [fr for fr in frames if int(fr.info["prov_mc_step"]) == r["step"]][0]
+        assert r["trial_energy_eV"] == pytest.approx(f.info["REF_energy"], abs=1e-9)
+
+
+def test_hard_cap_terminates_and_start_above_cap_errors(tmp_path):
+    com = fit_committee(minima_set())
+    tight = Gate(com, EMT(), thresholds={"energy_std_per_molecule": 1e-6},
+                 hard_cap={"energy_std_per_molecule": 1e-5}, label_store=tmp_path / "l.extxyz")
+    with pytest.raises(GateStop, match="start structure already exceeds the hard"):
+        ThresholdMC(water_crystal(a=4.0), tight, MOVES, lid_eV=0.3, seed=0).initialise()
+    assert len(tight.label_store) == 0
+    # a cap between the start's uncertainty and the far-away trials: the chain stops, reason kept
+    s0 = com.predict([make_whole(water_crystal(a=4.0))[0]])[0]["energy_std"] / 4
+    g = Gate(com, EMT(), thresholds={"energy_std_per_molecule": 3 * s0 + 1e-9},
+             hard_cap={"energy_std_per_molecule": 3 * s0 + 1e-9}, label_store=None)
+    mc = ThresholdMC(water_crystal(a=4.0), g, {"translate": {"probability": 1, "step": 1.5}},
+                     lid_eV=5.0, seed=0)
+    recs = mc.run(200)
+    assert mc.terminated and mc.terminated.startswith("hard cap")
+    assert recs[-1]["gate_decision"] == "stop" and mc.step_index < 200
+    with pytest.raises(Exception, match="terminated"):
+        mc.step()
+    # committee-only runs (plain calculator) apply the same cap
+    mc2 = ThresholdMC(water_crystal(a=4.0), com, {"translate": {"probability": 1, "step": 1.5}},
+                      lid_eV=5.0, seed=0, hard_cap={"energy_std_per_molecule": 3 * s0 + 1e-9})
+    mc2.run(200)
+    assert mc2.terminated and mc2.step_index == mc.step_index
+
+
+def test_label_of_interrupted_step_is_reused_not_duplicated(gate):
+    mc = ThresholdMC(water_crystal(a=4.0), gate, MOVES, lid_eV=0.3, seed=4, run_id="t2")
+    mc.initialise()
+    saved, rec = None, None
+    for _ in range(60):
+        before = json.loads(json.dumps(mc.state()))
+        rec = mc.step()
+        if rec["gate_decision"] == "reference":
+            saved = before
+            break
+    assert saved is not None, "no labelled step happened"
+    n = len(gate.label_store)
+    # 'kill' after the label append, before the state save: resume from the previous state
+    again = ThresholdMC.from_state(saved, gate)
+    again.label_lookup = label_replay(gate.label_store, "t2")
+    rec2 = again.step()
+    assert len(gate.label_store) == n  # no duplicate label
+    assert rec2["step"] == rec["step"] and rec2["move"] == rec["move"]
+    assert rec2["trial_energy_eV"] == pytest.approx(rec["trial_energy_eV"], abs=1e-12)
+    assert rec2["accepted"] == rec["accepted"] and rec2["label_index"] == rec["label_index"]
+    assert again.rng.bit_generator.state == mc.rng.bit_generator.state
+
+
+def test_select_starts_fps_from_lowest_energy():
+    structs = minima_set(8, seed=3)
+    energies = [3.0, 1.0, 2.0, 0.5, 4.0, 5.0, 6.0, 7.0]
+    X = np.arange(8, dtype=float)[:, None] ** 1.5
+    idx = select_starts(structs, 3, energies=energies, descriptors=X)
+    assert idx[0] == 3 and len(set(idx)) == 3
+    assert idx[1] == 7  # farthest from x(3) in descriptor space
+    # default descriptors (shared structural fingerprint) work too
+    idx2 = select_starts(structs, 3, energies=energies)
+    assert idx2[0] == 3 and len(set(idx2)) == 3
+
+
+@pytest.mark.slow
+def test_on_the_fly_benchmark_reduces_heldout_error(tmp_path):
+    pytest.importorskip("tblite")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mc_on_the_fly.py"
+    spec = importlib.util.spec_from_file_location("mc_on_the_fly", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--steps", "40", "--chains", "2", "--heldout", "15", "--out", str(tmp_path)])
+    assert 0 < res["otf_labelled_fraction"] < 1
+    assert res["heldout_rmse_kjmol_per_molecule_after"] < res["heldout_rmse_kjmol_per_molecule_before"]
