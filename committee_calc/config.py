@@ -12,8 +12,6 @@ Relative paths are resolved against the YAML file's folder.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -38,18 +36,9 @@ def read_yaml(path) -> dict:
 
 def write_yaml_atomic(path, data: dict) -> None:
     """Write YAML via a temporary file + rename: never a half-written spec."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(data, fh, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def build_committee(spec: dict, base_dir=None, **overrides):
