@@ -1,0 +1,227 @@
+"""Resumable relaxation of a candidate pool (one :class:`GatedRelaxer` per candidate).
+
+::
+
+    pool = RelaxPool(GatedRelaxer(gate, policy="fallback"), "out/")
+    rows = pool.run(candidates)          # list of summary dicts, one per candidate
+
+Output folder layout (everything a rerun resumes from)
+    ``trajectories/<id>.extxyz``
+        one frame per *new* evaluation, appended and fsynced as it happens
+        (result used, committee uncertainties, gate decision, call counters).
+        Its last complete frame is the candidate's saved state: a rerun
+        restarts the optimiser there, reusing the stored result (no new call).
+        A torn last frame from a kill is cut off.  Optimiser memory (FIRE
+        velocities, BFGS Hessian) is not kept: the restart begins afresh from
+        that geometry.
+    ``summary.csv``
+        one row per *finished* candidate (written after its last frame); a
+        candidate with a row is never relaxed again.
+    ``relaxed.extxyz``
+        the final frames of all finished candidates in input order,
+        rewritten atomically from the trajectories after every candidate.
+    ``pool.json``
+        candidate ids and settings; a rerun with different candidates is refused.
+
+A label is appended by the gate before the frame that used it is written; a
+kill in between leaves a label whose geometry the restarted optimiser never
+revisits (it restarts from the previous frame), so no label is duplicated.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+from .errors import ConfigError, ReferenceCalculationError
+from .fileio import CsvLog, atomic_write_bytes, load_json, save_json_atomic, write_structures_atomic
+from .progress import progress_iter
+
+log = logging.getLogger("committee_calc.relax")
+
+SUMMARY_COLUMNS = ("id", "status", "steps", "committee_calls", "reference_calls", "labels",
+                   "energy_eV", "energy_per_atom_eV", "energy_std_eV", "forces_std_max_eVA",
+                   "force_uncertainty_relative", "fmax_eVA", "density_gcm3", "natoms", "reason")
+#: g/cm³ per (amu/Å³)
+AMU_PER_A3_TO_GCM3 = 1.66053906660
+
+
+def density_gcm3(atoms) -> float:
+    """Mass density [g/cm³] of a periodic cell (NaN without a 3-D cell)."""
+    if atoms.cell.rank != 3:
+        return float("nan")
+    return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_GCM3)
+
+
+def candidate_ids(images) -> list:
+    """``info['candidate_id']``/``'id'``/``'name'`` when present and unique, else c0000, c0001..."""
+    for key in ("candidate_id", "id", "name"):
+        ids = [str(a.info.get(key)) for a in images if a.info.get(key) is not None]
+        if len(ids) == len(images) and len(set(ids)) == len(ids):
+            if all(_safe(i) for i in ids):
+                return ids
+    return [f"c{i:04d}" for i in range(len(images))]
+
+
+def _safe(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
+
+
+def read_frames_repair(path) -> list:
+    """All complete frames of an append-only extxyz file; a torn tail is cut off (atomically)."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    data = path.read_bytes()
+    frames, pos, good_end = [], 0, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        try:
+            n = int(data[pos:nl].strip())
+        except ValueError:
+            break
+        end = nl
+        for _ in range(n + 1):
+            end = data.find(b"\n", end + 1)
+            if end < 0:
+                break
+        if end < 0:
+            break
+        try:
+            frames.append(read(io.StringIO(data[pos:end + 1].decode()), format="extxyz"))
+        except Exception:  # noqa: BLE001 - an unparsable frame ends the good part
+            break
+        pos = good_end = end + 1
+    if good_end < len(data):
+        log.warning("%s: cut a torn trailing frame (%d bytes) left by an interrupted run",
+                    path, len(data) - good_end)
+        atomic_write_bytes(path, data[:good_end])
+    return frames
+
+
+def _append_frame(path, atoms) -> None:
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, atoms, format="extxyz")
+    with open(path, "a") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class RelaxPool:
+    """Relax every candidate of a pool independently and resumably.
+
+    relaxer: a configured :class:`~committee_calc.relax.GatedRelaxer`.
+    out_dir: output folder (created); see the module docstring for its files.
+    progress: show a progress bar over the pool (only on an interactive terminal).
+    """
+
+    def __init__(self, relaxer, out_dir, progress=True):
+        self.relaxer = relaxer
+        self.out = Path(out_dir)
+        self.traj_dir = self.out / "trajectories"
+        self.progress = progress
+
+    def _settings(self):
+        r = self.relaxer
+        return {"policy": r.policy, "u_max": r.u_max, "optimizer": r.optimizer_name, "fmax": r.fmax,
+                "max_steps": r.max_steps, "cell": r.cell, "pressure_GPa": r.pressure_GPa,
+                "fix_symmetry": r.fix_symmetry}
+
+    def _check_pool(self, ids, images):
+        meta = load_json(self.out / "pool.json")
+        here = {"ids": ids, "natoms": [len(a) for a in images], "settings": self._settings()}
+        if meta is None:
+            save_json_atomic(self.out / "pool.json", here)
+        elif meta.get("ids") != ids or meta.get("natoms") != here["natoms"]:
+            raise ConfigError(f"{self.out} holds a different candidate pool ({len(meta.get('ids', []))} "
+                              f"candidates); use a new --out folder for these {len(ids)} candidates")
+        elif meta.get("settings") != here["settings"]:
+            log.warning("settings differ from the first run in %s (%s -> %s); unfinished "
+                        "candidates continue with the new ones", self.out, meta["settings"],
+                        here["settings"])
+
+    def run(self, images, ids=None) -> list:
+        """Relax all unfinished candidates; return all summary rows (input order)."""
+        images = list(images)
+        ids = list(ids) if ids is not None else candidate_ids(images)
+        if len(ids) != len(images) or len(set(ids)) != len(ids):
+            raise ConfigError("candidate ids must be unique, one per structure")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.traj_dir.mkdir(exist_ok=True)
+        self._check_pool(ids, images)
+        summary = CsvLog(self.out / "summary.csv", SUMMARY_COLUMNS)
+        done = {r["id"] for r in summary.rows()}
+        todo = [(i, a) for i, a in zip(ids, images) if i not in done]
+        if not todo:
+            log.info("all %d candidates in %s are finished; nothing to do", len(ids), self.out)
+        for cid, atoms in progress_iter(todo, enabled=self.progress, desc="relax pool", total=len(todo)):
+            row = self.relax_one(cid, atoms)
+            summary.append(row)
+            self.write_relaxed(ids, summary)
+            log.info("%s: %s after %s steps (%s reference calls), E = %s eV", cid, row["status"],
+                     row.get("steps"), row.get("reference_calls"), row.get("energy_eV"))
+        self.write_relaxed(ids, summary)
+        by_id = {r["id"]: r for r in summary.rows()}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def relax_one(self, cid, atoms) -> dict:
+        path = self.traj_dir / f"{cid}.extxyz"
+        frames = read_frames_repair(path)
+        resume = frames[-1] if frames else None
+        if resume is not None:
+            log.info("%s: resuming from step %s", cid, resume.info.get("relax_step"))
+        try:
+            res = self.relaxer.relax(atoms, info={"candidate": cid},
+                                     on_frame=lambda f: _append_frame(path, f), resume=resume)
+        except ReferenceCalculationError as exc:
+            log.error("%s: reference calculation failed: %s", cid, exc)
+            return {"id": cid, "status": "reference_failed", "reason": str(exc).splitlines()[0],
+                    "natoms": len(atoms)}
+        final = res.atoms
+        row = {"id": cid, "status": res.status, "steps": res.steps,
+               "committee_calls": res.n_committee_calls, "reference_calls": res.n_reference_calls,
+               "labels": res.n_labels, "reason": res.reason, "natoms": len(atoms)}
+        if final is not None:
+            row.update(energy_eV=res.energy, energy_per_atom_eV=res.energy / len(final),
+                       energy_std_eV=res.energy_std, forces_std_max_eVA=res.forces_std_max,
+                       force_uncertainty_relative=res.force_uncertainty_relative,
+                       fmax_eVA=res.fmax, density_gcm3=density_gcm3(final))
+            if not frames or len(res.trajectory) > 1 or "relax_status" not in frames[-1].info:
+                _append_frame(path, final)  # the final frame carries relax_status
+        return row
+
+    def write_relaxed(self, ids, summary) -> list:
+        """Rewrite ``relaxed.extxyz`` from the last frame of each finished candidate."""
+        rows = {r["id"]: r for r in summary.rows()}
+        out = []
+        for cid in ids:
+            row = rows.get(cid)
+            if row is None or row["status"] == "reference_failed":
+                continue
+            frames = read_frames_repair(self.traj_dir / f"{cid}.extxyz")
+            if not frames:
+                continue
+            f = frames[-1]
+            f.info.update(candidate=cid, relax_status=row["status"])
+            out.append(f)
+        write_structures_atomic(self.out / "relaxed.extxyz", out)
+        return out
+
+
+def read_relaxed(out_dir) -> list:
+    from ase.io import read
+
+    p = Path(out_dir) / "relaxed.extxyz"
+    return read(p, ":") if p.exists() and p.stat().st_size else []
+
+
+__all__ = ["RelaxPool", "SUMMARY_COLUMNS", "candidate_ids", "density_gcm3", "read_frames_repair",
+           "read_relaxed"]
