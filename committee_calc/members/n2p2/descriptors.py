@@ -1,4 +1,14 @@
-"""Vectorised n2p2 symmetry functions and their gradients (the hot path).
+"""n2p2 symmetry functions and their gradients (the hot path).
+
+:class:`SFEngine` is the interface used by the member (``prepare``,
+``values``, ``gradients``).  By default (``kernel="auto"``, or the
+``COMMITTEE_CALC_N2P2_KERNEL`` environment variable) it delegates to the
+compiled numba kernels of :mod:`.fast` / :mod:`.kernels` (analytic
+derivatives, ~10x faster); when numba is not installed, or with
+``kernel="torch"``, it uses the PyTorch autograd implementation below.
+Both give the same numbers to round-off (``tests/test_n2p2_kernels.py``).
+
+The autograd implementation:
 
 Work is organised in *families*: all SFs of one central element and one
 neighbour element (radial) or one unordered neighbour-element pair (angular).
@@ -20,11 +30,16 @@ fixed density.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 
+from ...errors import ConfigError
 from .symfuncs import ANGULAR_TYPES, compact_fn, cutoff_fn
+
+#: ``auto`` = compiled numba kernels when numba imports, else PyTorch autograd
+KERNELS = ("auto", "numba", "torch")
 
 #: triplets per autograd block (bounds memory: ~ block × n_sf × 8 bytes × a few)
 TRIPLET_BLOCK = 400_000
@@ -57,7 +72,20 @@ def _unique(rows):
 class SFEngine:
     """Symmetry functions of one n2p2 model (shared by members with equal SFs)."""
 
-    def __init__(self, model):
+    def __init__(self, model, kernel: str | None = None):
+        kernel = kernel or os.environ.get("COMMITTEE_CALC_N2P2_KERNEL", "auto")
+        if kernel not in KERNELS:
+            raise ConfigError(f"unknown n2p2 kernel {kernel!r}; use one of {KERNELS}")
+        self.fast = None
+        if kernel != "torch":
+            try:
+                from .fast import FastSF
+            except ImportError as exc:  # numba missing: autograd path
+                if kernel == "numba":
+                    raise ConfigError(f"the numba n2p2 kernel needs numba: {exc}") from exc
+            else:
+                self.fast = FastSF(model)
+        self.kernel = "numba" if self.fast is not None else "torch"
         self.elements = model.elements
         self.nel = len(model.elements)
         self.cl = model.conv_length
@@ -147,6 +175,8 @@ class SFEngine:
         species: (N,) element index per atom; i, j: (P,) pair indices; D: (P, 3)
         vectors r_j + shift - r_i in the model's length unit.
         """
+        if self.fast is not None:
+            return self.fast.prepare(species, i, j, D)
         order = np.argsort(i, kind="stable")
         i, j, D = i[order], j[order], np.ascontiguousarray(D[order], dtype=float)
         r = np.sqrt((D * D).sum(1)) * self.cl
@@ -229,6 +259,8 @@ class SFEngine:
 
     def values(self, geo) -> list:
         """Raw SFs per element: list of (n_e, nsf_e) float64 tensors (Z order)."""
+        if self.fast is not None:
+            return self.fast.values(geo)
         sp = geo["species"]
         G = [torch.zeros(int((sp == c).sum()), self.nsf[c], dtype=torch.float64)
              for c in range(self.nel)]
@@ -242,6 +274,8 @@ class SFEngine:
 
     def gradients(self, geo, dEdG: list) -> list:
         """dE/dD (n_pairs, 3) for each entry of ``dEdG`` (list of per-element (n_e, nsf_e))."""
+        if self.fast is not None:
+            return self.fast.gradients(geo, dEdG)
         out = [np.zeros_like(geo["D"]) for _ in dEdG]
         for sel, leaf, items in self._iterate(geo, grad=True):
             for m, V in enumerate(dEdG):
