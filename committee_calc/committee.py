@@ -215,22 +215,64 @@ class CommitteeCalculator(Calculator):
         """
         from .progress import progress_iter
 
+        structures = list(structures)
+        bsize = 16 if batch_size is None else int(batch_size)
+        if bsize < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
         out = []
-        for atoms in progress_iter(list(structures), enabled=progress, desc="predict"):
-            props = ["energy", "forces"]
-            if self._want_stress(atoms, properties or ()):
-                props.append("stress")
-            if "energies" in self.member_properties:
-                props.append("energies")
-            preds = self.evaluate_members(atoms, props)
-            self.n_calls += 1
-            try:
-                out.append(aggregate(preds, self.calibration))
-            except NonFiniteOutputError:
-                if properties is not None and "raise" in properties:
-                    raise
-                out.append({"n_nonfinite": len(preds), "energy": float("nan")})
+        chunks = [structures[i:i + bsize] for i in range(0, len(structures), bsize)]
+        for chunk in progress_iter(chunks, enabled=progress, desc="predict"):
+            for preds in self._evaluate_chunk(chunk, properties):
+                self.n_calls += 1
+                try:
+                    out.append(aggregate(preds, self.calibration))
+                except NonFiniteOutputError:
+                    if properties is not None and "raise" in properties:
+                        raise
+                    out.append({"n_nonfinite": len(preds), "energy": float("nan")})
         return out
+
+    def _evaluate_chunk(self, chunk, properties) -> list:
+        """Per-structure lists of member predictions; groups whose member class has
+        ``predict_batch(members, structures, properties)`` get one batched call."""
+        props = []
+        for atoms in chunk:
+            p = ["energy", "forces"]
+            if self._want_stress(atoms, properties or ()):
+                p.append("stress")
+            if "energies" in self.member_properties:
+                p.append("energies")
+            props.append(p)
+            for m in self.members:
+                m.check_atoms(atoms)
+        union = sorted(set().union(*props)) if props else []
+        preds = [[None] * len(self.members) for _ in chunk]
+        for idx in self._groups:
+            group = [self.members[i] for i in idx]
+            batch_fn = getattr(type(group[0]), "predict_batch", None)
+            if batch_fn is not None and len(chunk) > 1:
+                copies = []
+                for atoms in chunk:
+                    c = atoms.copy()
+                    c.calc = None
+                    copies.append(c)
+                rows = batch_fn(group, copies, union)
+            else:
+                rows = [self.evaluate_members_subset(group, atoms, p) for atoms, p in zip(chunk, props)]
+            for s, row in enumerate(rows):
+                for i, pr in zip(idx, row):
+                    pr = {k: v for k, v in pr.items() if k in props[s]}
+                    preds[s][i] = pr
+                    self.member_calls[i] += 1
+        return preds
+
+    @staticmethod
+    def evaluate_members_subset(group, atoms, properties) -> list:
+        copy = atoms.copy()
+        copy.calc = None
+        if len(group) > 1:
+            return type(group[0]).predict_group(group, copy, properties)
+        return [group[0].predict(copy, properties)]
 
     def with_calibration(self, calibration) -> "CommitteeCalculator":
         """Same members, new α factors (a new calculator; members shared)."""

@@ -151,11 +151,10 @@ def build_nequip(path, frames, seed=0, r_max=4.0, steps=5):
     from nequip.utils import Config
     from nequip.scripts.train import default_config
     from nequip.scripts import deploy
-    from nequip.data import AtomicData, AtomicDataDict
+    from nequip.data import AtomicData
     from nequip.utils.torch_geometric import Batch
     from nequip.data.transforms import TypeMapper
     from nequip.utils.versions import get_current_code_versions
-    from nequip.utils.misc import dtype_to_name
     e_per_atom = float(np.mean([a.info["REF_energy"] / len(a) for a in frames]))
     cfg = Config.from_dict(dict(default_config))
     cfg.update(dict(
@@ -218,6 +217,60 @@ def nequip_models(tmp_path_factory, si_train_frames):
     for k in range(3):
         build_nequip(d / f"nequip_{k}.pth", si_train_frames, seed=k)
     build_nequip(d / "odd_rmax.pth", si_train_frames, seed=9, r_max=3.5, steps=0)
+    return d
+
+
+# ----------------------------------------------------------------------------
+# SchNetPack 2.x: a tiny PaiNN NeuralNetworkPotential, a few optimiser steps
+def build_schnetpack(path, frames, seed=0, cutoff=4.0, steps=5, n_atom_basis=8):
+    import torch
+    import schnetpack as spk
+    import schnetpack.transform as trn
+    from schnetpack.interfaces import AtomsConverter
+
+    torch.manual_seed(seed)
+    e_per_atom = float(np.mean([a.info["REF_energy"] / len(a) for a in frames]))
+    rep = spk.representation.PaiNN(
+        n_atom_basis=n_atom_basis, n_interactions=2,
+        radial_basis=spk.nn.GaussianRBF(n_rbf=8, cutoff=cutoff),
+        cutoff_fn=spk.nn.CosineCutoff(cutoff))
+    model = spk.model.NeuralNetworkPotential(
+        representation=rep,
+        input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[spk.atomistic.Atomwise(n_in=n_atom_basis, output_key="energy"),
+                        spk.atomistic.Forces(energy_key="energy", force_key="forces")],
+        postprocessors=[trn.CastTo64(), trn.AddOffsets("energy", add_mean=True,
+                        property_mean=torch.tensor(e_per_atom, dtype=torch.float64))],
+    ).double()
+    conv = AtomsConverter(neighbor_list=trn.MatScipyNeighborList(cutoff=cutoff), dtype=torch.float64)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.train()
+    for s in range(steps):
+        for i in range(0, len(frames), 10):
+            chunk = frames[i:i + 10]
+            inp = conv([a.copy() for a in chunk])
+            ref_e = torch.tensor([a.info["REF_energy"] - e_per_atom * len(a) for a in chunk])
+            ref_f = torch.tensor(np.concatenate([a.arrays["REF_forces"] for a in chunk]))
+            out = model(inp)  # in training mode, postprocessors are skipped
+            n = inp["_n_atoms"].to(ref_e.dtype)
+            loss = (((out["energy"] - ref_e) / n) ** 2).mean() + 10 * ((out["forces"] - ref_f) ** 2).mean()
+            opt.zero_grad(); loss.backward(); opt.step()
+    model.eval()
+    torch.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def schnetpack_models(tmp_path_factory, si_train_frames):
+    """Folder with spk_0..2.pt (PaiNN, cutoff 4 Å, float64) + odd_cutoff.pt (3.5 Å)."""
+    pytest.importorskip("schnetpack")
+    import torch
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("schnetpack_models")
+    for k in range(3):
+        build_schnetpack(d / f"spk_{k}.pt", si_train_frames, seed=k)
+    build_schnetpack(d / "odd_cutoff.pt", si_train_frames, seed=9, cutoff=3.5, steps=0)
     return d
 
 
