@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--u-max", type=float, default=None,
                    help="U_max for stop policies (same as --threshold-force-uncertainty-relative)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="FIRE")
-    p.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å")
+    p.add_argument("--fmax-eVA", "--fmax", dest="fmax", type=float, default=0.05, help="force convergence, eV/Å")
     p.add_argument("--max-steps", type=int, default=500)
     p.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
     p.add_argument("--pressure-GPa", type=float, default=0.0, help="external pressure with --cell")
