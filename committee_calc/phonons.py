@@ -76,7 +76,7 @@ class PhononSettings:
     """
 
     supercell_matrix: Any = 3
-    primitive_matrix: Any = None          # None, "auto" or 3x3
+    primitive_matrix: Any = None          # None (the input cell), "auto" or 3x3
     distance_A: float = 0.01
     is_plusminus: Any = "auto"
     is_diagonal: bool = True
@@ -212,14 +212,20 @@ def to_ase_atoms(cell) -> Atoms:
 
 
 def make_phonopy(atoms: Atoms, settings: PhononSettings, generate: bool = True):
-    """A Phonopy object for ``atoms`` (never modified) with displacements generated."""
+    """A Phonopy object for ``atoms`` (never modified) with displacements generated.
+
+    ``primitive_matrix=None`` means the input cell itself (identity), whatever the phonopy
+    version (phonopy >= 4 would otherwise pick 'auto', which can resolve differently at
+    different volumes of a scan and change the per-primitive-cell normalisation).
+    """
     from phonopy import Phonopy
 
     if atoms.cell.rank != 3:
         raise ConfigError("phonons need a 3-D periodic cell; the structure has "
                           f"cell rank {atoms.cell.rank}")
     ph = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=settings.supercell_matrix,
-                 primitive_matrix=settings.primitive_matrix, symprec=settings.symprec)
+                 primitive_matrix=np.eye(3) if settings.primitive_matrix is None
+                 else settings.primitive_matrix, symprec=settings.symprec)
     if generate:
         ph.generate_displacements(distance=settings.distance_A, is_plusminus=settings.is_plusminus,
                                   is_diagonal=settings.is_diagonal)
@@ -241,17 +247,30 @@ def committee_cutoff(calculator) -> float | None:
     return max(cuts) if cuts else None
 
 
+def suggest_supercell(unitcell, cutoff_A: float) -> tuple:
+    """Smallest diagonal multipliers (n1, n2, n3) of ``unitcell`` (3x3 Å) whose supercell
+    is at least 2 × ``cutoff_A`` thick in every direction (width_i scales with n_i)."""
+    w = supercell_widths(unitcell)
+    return tuple(max(1, int(np.ceil(2.0 * cutoff_A / wi - 1e-9))) for wi in w)
+
+
 def check_supercell_size(ph, cutoff_A: float | None) -> bool:
-    """Warn when the supercell is thinner than twice the interaction cutoff."""
+    """Warn when the supercell is thinner than twice the interaction cutoff, naming the
+    cutoff and the smallest diagonal supercell of the input cell that satisfies it."""
     if cutoff_A is None:
         return True
     width = float(supercell_widths(ph.supercell.cell).min())
     if width < 2.0 * cutoff_A:
+        n = suggest_supercell(ph.unitcell.cell, cutoff_A)
+        current = " ".join(str(int(x)) for x in np.diag(np.asarray(ph.supercell_matrix))) \
+            if np.allclose(ph.supercell_matrix, np.diag(np.diag(ph.supercell_matrix))) \
+            else str(np.asarray(ph.supercell_matrix).tolist())
         warnings.warn(
-            f"the phonon supercell is {width:.2f} Å thick, less than twice the committee "
-            f"cutoff ({cutoff_A:.2f} Å): a displaced atom interacts with its own images and the "
-            "force constants are aliased. Use a larger supercell_matrix.", PhononWarning,
-            stacklevel=2)
+            f"the phonon supercell {current} is {width:.2f} Å thick, less than twice the "
+            f"committee cutoff ({cutoff_A:.2f} Å, so {2 * cutoff_A:.2f} Å are needed): a "
+            "displaced atom interacts with its own images and the force constants are "
+            f"aliased. Use a supercell of at least {n[0]} {n[1]} {n[2]} (supercell_matrix, "
+            "committee-qha --supercell).", PhononWarning, stacklevel=2)
         return False
     return True
 

@@ -16,7 +16,10 @@ computes only the missing ones.  Outputs: ``qha.csv`` (T, V, G, B_T, β_V, C_P,
 each for the mean potential and as member mean ± std), ``qha_members.csv``,
 ``qha_pressure.csv`` (with --screen-pressures-GPa), ``imaginary_modes.csv``,
 ``qha_summary.json`` and figures (``qha.png``, ``bands.png``, ``dos.png``,
-``lattice_vs_pressure.png``).
+``lattice_vs_pressure.png``).  Warnings (also in ``qha_summary.json``): a supercell
+thinner than twice the committee cutoff (``cutoff:`` of the members; the message names
+the smallest diagonal --supercell that satisfies it) and imaginary modes per volume
+(mean potential and members, listed with their q-points in ``imaginary_modes.csv``).
 """
 from __future__ import annotations
 
@@ -119,48 +122,93 @@ def _structures(args, atoms, calc):
                       "--pressures-GPa (at least 5 points)")
 
 
-def _hash(args, atoms, settings) -> str:
+def _hash(args, atoms, settings, structure=None, pressure_GPa=None) -> str:
+    """Key of one volume's inputs: a stored volume computed from other inputs (input
+    structure, this volume's scaled cell or target pressure, phonon/relaxation settings,
+    committee, reference) is never loaded silently."""
     spec = Path(args.committee).read_text() if args.committee else ""
     key = dict(cell=np.round(np.array(atoms.cell), 10).tolist(),
                pos=np.round(atoms.get_scaled_positions(), 10).tolist(),
                numbers=atoms.numbers.tolist(), settings=settings.as_dict(), relax=args.relax,
                fmax=args.fmax_eVA, committee=spec, reference=args.reference)
+    if structure is not None:
+        key["volume_cell"] = np.round(np.array(structure.cell), 10).tolist()
+    if pressure_GPa is not None:
+        key["pressure_GPa"] = float(pressure_GPa)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_supercell(atoms, committee, settings) -> str | None:
+    """Warn once when the supercell is thinner than twice the committee cutoff; the message
+    (naming the cutoff and a supercell that satisfies it) is returned for the summary."""
+    from committee_calc.phonons import check_supercell_size, committee_cutoff, make_phonopy
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_supercell_size(make_phonopy(atoms, settings, generate=False),
+                             committee_cutoff(committee))
+    msgs = [str(w.message) for w in caught]
+    for w in caught:
+        warnings.warn(str(w.message), w.category, stacklevel=2)
+    return msgs[0] if msgs else None
+
+
+def report_volume_imaginary(i: int, point) -> dict:
+    """Warn about the imaginary modes of volume ``i`` (mean potential and members) and
+    return their counts {"mean": n, "members": [n_k, ...]}."""
+    from committee_calc.phonons import PhononWarning, report_imaginary
+
+    label = f"volume {i:02d} (V = {point.volume_A3:.4f} Å³)"
+    report_imaginary(point.phonons.mean, label=label)
+    n_mem = [len(m.imaginary_modes) for m in point.phonons.members]
+    bad = [k for k, n in enumerate(n_mem) if n]
+    if bad and not point.phonons.mean.imaginary_modes:  # else already warned above
+        warnings.warn(f"{label}: committee member(s) {bad} have imaginary modes "
+                      f"({[n_mem[k] for k in bad]} on the q-mesh): their free energies are "
+                      "unreliable; see imaginary_modes.csv", PhononWarning, stacklevel=2)
+    counts = {"mean": len(point.phonons.mean.imaginary_modes), "members": n_mem}
+    if counts["mean"] or bad:
+        log.warning("volume %02d: imaginary modes (mean potential: %d, members: %s)", i,
+                    counts["mean"], n_mem)
+    return counts
+
+
 def compute_volumes(args, atoms, committee, gate, settings):
-    """The resumable volume loop: load finished volumes, compute the missing ones."""
+    """The resumable volume loop: load finished volumes, compute the missing ones.
+
+    Returns (points, indices computed now, {index: imaginary-mode counts})."""
     from committee_calc.qha_io import load_volume_point, write_volume_point
-    from committee_calc.qha_volumes import relax_structure, run_volume_point
-    from committee_calc.phonons import report_imaginary
     from committee_calc.qha import check_volume_count
+    from committee_calc.qha_volumes import relax_structure, run_volume_point
 
     structures, pressures = _structures(args, atoms, committee)
     check_volume_count(len(structures))
-    h = _hash(args, atoms, settings)
-    points, computed = [], []
+    points, computed, imaginary = [], [], {}
     for i, s in enumerate(structures):
+        p_i = None if pressures is None else pressures[i]
+        h = _hash(args, atoms, settings, s, p_i)
         point = load_volume_point(args.out, i, settings, h)
         if point is None:
             relax = args.relax
-            if pressures is not None:
+            if p_i is not None:
                 s = relax_structure(s, committee, "shape", args.fmax_eVA, args.relax_steps,
-                                    pressure_GPa=pressures[i])
+                                    pressure_GPa=p_i)
                 relax = "none"
-            point = run_volume_point(s, committee, settings, relax=relax, gate=gate,
-                                     fmax_eVA=args.fmax_eVA, steps=args.relax_steps,
-                                     info={"volume_index": i})
-            write_volume_point(args.out, i, point, h,
-                               extra={"pressure_GPa": None if pressures is None else pressures[i]})
+            with warnings.catch_warnings():  # the supercell size was checked once, up front
+                warnings.filterwarnings("ignore", message=".*twice the committee cutoff")
+                point = run_volume_point(s, committee, settings, relax=relax, gate=gate,
+                                         fmax_eVA=args.fmax_eVA, steps=args.relax_steps,
+                                         info={"volume_index": i})
+            write_volume_point(args.out, i, point, h, extra={"pressure_GPa": p_i})
             computed.append(i)
             log.info("volume %02d: V = %.5f Å³, %d displaced supercells (%d reference) computed",
                      i, point.volume_A3, len(point.phonons.forces.decisions),
                      point.phonons.forces.n_reference)
         else:
             log.info("volume %02d: loaded from %s", i, args.out)
-        report_imaginary(point.phonons.mean, label=f"volume {i:02d} (V = {point.volume_A3:.4f} Å³)")
+        imaginary[i] = report_volume_imaginary(i, point)
         points.append(point)
-    return points, computed
+    return points, computed, imaginary
 
 
 def write_imaginary(out, points) -> int:
@@ -252,14 +300,22 @@ def run(argv=None) -> int:
     settings = settings_from_args(args)
     committee = load_committee_from_args(args)
     gate = build_gate_from_args(args, "qha", committee=committee) if args.reference else None
-    points, computed = compute_volumes(args, atoms, committee, gate, settings)
+    supercell_warning = check_supercell(atoms, committee, settings)
+    points, computed, imaginary = compute_volumes(args, atoms, committee, gate, settings)
     n_imag = write_imaginary(out, points)
+    bad = [i for i, c in imaginary.items() if c["mean"] or any(c["members"])]
+    if bad:
+        log.warning("imaginary modes at volume(s) %s: listed in %s", bad,
+                    out / "imaginary_modes.csv")
     em = [p.energies_members_eV for p in points]
     inputs = inputs_from_points([(p.energy_eV, p.phonons) for p in points],
                                 None if any(e is None for e in em) else np.array(em).T,
                                 lattice_A=np.array([p.lattice_A for p in points]))
     summary = dict(mode="pipeline", volumes_A3=[p.volume_A3 for p in points],
                    computed_volumes=computed, n_imaginary_modes=n_imag,
+                   imaginary_modes_per_volume={f"{i:02d}": c for i, c in imaginary.items()},
+                   volumes_with_imaginary_modes=bad, supercell_warning=supercell_warning,
+                   pressures_GPa=args.pressures_GPa,
                    n_reference_supercells=sum(p.phonons.forces.n_reference for p in points),
                    settings=settings.as_dict())
     run_qha_outputs(args, inputs, out, summary)

@@ -1,10 +1,12 @@
 """committee-qha end to end: cu_emt from scratch with EMT, killed mid-loop and resumed."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from ase.build import bulk
 from committee_calc.qha_io import read_qha_csv
 
 DATA = Path(__file__).parent / "data" / "qha"
+pytestmark = pytest.mark.filterwarnings("ignore:Half-grid shift")
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ["0.99", "0.995", "1.0", "1.005", "1.01", "1.015", "1.02", "1.025", "1.03"]
 COMMITTEE = """members:
@@ -104,3 +107,249 @@ def test_driver_bad_input_messages(setup, capsys):
     assert "at least 5 volumes" in capsys.readouterr().err
     assert main([str(tmp / "cu.extxyz"), "--out", str(tmp / "o2")]) == 2
     assert "--committee" in capsys.readouterr().err
+
+
+# --- bad input, pressures, shape relaxation and option names through the driver -------------
+FAST = ["--mesh", "4", "4", "4", "--tmin-K", "0", "--tmax-K", "100", "--tstep-K", "10",
+        "--no-plots"]
+
+
+def _committee_yaml(path, cutoff=None):
+    extra = "" if cutoff is None else f", cutoff: {cutoff}"
+    path.write_text("members:\n" + "".join(
+        f"  - {{backend: ase, calculator: ase.calculators.emt.EMT{extra}}}\n" for _ in range(2)))
+    return path
+
+
+def _stress(atoms):
+    from ase.calculators.emt import EMT
+
+    a = atoms.copy()
+    a.calc = EMT()
+    return a.get_stress(voigt=False), a.get_forces()
+
+
+def _volume_structures(out):
+    from ase.io import read
+
+    return [read(p) for p in sorted(out.glob("volumes/*/structure.extxyz"))]
+
+
+def test_driver_warns_on_supercell_below_twice_cutoff(tmp_path):
+    """cutoff 6 Å on fcc Cu (primitive cell 2.07 Å thick): --supercell 2 warns, naming the
+    cutoff and 6 6 6, the smallest diagonal supercell at least 12 Å thick."""
+    from committee_calc.phonons import (PhononSettings, PhononWarning, check_supercell_size,
+                                        make_phonopy)
+    from drivers.qha import run
+
+    prim = bulk("Cu", "fcc", a=3.59)
+    prim.write(tmp_path / "cu.extxyz")
+    com = _committee_yaml(tmp_path / "c.yaml", cutoff=6.0)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "cu.extxyz"), "--committee", str(com), "--out", str(out),
+            "--linear-scales", "0.98", "0.99", "1.0", "1.01", "1.02", "--relax", "none",
+            "--supercell", "2", *FAST]
+    with pytest.warns(PhononWarning) as rec:
+        assert run(argv) == 0
+    msgs = [str(w.message) for w in rec if "twice the committee cutoff" in str(w.message)]
+    assert len(msgs) == 1, msgs  # once per run, not once per volume
+    assert "cutoff (6.00 Å" in msgs[0] and "supercell 2 2 2" in msgs[0]
+    assert "at least 6 6 6" in msgs[0]
+    assert json.loads((out / "qha_summary.json").read_text())["supercell_warning"] == msgs[0]
+    # the suggestion is the smallest one that satisfies it
+    for n, warns in [(5, True), (6, False)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ok = check_supercell_size(make_phonopy(prim, PhononSettings(supercell_matrix=n),
+                                                   generate=False), 6.0)
+        assert ok is not warns and bool(caught) is warns
+
+
+def test_driver_reports_imaginary_modes_per_volume(tmp_path):
+    """Simple-cubic Cu (unstable under EMT at some volumes): every volume whose mean-potential
+    phonons have modes below -tol is listed in imaginary_modes.csv and the summary, with a
+    warning naming the volume; a larger tolerance reports none."""
+    from committee_calc.phonons import PhononSettings, PhononWarning, run_phonons
+    from committee_calc.qha_volumes import scaled_structures
+    from ase.calculators.emt import EMT
+    from drivers.qha import run
+
+    sc = bulk("Cu", "sc", a=2.42)
+    sc.write(tmp_path / "sc.extxyz")
+    com = _committee_yaml(tmp_path / "c.yaml")
+    scales = ["0.97", "0.98", "0.99", "1.0", "1.01", "1.02", "1.03"]
+    base = [str(tmp_path / "sc.extxyz"), "--committee", str(com), "--linear-scales", *scales,
+            "--relax", "none", "--supercell", "2", *FAST]
+    settings = PhononSettings(supercell_matrix=2, mesh=(4, 4, 4), t_max_K=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = [i for i, a in enumerate(scaled_structures(sc, linear_scales=[float(s) for s in scales]))
+                    if run_phonons(a, EMT(), settings).mean.imaginary_modes]
+    assert 0 < len(expected) < len(scales), expected  # a real per-volume distinction
+
+    out = tmp_path / "out"
+    with pytest.warns(PhononWarning) as rec:
+        assert run(base + ["--out", str(out)]) == 0
+    found = [re.match(r"volume (\d\d) .*imaginary mode", str(w.message)) for w in rec]
+    warned = sorted({int(m.group(1)) for m in found if m})
+    assert warned == expected
+    rows = [line.split(",") for line in (out / "imaginary_modes.csv").read_text().splitlines()[1:]]
+    assert sorted({int(r[0]) for r in rows if r[2] == "mean"}) == expected
+    assert all(float(r[6]) < -0.05 for r in rows)
+    summary = json.loads((out / "qha_summary.json").read_text())
+    assert summary["volumes_with_imaginary_modes"] == expected
+    assert summary["n_imaginary_modes"] == len(rows)
+    for i in range(len(scales)):
+        assert (summary["imaginary_modes_per_volume"][f"{i:02d}"]["mean"] > 0) is (i in expected)
+
+    out2 = tmp_path / "out_tol"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PhononWarning)
+        assert run(base + ["--out", str(out2), "--imaginary-tol-THz", "2.0"]) == 0
+    assert (out2 / "imaginary_modes.csv").read_text().splitlines()[1:] == []
+
+
+def test_driver_volumes_from_pressures(tmp_path):
+    """--pressures-GPa: each volume is a full cell relaxation at its pressure; the volumes
+    fall with pressure, each relaxed stress is -p·I within the relaxation tolerance, and the
+    QHA runs on those volumes (a changed pressure list is not resumed silently)."""
+    from committee_calc.errors import ConfigError
+    from committee_calc.units import gpa_to_ev_per_a3
+    from drivers.qha import run
+
+    bulk("Cu", "fcc", a=3.59).write(tmp_path / "cu.extxyz")
+    com = _committee_yaml(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    pressures = [-4.0, -2.0, 0.0, 2.0, 4.0]
+    fmax = 0.005
+    base = [str(tmp_path / "cu.extxyz"), "--committee", str(com), "--out", str(out),
+            "--supercell", "3", "--fmax-eVA", str(fmax), *FAST]
+    assert run(base + ["--pressures-GPa", *map(str, pressures)]) == 0
+    structs = _volume_structures(out)
+    assert len(structs) == 5
+    vols = np.array([a.get_volume() for a in structs])
+    assert np.all(np.diff(vols) < 0), vols
+    for a, p in zip(structs, pressures):
+        # FrechetCellFilter converges |virial row| / N < fmax, i.e. |σ + p I| < fmax N / V
+        tol = 1.2 * fmax * len(a) / a.get_volume()
+        sigma, forces = _stress(a)
+        np.testing.assert_allclose(sigma, -gpa_to_ev_per_a3(p) * np.eye(3), atol=tol)
+        assert np.abs(forces).max() < fmax
+    # p = 0 is the EMT equilibrium of fcc Cu (a = 3.5898 Å)
+    assert structs[2].get_volume() == pytest.approx(3.5898 ** 3 / 4, rel=1e-3)
+    for i, p in enumerate(pressures):
+        meta = json.loads((out / "volumes" / f"{i:02d}" / "volume.json").read_text())
+        assert meta["pressure_GPa"] == p and meta["volume_A3"] == pytest.approx(vols[i], rel=1e-12)
+    got = read_qha_csv(out / "qha.csv")
+    assert len(got["T_K"]) == 10 and np.all(np.isfinite(got["V_A3"]))
+    assert vols.min() < got["V_A3"][0] < vols.max() and np.all(np.diff(got["V_A3"]) > 0)
+    summary = json.loads((out / "qha_summary.json").read_text())
+    assert summary["pressures_GPa"] == pressures
+    np.testing.assert_allclose(summary["volumes_A3"], vols, rtol=1e-12)
+    with pytest.raises(ConfigError, match="different settings"):
+        run(base + ["--pressures-GPa", "-4", "-2", "0", "2", "5"])
+
+
+def test_driver_shape_relaxation_at_fixed_volume(tmp_path):
+    """--relax shape on a tetragonally strained fcc Cu cell: every volume keeps its volume and
+    its cell relaxes back to cubic with a hydrostatic stress (deviator below tolerance)."""
+    from drivers.qha import run
+
+    at = bulk("Cu", "fcc", a=3.59, cubic=True)
+    at.set_cell(np.array(at.cell) * [1.03, 1.03, 1 / 1.03 ** 2], scale_atoms=True)
+    at.write(tmp_path / "strained.extxyz")
+    fmax = 0.005
+    dev = lambda s: s - np.trace(s) / 3 * np.eye(3)  # noqa: E731
+    tol = 1.2 * fmax * len(at) / at.get_volume()
+    sigma0, _ = _stress(at)
+    assert np.abs(dev(sigma0)).max() > 20 * tol  # the strain is far from hydrostatic
+    com = _committee_yaml(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    scales = [0.98, 0.99, 1.0, 1.01, 1.02]
+    assert run([str(tmp_path / "strained.extxyz"), "--committee", str(com), "--out", str(out),
+                "--linear-scales", *map(str, scales), "--relax", "shape", "--fmax-eVA", str(fmax),
+                "--supercell", "2", *FAST]) == 0
+    structs = _volume_structures(out)
+    assert len(structs) == 5
+    for a, s in zip(structs, scales):
+        assert a.get_volume() == pytest.approx(at.get_volume() * s ** 3, rel=1e-8)
+        sigma, forces = _stress(a)
+        assert np.abs(dev(sigma)).max() < tol
+        assert np.abs(forces).max() < fmax
+        lengths = a.cell.lengths()
+        np.testing.assert_allclose(lengths, lengths.mean(), rtol=2e-3)  # cubic again
+        np.testing.assert_allclose(a.cell.angles(), 90.0, atol=0.1)
+    got = read_qha_csv(out / "qha.csv")
+    assert np.all(np.isfinite(got["V_A3"])) and np.all(np.isfinite(got["c_A"]))
+
+
+#: options that take a physical quantity end with its unit; these are dimensionless
+DIMENSIONLESS = {"--linear-scales", "--volume-scales", "--scale-range",
+                 "--threshold-force-uncertainty-relative", "--cap-force-uncertainty-relative"}
+UNITS = ("-eVA", "-A", "-K", "-THz", "-GPa", "-eV", "-meV", "-kjmol")
+
+
+def test_option_names_carry_units():
+    from drivers.qha import build_parser
+
+    floats = {}
+    for action in build_parser()._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if action.type is float and longs:
+            floats[longs[0]] = action
+    assert {"--fmax-eVA", "--distance-A", "--tmin-K", "--tmax-K", "--tstep-K", "--qha-tmax-K",
+            "--imaginary-tol-THz", "--pressure-GPa", "--pressures-GPa", "--screen-pressures-GPa",
+            "--screen-temperature-K", "--threshold-forces-std-max-eVA"} <= set(floats)
+    bad = [o for o in floats if o not in DIMENSIONLESS and not o.endswith(UNITS)]
+    assert bad == [], f"float options without a unit suffix: {bad}"
+    # no int option hides a physical quantity: counts and grids only
+    ints = {o for a in build_parser()._actions if a.type is int for o in a.option_strings}
+    assert ints <= {"--relax-steps", "--supercell", "--mesh", "--ddof", "--band-npoints",
+                    "--retrain-every"}, ints
+
+
+def _readme_qha_argv():
+    text = (ROOT / "README.md").read_text()
+    i = text.index("\ncommittee-qha ")
+    line = ""
+    for part in text[i + 1:].splitlines():
+        line += part.rstrip("\\").strip() + " "
+        if not part.rstrip().endswith("\\"):
+            break
+    import shlex
+
+    argv = shlex.split(line)
+    assert argv[0] == "committee-qha"
+    return argv[1:]
+
+
+def test_readme_example_line_is_valid(tmp_path, monkeypatch):
+    """The README's committee-qha line parses as documented and runs (EMT committee and EMT
+    'dft' reference), with fast phonon settings appended."""
+    from drivers.qha import build_parser, main
+
+    argv = _readme_qha_argv()
+    args = build_parser().parse_args(argv)
+    assert args.structure == "prim.cif" and args.committee == "c.yaml" and args.out == "qha/"
+    assert args.scale_range == [0.97, 1.03, 7] and args.supercell == [3, 3, 3]
+    assert args.reference == "dft.yaml" and args.labels == "labels.extxyz"
+    assert args.threshold_forces_std_max_eVA == 0.05
+
+    monkeypatch.chdir(tmp_path)
+    bulk("Cu", "fcc", a=3.59).write("prim.cif")
+    _committee_yaml(tmp_path / "c.yaml")
+    (tmp_path / "dft.yaml").write_text("calculator: ase.calculators.emt.EMT\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv + FAST) == 0
+    summary = json.loads((tmp_path / "qha" / "qha_summary.json").read_text())
+    assert len(summary["volumes_A3"]) == 7 and np.all(np.diff(summary["volumes_A3"]) > 0)
+    assert summary["settings"]["supercell_matrix"] == np.diag([3, 3, 3]).tolist()
+    got = read_qha_csv(tmp_path / "qha" / "qha.csv")
+    assert len(got["T_K"]) == 10 and np.all(np.isfinite(got["G_eV"]))
+    n_labels = 0
+    if (tmp_path / "labels.extxyz").exists():
+        from ase.io import read
+
+        n_labels = len(read(tmp_path / "labels.extxyz", index=":"))
+    assert n_labels == summary["n_reference_supercells"]
