@@ -7,9 +7,12 @@
                      pressure_GPa=0.0, write_interval=10)
     result = md.run(5000)          # reruns resume from out/md_state.json
 
-Every step is one force/stress evaluation of ``calc`` (a ``CommitteeCalculator``
-or a :class:`committee_calc.gate.Gate`, which may fall back to the reference
-and label).  Outputs in ``out_dir``:
+Every step is one force/stress evaluation through a :class:`committee_calc.gate.Gate`:
+``calc`` is a Gate (``online``: it may fall back to the reference and label;
+``record``: ``Gate(committee, None, hard_cap=...)`` answers with the committee
+and only enforces the hard cap), or a ``CommitteeCalculator``, which is wrapped
+in ``Gate(committee, None)``.  Caps, measures and non-finite output are thus
+handled by the gate alone.  Outputs in ``out_dir``:
 
 * ``md_trajectory.extxyz``: a frame every ``write_interval`` steps (and at every
   labelled step), with the committee uncertainties in ``info``/``arrays``
@@ -17,31 +20,34 @@ and label).  Outputs in ``out_dir``:
   ``info`` keys ``step``, ``time_fs``, ``temperature_target_K``, ``gate_decision``;
 * ``md_log.csv``: one row per step, columns :data:`CSV_COLUMNS` (units in the names);
 * ``md_state.json``: the state at the last written frame (positions, momenta,
-  cell at full precision, thermostat/barostat chain variables, RNG state),
-  written atomically after the frame; a rerun continues from it, drops any
-  frame/CSV row written after it, and so repeats the same steps exactly.
+  cell at full precision, thermostat/barostat chain variables, RNG state, a
+  retraining gate's schedule), written atomically after the frame; a rerun
+  continues from it, drops any frame/CSV row written after it, and so repeats
+  the same steps exactly (:mod:`committee_calc.md_state`).
 
 Safety: the run stops with ``MDResult.stop_reason`` (everything written so far
 kept, the offending structure in ``md_unphysical.extxyz``) when two atoms come
 closer than ``min_distance_A``, the volume leaves ``[V0/max_volume_ratio,
 V0*max_volume_ratio]``, a cell height drops below the committee cutoff, the
-energy is non-finite, or the gate's hard cap raises ``GateStop``.
+energy is non-finite (``NonFiniteOutputError`` from a gate without reference),
+or the gate's hard cap raises ``GateStop``.
 """
 from __future__ import annotations
 
-import csv
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from .errors import ConfigError, GateStop, NonFiniteOutputError
-from .fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
+from .fileio import CsvLog, atomic_write_text
 from .io import attach_uncertainties
 from .md_plots import read_log  # noqa: F401 (re-export)
-from .md_schedule import (ENSEMBLES, TemperatureSchedule, integrator_state, make_integrator,
-                          restore_atoms, restore_integrator_state, set_target_temperature)
+from .md_schedule import (ENSEMBLES, TemperatureSchedule, make_integrator, restore_atoms,
+                          restore_integrator_state, set_target_temperature)
+from .md_state import Checkpoint, inject_results, note_retrain, restore_gate
 from .units import check_positive, ev_per_a3_to_gpa
 
 CSV_COLUMNS = (
@@ -54,10 +60,6 @@ TRAJECTORY = "md_trajectory.extxyz"
 LOG = "md_log.csv"
 STATE = "md_state.json"
 UNPHYSICAL = "md_unphysical.extxyz"
-STATE_VERSION = 1
-#: calculator results kept (full precision) with the state, re-used on resume without recomputing
-_CACHED = ("energy", "free_energy", "forces", "stress", "energy_std", "energy_std_per_atom",
-           "energy_std_per_molecule", "forces_std_max", "force_uncertainty_relative", "gate_decision")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ class CommitteeMD:
     """Committee MD with a temperature schedule, pressure in GPa and resumable outputs.
 
     ``atoms`` is copied (the caller's object and its ``calc`` are not touched);
-    ``calc`` is a CommitteeCalculator or a Gate.  ``temperature`` is a number [K]
+    ``calc`` is a Gate or a CommitteeCalculator (wrapped in ``Gate(calc, None)``;
+    give hard caps to the gate).  ``temperature`` is a number [K]
     or a :class:`TemperatureSchedule`; it also sets the initial Maxwell-Boltzmann
     velocities (seeded by ``seed``) when the structure has none.
     """
@@ -114,7 +117,7 @@ class CommitteeMD:
                  hydrostatic: bool = True, compressibility_per_GPa: float = 1.0e-2,
                  write_interval: int = 10, min_distance_A: float = 0.6, max_volume_ratio: float = 2.0,
                  cutoff_A: float | None = None, seed: int = 0, init_velocities: bool = True,
-                 hard_cap: dict | None = None, provenance: dict | None = None):
+                 provenance: dict | None = None):
         if ensemble not in ENSEMBLES:
             raise ConfigError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
         self.ensemble = ensemble
@@ -132,14 +135,16 @@ class CommitteeMD:
         self.max_volume_ratio = check_positive("max_volume_ratio", max_volume_ratio)
         if self.max_volume_ratio <= 1:
             raise ConfigError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
-        self.calc = calc
-        self.hard_cap = {k: check_positive(f"hard_cap[{k!r}]", v) for k, v in (hard_cap or {}).items()}
+        from .gate import Gate
+
+        self.calc = calc if isinstance(calc, Gate) else Gate(calc, None)
         self.cutoff_A = cutoff_A if cutoff_A is not None else committee_cutoff(calc)
         self.seed = int(seed)
         self.provenance = dict(provenance or {})
         self.out_dir = Path(out_dir)
         self.paths = {k: self.out_dir / v for k, v in
                       (("trajectory", TRAJECTORY), ("log", LOG), ("state", STATE), ("unphysical", UNPHYSICAL))}
+        self.checkpoint = Checkpoint(self.out_dir, self.paths, atoms.numbers)
         self.atoms = atoms.copy()
         self.atoms.calc = None
         if len(self.atoms) == 0:
@@ -171,12 +176,7 @@ class CommitteeMD:
         return None
 
     def safety_problem(self, atoms, results) -> str | None:
-        """Why ``atoms`` is unphysical (a message) or None."""
-        over = {k: results[k] for k, cap in self.hard_cap.items()
-                if k in results and not results[k] <= cap}
-        if over:
-            return "hard cap exceeded: " + ", ".join(f"{k}={v:.4g} > {self.hard_cap[k]:.4g}"
-                                                      for k, v in over.items())
+        """Why ``atoms`` is unphysical (a message) or None (the hard cap is the gate's)."""
         e = results.get("energy")
         if e is None or not np.isfinite(e) or not np.all(np.isfinite(results.get("forces", 0.0))):
             return "non-finite energy or forces from the committee"
@@ -233,95 +233,18 @@ class CommitteeMD:
         return buf.getvalue()
 
     def _append_frame(self, text):
-        import os
-
         with open(self.paths["trajectory"], "a") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _settings(self) -> dict:
+        return {"ensemble": self.ensemble, "timestep_fs": self.timestep_fs,
+                "pressure_GPa": self.pressure_GPa, "schedule": self.schedule.to_dict(),
+                "volume0": self.volume0}
+
     def _save_state(self, step, dyn, n_frames, results):
-        cached = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
-                  for k, v in results.items() if k in _CACHED}
-        save_json_atomic(self.paths["state"], {"results": cached,
-            "version": STATE_VERSION, "step": int(step), "time_fs": step * self.timestep_fs,
-            "numbers": self.atoms.numbers.tolist(), "pbc": self.atoms.pbc.tolist(),
-            "ensemble": self.ensemble, "timestep_fs": self.timestep_fs, "pressure_GPa": self.pressure_GPa,
-            "schedule": self.schedule.to_dict(), "n_frames": int(n_frames), "volume0": self.volume0,
-            "integrator": integrator_state(dyn)})
-
-    # ------------------------------------------------------------------ resume
-    def _check_same_system(self, numbers, what):
-        if list(numbers) != self.atoms.numbers.tolist():
-            raise ConfigError(
-                f"{what} in {str(self.out_dir)!r} is from a different system ({len(numbers)} atoms, "
-                f"not the {len(self.atoms)} given); use a new output folder or the matching structure")
-
-    def _truncate_outputs(self, last_step):
-        """Drop frames / CSV rows written after the saved state (a kill between writes)."""
-        from ase.io import iread
-
-        traj = self.paths["trajectory"]
-        kept = []
-        if traj.exists():
-            text = traj.read_text()
-            try:
-                for f in iread(io.StringIO(text), index=":", format="extxyz"):
-                    self._check_same_system(f.numbers, "the trajectory")
-                    if int(f.info.get("step", -1)) <= last_step:
-                        kept.append(f)
-            except (ValueError, IndexError, KeyError, AssertionError):
-                pass  # a torn last frame from a kill
-            buf = io.StringIO()
-            if kept:
-                from ase.io import write
-
-                write(buf, kept, format="extxyz")
-            if buf.getvalue() != text:
-                atomic_write_text(traj, buf.getvalue())
-        log = self.paths["log"]
-        if log.exists():
-            with open(log, newline="") as fh:
-                rows = list(csv.reader(fh))
-            good = [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= last_step]
-            out = io.StringIO()
-            csv.writer(out).writerows(rows[:1] + good)
-            atomic_write_text(log, out.getvalue())
-        return len(kept)
-
-    def _fresh_start(self):
-        """No saved state: refuse another system's trajectory, else start from step 0."""
-        traj = self.paths["trajectory"]
-        if traj.exists() and traj.stat().st_size:
-            from ase.io import read
-
-            try:
-                first = read(str(traj), index=0, format="extxyz")
-            except Exception:  # noqa: BLE001 - unreadable leftovers of a killed first step
-                first = None
-            if first is not None:
-                self._check_same_system(first.numbers, "the trajectory")
-        for p in (self.paths["trajectory"], self.paths["log"]):
-            if p.exists():
-                p.unlink()
-
-    def _check_state(self, state):
-        self._check_same_system(state.get("numbers", []), "the saved MD state")
-        for key in ("ensemble", "timestep_fs", "pressure_GPa"):
-            mine = getattr(self, key)
-            if state.get(key) != mine:
-                raise ConfigError(f"the saved MD state in {str(self.out_dir)!r} has {key}={state.get(key)!r}, "
-                                  f"this run asks for {mine!r}; resume with the same settings or a new folder")
-
-    def _inject(self, results):
-        """Hand the saved results at the saved positions to the calculator (no recomputation,
-        so a resumed gate neither repeats a reference call nor labels the frame twice)."""
-        if not results:
-            return
-        self.calc.reset()
-        self.calc.atoms = self.atoms.copy()
-        self.calc.results = {k: np.array(v, dtype=float) if isinstance(v, list) else v
-                             for k, v in results.items()}
+        self.checkpoint.save(step, dyn, n_frames, results, self._settings(), calc=self.calc)
 
     def _gate_context(self, step):
         """Tell a gate which step it is evaluating (label provenance)."""
@@ -342,27 +265,30 @@ class CommitteeMD:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atoms = self.atoms
         atoms.calc = self.calc
-        state = load_json(self.paths["state"])
+        state = self.checkpoint.load()
         if state is not None:
-            self._check_state(state)
+            self.checkpoint.check(state, self._settings())
+            restore_gate(self.calc, state.get("gate"), self.out_dir)
             restore_atoms(atoms, state["integrator"])
-            self._inject(state.get("results"))
+            inject_results(self.calc, atoms, state.get("results"))
         dyn = make_integrator(atoms, temperature_K=self.schedule(0), **self.dyn_kwargs)
         if state is None:
-            self._fresh_start()
+            self.checkpoint.fresh_start()
             start, n_frames = 0, 0
         else:
             restore_integrator_state(dyn, state["integrator"])
-            self._inject(state.get("results"))
+            inject_results(self.calc, atoms, state.get("results"))
             self.volume0 = state.get("volume0", self.volume0)
             start = int(state["step"])
-            n_frames = self._truncate_outputs(start)
+            n_frames = self.checkpoint.truncate(start)
         set_target_temperature(dyn, self.schedule(start))
         log = CsvLog(self.paths["log"], CSV_COLUMNS)
         n_labels0 = getattr(self.calc, "n_labels", 0)
         self._gate_context(start)
         if start == 0:
-            results = self._evaluate(atoms)
+            results, problem = self._guarded(atoms, step_first=None)
+            if results is None:
+                return self._stop(start, start, n_frames, n_labels0, problem, None)
             problem = self.safety_problem(atoms, results)
             if problem:
                 return self._stop(start, start, n_frames, n_labels0, problem, results)
@@ -377,13 +303,9 @@ class CommitteeMD:
                 break
             set_target_temperature(dyn, self.schedule(step))
             self._gate_context(step)
-            try:
-                dyn.step()
-                results = self._evaluate(atoms)
-            except GateStop as exc:
-                return self._stop(start, step, n_frames, n_labels0, f"hard cap exceeded: {exc}", None)
-            except NonFiniteOutputError as exc:
-                return self._stop(start, step, n_frames, n_labels0, f"non-finite committee output: {exc}", None)
+            results, problem = self._guarded(atoms, step_first=dyn.step)
+            if results is None:
+                return self._stop(start, step, n_frames, n_labels0, problem, None)
             problem = self.safety_problem(atoms, results)
             row = self._row(step, dyn, results)
             log.append(row)
@@ -397,11 +319,23 @@ class CommitteeMD:
         return MDResult(start, step, n_frames, getattr(self.calc, "n_labels", 0) - n_labels0, None,
                         *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
 
+    def _guarded(self, atoms, step_first=None):
+        """(results, None), or (None, reason) when the gate stops the run (hard cap, non-finite)."""
+        try:
+            if step_first is not None:
+                step_first()
+            return self._evaluate(atoms), None
+        except GateStop as exc:
+            return None, f"hard cap exceeded: {exc}"
+        except NonFiniteOutputError as exc:
+            return None, f"non-finite committee output: {exc}"
+
     def _evaluate(self, atoms) -> dict:
         atoms.get_forces()
-        if "stress" in getattr(self.calc, "implemented_properties", ()) and atoms.cell.rank == 3 \
-                and np.all(atoms.pbc):
+        if "stress" in getattr(committee_of(self.calc), "implemented_properties", ()) \
+                and atoms.cell.rank == 3 and np.all(atoms.pbc):
             atoms.get_stress()
+        note_retrain(self.calc)
         res = dict(self.calc.results)
         if "label_index" not in res:
             last = getattr(self.calc, "last", None)

@@ -25,9 +25,9 @@ Execution strategy (:class:`Reference`)
       working directory is never changed.
     * **process** (always used with ``timeout_s``): the job (atoms, spec or
       pickled calculator, properties) is pickled into the per-call working
-      directory and run by ``python -m committee_calc.reference <dir>`` in a
-      new session; on timeout the whole process group gets SIGTERM, then
-      SIGKILL after 5 s.  The child sees the parent's ``sys.path``.  Threads
+      directory and run by ``python -m committee_calc._reference_runner <dir>``
+      in a new session; on timeout the whole process group gets SIGTERM, then
+      SIGKILL after 5 s (:mod:`committee_calc._reference_runner`).  The child sees the parent's ``sys.path``.  Threads
       are not used: a Python thread cannot be stopped, a process can.
 
 A failure (exception, non-convergence error, timeout, crash of the child,
@@ -46,8 +46,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +55,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._reference_runner import compute as _compute
+from ._reference_runner import kill_group as _kill_group  # noqa: F401 (old private name)
+from ._reference_runner import run_in_process
+from ._reference_runner import worker as _worker
 from .errors import ConfigError, ReferenceCalculationError
 
 SPEC_KEYS = {"calculator", "parameters", "dispersion", "timeout_s", "isolation", "workdir",
@@ -186,20 +188,6 @@ def default_reference(**overrides) -> ReferenceSpec:
 
 
 # ---------------------------------------------------------------------- running
-def _compute(calc, atoms, properties) -> dict:
-    a = atoms.copy()
-    a.calc = calc
-    out = {}
-    for p in properties:
-        out[p] = calc.get_property(p, a)
-    res = dict(getattr(calc, "results", {}) or {})
-    res.update(out)
-    clean = {}
-    for k in ("energy", "free_energy", "forces", "stress"):
-        if res.get(k) is not None:
-            clean[k] = float(np.reshape(res[k], -1)[0]) if k.endswith("energy") else np.array(res[k], float)
-    clean.setdefault("free_energy", clean.get("energy"))
-    return clean
 
 
 class Reference:
@@ -315,32 +303,7 @@ class Reference:
         job = {"atoms": atoms, "properties": props,
                "spec": self.spec.to_dict() if self.spec else None,
                "calc": None if self.spec else self.calc}
-        with open(os.path.join(jobdir, "job.pkl"), "wb") as fh:
-            pickle.dump(job, fh)
-        env = dict(os.environ)
-        paths = [p for p in sys.path if p] + [env.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        log = open(os.path.join(jobdir, "worker.log"), "wb")
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "committee_calc.reference", jobdir],
-                                    cwd=jobdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                proc.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                self._fail(atoms, f"timeout after {self.timeout_s} s", "", jobdir)
-            except BaseException:
-                _kill_group(proc)
-                raise
-        finally:
-            log.close()
-        out = os.path.join(jobdir, "result.pkl")
-        if not os.path.exists(out):
-            self._fail(atoms, f"worker process died (exit code {proc.returncode}) without a result",
-                       "", jobdir)
-        with open(out, "rb") as fh:
-            result = pickle.load(fh)
+        result = run_in_process(job, jobdir, self.timeout_s)
         if not result["ok"]:
             self._fail(atoms, result["error"], result["traceback"], jobdir)
         return result["results"]
@@ -375,19 +338,6 @@ class Reference:
         return f"Reference({self.name}, isolation={self.isolation}, timeout_s={self.timeout_s})"
 
 
-def _kill_group(proc):
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def as_reference(obj, failed_dir=None) -> Reference:
     """A :class:`Reference` from a Reference, ReferenceSpec, YAML path or ASE calculator."""
     ref = obj if isinstance(obj, Reference) else Reference(obj)
@@ -396,24 +346,5 @@ def as_reference(obj, failed_dir=None) -> Reference:
     return ref
 
 
-def _worker(jobdir: str) -> int:
-    """Child-process entry: run job.pkl, write result.pkl atomically."""
-    with open(os.path.join(jobdir, "job.pkl"), "rb") as fh:
-        job = pickle.load(fh)
-    try:
-        calc = ReferenceSpec(**job["spec"]).build(jobdir) if job["spec"] else job["calc"]
-        result = {"ok": True, "results": _compute(calc, job["atoms"], job["properties"])}
-    except Exception as exc:  # noqa: BLE001
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                  "traceback": traceback.format_exc()}
-    tmp = os.path.join(jobdir, "result.pkl.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(result, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(jobdir, "result.pkl"))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through subprocesses
+if __name__ == "__main__":  # pragma: no cover - the old child entry, kept for compatibility
     sys.exit(_worker(sys.argv[1]))

@@ -5,8 +5,10 @@ command to continue from the last written frame.
 Modes
   online  every step goes through the gate: above the thresholds the reference is
           used and the structure labelled (optionally retraining every K labels).
-  record  the committee alone drives the run; uncertainties are recorded, then up to
-          --n-select frames are selected (--select) and labelled by --reference.
+  record  the committee alone drives the run (through the same gate, without
+          thresholds: only the --cap-* hard caps act); uncertainties are recorded,
+          then up to --n-select frames are selected (--select) and labelled by
+          --reference.
 
 Outputs in --out: md_trajectory.extxyz, md_log.csv, md_state.json, md_selection.json
 (record mode), uncertainty_trace.png, md_unphysical.extxyz (only when a safety check
@@ -14,7 +16,7 @@ stopped the run; exit code 3).
 
 Example
   committee-md cell.cif --committee committee.yaml --reference dft.yaml --labels labels.extxyz \\
-      --mode record --ensemble mtk_iso --temperature 100:400 --pressure-GPa 0.0 --steps 20000 \\
+      --mode record --ensemble mtk_iso --temperature-K 100:400 --pressure-GPa 0.0 --steps 20000 \\
       --timestep-fs 1 --select fps --select-measure forces_std_max --n-select 20 --out md_gen1
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from committee_calc.cli import (measures_from_args, add_committee_arguments, add
                                 read_structures, run_cli)
 from committee_calc.errors import ConfigError
 from committee_calc.fileio import load_json, save_json_atomic
+from committee_calc.gate import Gate
 from committee_calc.md import CommitteeMD
 from committee_calc.md_plots import plot_uncertainty_trace
 from committee_calc.md_schedule import ENSEMBLES, TemperatureSchedule
@@ -51,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--ensemble", choices=ENSEMBLES, default="mtk_iso")
     md.add_argument("--steps", type=int, required=True, help="total number of MD steps")
     md.add_argument("--timestep-fs", type=float, default=1.0)
-    md.add_argument("--temperature", default="300",
-                    help="K: '300' constant, '100:400' linear ramp, '100,200,300,400' set points")
+    md.add_argument("--temperature-K", dest="temperature_K", default="300",
+                    help="'300' constant, '100:400' linear ramp, '100,200,300,400' set points")
     md.add_argument("--schedule-mode", choices=("hold", "ramp"), default="hold",
                     help="for comma-separated set points: hold each, or interpolate linearly")
     md.add_argument("--pressure-GPa", type=float, default=0.0)
@@ -60,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--pdamp-fs", type=float, default=None, help="barostat time (default 1000 steps)")
     md.add_argument("--anisotropic", action="store_true",
                     help="langevin/berendsen: let the cell shape change (mtk is always full-cell)")
-    md.add_argument("--write-interval", type=int, default=10, help="frame + checkpoint every N steps")
+    md.add_argument("--write-interval", type=int, default=10,
+                    help="frame + checkpoint every N steps (a step count, no unit)")
     md.add_argument("--seed", type=int, default=0, help="initial velocities / Langevin noise")
     s = p.add_argument_group("safety")
     s.add_argument("--min-distance-A", type=float, default=0.6)
-    s.add_argument("--max-volume-ratio", type=float, default=2.0)
+    s.add_argument("--max-volume-ratio", type=float, default=2.0,
+                   help="stop when V/V0 leaves [1/r, r] (dimensionless)")
     s.add_argument("--cutoff-A", type=float, default=None,
                    help="committee cutoff for the cell-size check (default: from the members)")
     q = p.add_argument_group("selection after a record run")
@@ -72,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--select-measure", choices=MEASURES, default="forces_std_max")
     q.add_argument("--n-select", type=int, default=10, help="maximum frames labelled per generation")
     q.add_argument("--lower-trust", type=float, default=None,
-                   help="below this σ (unit of the measure: eV, eV/atom, eV/Å) frames are trusted")
+                   help="below this σ frames are trusted; in the internal unit of "
+                        "--select-measure (eV, eV/atom, eV/molecule, eV/Å, 1)")
     q.add_argument("--upper-trust", type=float, default=None,
-                   help="above this σ frames are discarded as unphysical")
+                   help="above this σ frames are discarded as unphysical (same unit)")
     return p
 
 
@@ -102,22 +108,26 @@ def _main(argv=None) -> int:
     if not -len(atoms_list) <= args.index < len(atoms_list):
         raise ConfigError(f"--index {args.index} is out of range: {args.structure} holds {len(atoms_list)}")
     atoms = atoms_list[args.index]
-    schedule = TemperatureSchedule.parse(args.temperature, args.steps, args.schedule_mode)
+    schedule = TemperatureSchedule.parse(args.temperature_K, args.steps, args.schedule_mode)
     committee = load_committee_from_args(args)
     n_mol = parse_molecules(args.molecules)
+    provenance = {"driver": "md", "mode": args.mode}
     if args.mode == "online":
-        calc = build_gate_from_args(args, "md", committee=committee)
+        calc = build_gate_from_args(args, "md", committee=committee, n_molecules=n_mol)
         if calc.label_store is not None:
             calc.label_store.deduplicate = True  # a repeated step never appends twice
-        caps = None
-    else:
-        calc, caps = committee, measures_from_args(args, "cap_", n_mol) or None
+    else:  # the same gate without thresholds/reference: committee answers, hard caps act
+        if measures_from_args(args, "threshold_", n_mol) or args.retrain_every:
+            raise ConfigError("--threshold-* and --retrain-every act in --mode online only; in "
+                              "record mode frames are selected afterwards (--select)")
+        calc = Gate(committee, None, hard_cap=measures_from_args(args, "cap_", n_mol) or None,
+                    molecules=n_mol, provenance=provenance)
     md = CommitteeMD(atoms, calc, out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
                      temperature=schedule, pressure_GPa=args.pressure_GPa, tdamp_fs=args.tdamp_fs,
                      pdamp_fs=args.pdamp_fs, hydrostatic=not args.anisotropic,
                      write_interval=args.write_interval, min_distance_A=args.min_distance_A,
                      max_volume_ratio=args.max_volume_ratio, cutoff_A=args.cutoff_A, seed=args.seed,
-                     hard_cap=caps, provenance={"driver": "md", "mode": args.mode})
+                     provenance=provenance)
     result = md.run(args.steps)
     log.info("MD steps %d..%d done, %d frames, %d labels by the gate", result.start_step,
              result.last_step, result.n_frames, result.n_labels)

@@ -10,6 +10,7 @@ from ase.calculators.mixing import LinearCombinationCalculator
 
 from committee_calc.committee import CommitteeCalculator
 from committee_calc.errors import CommitteeError, ConfigError
+from committee_calc.gate import Gate
 from committee_calc.md import CSV_COLUMNS, CommitteeMD, read_log
 from committee_calc.md_schedule import TemperatureSchedule, make_integrator
 from committee_calc.members.ase_member import ASEMember
@@ -165,8 +166,19 @@ def test_safety_stops_keep_outputs(tmp_path):
     log = read_log(tmp_path / "v" / "md_log.csv")
     assert log["step"][-1] == res.last_step and res.n_frames >= 1  # everything so far kept
 
-    res = CommitteeMD(cu(), emt_committee(), tmp_path / "c", hard_cap={"forces_std_max": 1e-3}).run(50)
+    capped = Gate(emt_committee(), None, hard_cap={"forces_std_max": 1e-3})  # the record-mode gate
+    res = CommitteeMD(cu(), capped, tmp_path / "c").run(50)
     assert res.stopped and "hard cap" in res.stop_reason and res.last_step > 0
+    assert capped.n_calls == res.last_step + 1 and capped.n_reference_calls == 0
+    log = read_log(tmp_path / "c" / "md_log.csv")
+    assert np.all(log["forces_std_max_eVA"] <= 1e-3) and log["step"][-1] == res.last_step - 1
+    rattled = cu()
+    rattled.rattle(0.05, seed=1)  # above the cap at step 0 already: a stop, not an exception
+    res = CommitteeMD(rattled, Gate(emt_committee(), None, hard_cap={"forces_std_max": 1e-6}),
+                      tmp_path / "c0").run(5)
+    assert res.stopped and res.last_step == 0 and "hard cap" in res.stop_reason
+    with pytest.raises(TypeError):  # caps live on the gate only
+        CommitteeMD(cu(), emt_committee(), tmp_path / "x", hard_cap={"forces_std_max": 1e-3})
 
 
 def test_user_atoms_untouched(tmp_path):
@@ -190,3 +202,74 @@ def test_npt_ensemble_long_run(tmp_path):
         blocks = x[: len(x) // 10 * 10].reshape(10, -1).mean(1)
         err = blocks.std(ddof=1) / np.sqrt(len(blocks))
         assert abs(x.mean() - target) < 3 * err + 0.03 * abs(target or 1), (col, x.mean(), err)
+
+
+def _ridge_online(out, retrain_calls, threshold=0.0012, every=2):
+    """An online gate on a ridge committee trained on 4 rattled EMT cells; the retrain
+    callback refits on those plus every label in the file it is given."""
+    from ase.io import read
+
+    from committee_calc.labels import LabelStore
+    from committee_calc.ridge_committee import PairRidgeCommittee
+
+    train = []
+    for i in range(4):
+        a = cu((2, 2, 2))
+        a.rattle(0.03, seed=i)
+        a.calc = EMT()
+        a.get_forces()
+        train.append(a)
+    energies = [a.get_potential_energy() for a in train]
+    forces = [a.get_forces() for a in train]
+
+    def fit(frames, e, f):
+        return PairRidgeCommittee(["Cu"], n_members=4, n_basis=6, r_cut=4.5, seed=0).fit(frames, e, f).as_committee()
+
+    def retrain(label_file):
+        labels = read(label_file, ":")
+        com = fit(train + labels, energies + [f.info["REF_energy"] for f in labels],
+                  forces + [f.arrays["REF_forces"] for f in labels])
+        retrain_calls.append((len(labels), com))
+        return com
+
+    gate = Gate(fit(train, energies, forces), EMT(), thresholds={"forces_std_max": threshold},
+                label_store=LabelStore(out / "labels.extxyz", deduplicate=True), retrain=retrain,
+                retrain_every=every)
+    return CommitteeMD(cu((2, 2, 2)), gate, out, ensemble="nvt", timestep_fs=2.0, temperature=600.0,
+                       write_interval=10), gate
+
+
+@pytest.mark.parametrize("kill_at", [15, 25])
+def test_online_retrain_every_swaps_committee_and_resumes(tmp_path, kill_at):
+    from committee_calc.labels import LabelStore
+
+    calls_a = []
+    md, gate = _ridge_online(tmp_path / "a", calls_a)
+    initial = gate.committee
+    res = md.run(40)
+    assert not res.stopped and res.last_step == 40 and res.n_labels >= 4
+    # a retraining after every 2 labels, on the label file as it stood then
+    assert gate.n_retrains == res.n_labels // 2 >= 2
+    assert [n for n, _ in calls_a] == [2 * (k + 1) for k in range(gate.n_retrains)]
+    assert gate.committee is calls_a[-1][1] and gate.committee is not initial
+    log = read_log(res.log)
+    ref = np.array([d == "reference" for d in log["gate_decision"]])
+    assert ref.sum() == res.n_labels and not ref[-5:].any()  # retrained committee is trusted again
+    last_label = int(log["step"][ref][-1])
+    assert log["forces_std_max_eVA"][log["step"] > last_label].max() <= 0.0012
+
+    calls_b = []
+    killed = _ridge_online(tmp_path / "b", calls_b)[0].run(40, stop_after=kill_at)
+    assert killed.last_step == kill_at
+    saved = json.loads((tmp_path / "b" / "md_state.json").read_text())
+    assert saved["step"] <= kill_at and saved["gate"]["n_retrains"] >= 1
+    calls_b.clear()
+    md_b, gate_b = _ridge_online(tmp_path / "b", calls_b)
+    resumed = md_b.run(40)
+    assert resumed.start_step == saved["step"] and resumed.last_step == 40
+    # resume rebuilt the committee once, on exactly the labels the last retraining saw
+    assert calls_b[0][0] == saved["gate"]["retrain_n_labels"]
+    assert gate_b.n_retrains == gate.n_retrains
+    assert (tmp_path / "a" / "md_log.csv").read_text() == (tmp_path / "b" / "md_log.csv").read_text()
+    la, lb = LabelStore(tmp_path / "a" / "labels.extxyz").read(), LabelStore(tmp_path / "b" / "labels.extxyz").read()
+    assert [f.info["label_hash"] for f in la] == [f.info["label_hash"] for f in lb]  # none twice

@@ -78,7 +78,7 @@ def test_driver_record_select_label_plot(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     args = ["cu.xyz", "--committee", "committee.yaml", "--reference", "ref.yaml", "--labels",
             "labels.extxyz", "--mode", "record", "--steps", "30", "--timestep-fs", "2",
-            "--temperature", "200:500", "--pressure-GPa", "0.5", "--write-interval", "3",
+            "--temperature-K", "200:500", "--pressure-GPa", "0.5", "--write-interval", "3",
             "--select", "highest", "--n-select", "4", "--out", "run"]
     assert main(args) == 0
     frames = read("run/md_trajectory.extxyz", ":")
@@ -105,7 +105,7 @@ def test_driver_online_gate_labels_once_after_kill(workdir, monkeypatch):
 
     monkeypatch.chdir(workdir)
     base = ["cu.xyz", "--committee", "committee.yaml", "--reference", "ref.yaml", "--mode", "online",
-            "--threshold-forces-std-max-eVA", "0.004", "--temperature", "400", "--timestep-fs", "2",
+            "--threshold-forces-std-max-eVA", "0.004", "--temperature-K", "400", "--timestep-fs", "2",
             "--write-interval", "10"]
     assert main(base + ["--labels", "a.extxyz", "--steps", "30", "--out", "a"]) == 0
     n_ref = len(LabelStore("a.extxyz"))
@@ -126,9 +126,16 @@ def test_driver_online_gate_labels_once_after_kill(workdir, monkeypatch):
 def test_driver_errors(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     base = ["--committee", "committee.yaml", "--steps", "5", "--out", "run"]
-    assert main(["cu.xyz", *base, "--temperature", "0"]) == 2
+    assert main(["cu.xyz", *base, "--temperature-K", "0"]) == 2
     assert main(["cu.xyz", *base, "--timestep-fs", "-1"]) == 2
     assert main(["cu.xyz", *base, "--select", "none"]) == 0
+    # record mode runs the same gate without thresholds: thresholds are refused, caps stop it
+    assert main(["cu.xyz", *base, "--threshold-forces-std-max-eVA", "0.1"]) == 2
+    assert "online only" in capsys.readouterr().err
+    assert main(["cu.xyz", "--committee", "committee.yaml", "--steps", "20", "--out", "capped",
+                 "--temperature-K", "400", "--cap-forces-std-max-eVA", "1e-4"]) == 3
+    assert (workdir / "capped" / "md_unphysical.extxyz").exists()
+    assert "hard cap" in read("capped/md_unphysical.extxyz").info["stop_reason"]
     bulk("Al", cubic=True).repeat((2, 2, 1)).write(workdir / "al.xyz")
     assert main(["al.xyz", *base, "--select", "none"]) == 2
     assert "different system" in capsys.readouterr().err
