@@ -10,9 +10,22 @@ gate's labels.  Prints:
 * on the fly (gate: threshold → xTB label → retrain every K labels): chains
   terminated, labelled fraction of evaluated MC steps;
 * committee energy error on held-out MC structures (accepted, never labelled)
-  before and after on-the-fly training.
+  before and after on-the-fly training, with the committee's RMS σ there
+  (calibration check: σ ≪ error means an overconfident committee, which the
+  hard cap cannot catch).
 
-    python benchmarks/mc_on_the_fly.py [--steps 150 --chains 4 --out /tmp/mc_otf]
+Design (Butler, Hafizi & Day): both arms use the same start structures
+(farthest point sampling from the lowest-energy minimum), the same per-chain
+seeds, move set, lid and hard cap on the same measure (σ per molecule); the
+cap/threshold ratio is the paper's 50/10 kJ/mol, scaled to this system's
+lid.  The on-the-fly arm has one gate and one growing label set shared by
+its chains, run one after another; each retrain fits the initial (minima)
+data plus every label.  Members are resampled "stable" (a structure's member
+assignments never change when labels are appended) and α is calibrated
+with an error floor (``calibration="bias"``); ``--resampling fixed-size
+--calibration ratio`` gives the earlier committee for comparison.
+
+    python benchmarks/mc_on_the_fly.py [--steps 150 --chains 8 --out /tmp/mc_otf]
 """
 from __future__ import annotations
 
@@ -77,17 +90,20 @@ def landscape(n, seed=0, a=4.6):
     return out
 
 
-def make_model(structures, E, F, seed=0):
+def make_model(structures, E, F, seed=0, resampling="stable", calibration="bias"):
     model = PairRidgeCommittee(["H", "O"], n_members=8, subsample=0.7, seed=seed, r_cut=5.0,
-                               n_basis=10, ridge=1e-7, force_weight=0.1)
+                               n_basis=10, ridge=1e-7, force_weight=0.1, resampling=resampling,
+                               calibration=calibration)
     model.fit(structures, E, F)
-    return model.as_committee(molecules=N_MOL)
+    com = model.as_committee(molecules=N_MOL)
+    com.ridge_model = model
+    return com
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--chains", type=int, default=8)
     p.add_argument("--landscape", type=int, default=10)
     p.add_argument("--perturb", type=int, default=3, help="perturbed copies per minimum in training")
     p.add_argument("--method", default="GFN1-xTB")
@@ -97,6 +113,8 @@ def main(argv=None):
     p.add_argument("--retrain-every", type=int, default=5)
     p.add_argument("--heldout", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resampling", choices=("stable", "fixed-size"), default="stable")
+    p.add_argument("--calibration", choices=("bias", "ratio"), default="bias")
     p.add_argument("--out", default="/tmp/mc_on_the_fly")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -115,7 +133,8 @@ def main(argv=None):
         w, topo = make_whole(s)
         land += [small.propose(w, topo, rng0)[0] for _ in range(a.perturb)]
     E_land, F_land = reference(land, a.method)
-    committee0 = make_model(land, E_land, F_land)
+    opts = {"resampling": a.resampling, "calibration": a.calibration}
+    committee0 = make_model(land, E_land, F_land, seed=a.seed, **opts)
     idx = select_starts(minima, a.chains, committee=committee0)
     starts = [minima[i] for i in idx]
     lid = a.lid_kjmol * KJMOL * N_MOL
@@ -136,7 +155,7 @@ def main(argv=None):
         frames = LabelStore(path).read()
         E = list(E_land) + [f.info["REF_energy"] for f in frames]
         F = list(F_land) + [f.arrays["REF_forces"] for f in frames]
-        return make_model(land + frames, E, F, seed=len(frames))
+        return make_model(land + frames, E, F, seed=a.seed, **opts)
 
     gate = Gate(committee0, xtb(a.method), thresholds=thr, hard_cap=cap, label_store=store_path,
                 provenance={"driver": "mc-benchmark"}, retrain=retrain, retrain_every=a.retrain_every,
@@ -158,9 +177,13 @@ def main(argv=None):
     E_ho, _ = reference(pool, a.method)
 
     def err(com):
-        pred = np.array([r["energy"] for r in com.predict(pool)])
-        d = (pred - E_ho) / N_MOL / KJMOL
-        return float(np.sqrt(np.mean(d ** 2))), float(np.max(np.abs(d)))
+        pr = com.predict(pool)
+        d = (np.array([r["energy"] for r in pr]) - E_ho) / N_MOL / KJMOL
+        sd = np.array([r["energy_std"] for r in pr]) / N_MOL / KJMOL
+        return float(np.sqrt(np.mean(d ** 2))), float(np.max(np.abs(d))), float(np.sqrt(np.mean(sd ** 2)))
+
+    def stop_step(mc):
+        return mc.step_index if mc.terminated else None
 
     n_eval = sum(len(r) for _, r in otf)
     n_lab = sum(sum(x["gate_decision"] == "reference" for x in r) for _, r in otf)
@@ -168,10 +191,11 @@ def main(argv=None):
         "reference": a.method, "chains": a.chains, "steps_per_chain": a.steps,
         "lid_kjmol_per_molecule": a.lid_kjmol, "threshold_kjmol": a.threshold_kjmol,
         "cap_kjmol": a.cap_kjmol, "retrain_every": a.retrain_every,
+        "resampling": a.resampling, "calibration": a.calibration,
         "before_terminated_by_cap": sum(bool(m.terminated) for m, _ in before),
-        "before_steps_done": [m.step_index for m, _ in before],
+        "before_cap_stop_steps": [stop_step(m) for m, _ in before],
         "otf_terminated_by_cap": sum(bool(m.terminated) for m, _ in otf),
-        "otf_steps_done": [m.step_index for m, _ in otf],
+        "otf_cap_stop_steps": [stop_step(m) for m, _ in otf],
         "otf_evaluated_steps": n_eval, "otf_labelled_steps": n_lab,
         "otf_labelled_fraction": n_lab / n_eval, "otf_retrains": gate.n_retrains,
         "heldout_structures": len(pool),
@@ -179,6 +203,11 @@ def main(argv=None):
         "heldout_rmse_kjmol_per_molecule_after": err(final)[0],
         "heldout_maxerr_kjmol_per_molecule_before": err(committee0)[1],
         "heldout_maxerr_kjmol_per_molecule_after": err(final)[1],
+        "heldout_rms_sigma_kjmol_per_molecule_before": err(committee0)[2],
+        "heldout_rms_sigma_kjmol_per_molecule_after": err(final)[2],
+        "alpha_before": committee0.ridge_model.alpha, "alpha_after": final.ridge_model.alpha,
+        "error_floor_kjmol_per_molecule_before": committee0.ridge_model.bias_std / N_MOL / KJMOL,
+        "error_floor_kjmol_per_molecule_after": final.ridge_model.bias_std / N_MOL / KJMOL,
         "wall_s": round(time.time() - t0, 1),
     }
     (out / "result.json").write_text(json.dumps(res, indent=1))

@@ -103,8 +103,8 @@ def _subsets(n, n_members, fraction, rng):
     return [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(n_members)]
 
 
-def _calibrate(Y, member_preds, subsets):
-    """α from out-of-sample residuals: α² = Σ r² / Σ σ², OOB subcommittees (≥ 2 members)."""
+def _oob(Y, member_preds, subsets):
+    """Out-of-bag squared residuals and subcommittee variances (structures with >= 2 OOB members)."""
     n, M = len(Y), len(subsets)
     seen = np.zeros((M, n), bool)
     for m, s in enumerate(subsets):
@@ -116,9 +116,70 @@ def _calibrate(Y, member_preds, subsets):
             p = member_preds[oob, i]
             r2.append((Y[i] - p.mean()) ** 2)
             v.append(p.var(ddof=1))
+    return np.array(r2), np.array(v)
+
+
+def _calibrate(Y, member_preds, subsets):
+    """α from out-of-sample residuals: α² = Σ r² / Σ σ², OOB subcommittees (≥ 2 members)."""
+    r2, v = _oob(Y, member_preds, subsets)
     if len(r2) < 3 or np.sum(v) <= 0:
         return 1.0
     return float(np.clip(np.sqrt(np.sum(r2) / np.sum(v)), 1e-2, 1e3))
+
+
+def _stable_subsets(n, n_members, fraction, seed):
+    """Member subsets in which structure i's membership depends only on (seed, i).
+
+    Structure i joins member m when ``u[m, i] < fraction`` with ``u[:, i]``
+    drawn from a generator seeded by ``(seed, i)``; appending structures (new
+    labels) never reshuffles the memberships of the earlier ones, so a retrain
+    changes the committee only through the new data.  A member left with no
+    structure takes the one with its smallest ``u``.
+    """
+    base = 0 if seed is None else int(seed)
+    U = np.array([np.random.default_rng([base, i]).random(n_members) for i in range(n)]).T  # (M, n)
+    out = []
+    for m in range(n_members):
+        sub = np.flatnonzero(U[m] < fraction)
+        out.append(sub if len(sub) else np.array([int(np.argmin(U[m]))]))
+    return out
+
+
+def _calibrate_with_bias(Y, member_preds, subsets):
+    """(α, σ_b): maximum likelihood of OOB residuals r_i ~ N(0, α² σ_i² + σ_b²).
+
+    A misspecified model (a pair potential fitted to a many-body reference)
+    has an error floor σ_b that resampling cannot see; the one-parameter
+    estimate α² = Σr²/Σσ² then grows with the training set as the floor is
+    divided by a shrinking spread, inflating σ far from the data.  Here α
+    scales the spread only and the floor is returned separately [units of Y].
+    r_i is the out-of-bag residual; σ_i² the variance of all M members (the
+    2–3 OOB members give too noisy a variance: it biases α low, σ_b high).
+    """
+    from scipy.optimize import minimize
+
+    n, M = len(Y), len(subsets)
+    seen = np.zeros((M, n), bool)
+    for m, s in enumerate(subsets):
+        seen[m, s] = True
+    ok = (~seen).sum(0) >= 2
+    if ok.sum() < 3:
+        return 1.0, 0.0
+    r2 = np.array([(Y[i] - member_preds[~seen[:, i], i].mean()) ** 2 for i in np.flatnonzero(ok)])
+    v = np.maximum(member_preds[:, ok].var(0, ddof=1), 1e-30)
+    if not np.any(v > 1e-30):
+        return 1.0, 0.0
+    a0 = np.sum(r2) / np.sum(v)
+
+    def nll(x):
+        t = np.exp(x[0]) * v + np.exp(x[1])
+        return float(np.sum(np.log(t) + r2 / t))
+
+    best = min((minimize(nll, [np.log(a0 * f), np.log(np.mean(r2) * g + 1e-30)], method="Nelder-Mead",
+                         options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+                for f, g in ((1.0, 1e-3), (0.1, 0.5))), key=lambda r: r.fun)
+    alpha = float(np.clip(np.sqrt(np.exp(best.x[0])), 1e-2, 1e3))
+    return alpha, float(np.sqrt(np.exp(best.x[1])))
 
 
 class PairRidgeCommittee:
@@ -128,10 +189,18 @@ class PairRidgeCommittee:
     training structures per member; ``ridge`` relative regulariser;
     ``force_weight`` weight of a force row (eV/Å) against a per-atom energy
     row (eV/atom); ``seed``; basis options ``r_cut``, ``n_basis``.
+
+    ``resampling``: ``"fixed-size"`` (default; every member draws
+    ``round(subsample·n)`` structures afresh at each fit) or ``"stable"``
+    (structure i's memberships depend only on ``(seed, i)``, so refits on a
+    growing training set — on-the-fly learning — keep earlier assignments).
+    ``calibration``: ``"ratio"`` (default; α² = Σr²/Σσ² over OOB residuals)
+    or ``"bias"`` (:func:`_calibrate_with_bias`: α scales the spread only, the
+    error floor is kept in :attr:`bias_std` [eV], not added to σ).
     """
 
     def __init__(self, species, n_members=8, subsample=0.7, ridge=1e-8, force_weight=0.1,
-                 seed=0, r_cut=5.0, n_basis=12):
+                 seed=0, r_cut=5.0, n_basis=12, resampling="fixed-size", calibration="ratio"):
         if n_members < 2:
             raise ConfigError(f"a committee needs n_members >= 2, got {n_members}")
         if not 0 < subsample <= 1:
@@ -139,8 +208,14 @@ class PairRidgeCommittee:
         self.basis = PairBasis(species, r_cut=r_cut, n_basis=n_basis)
         self.n_members, self.subsample, self.ridge = int(n_members), float(subsample), float(ridge)
         self.force_weight, self.seed = float(force_weight), seed
+        if resampling not in ("fixed-size", "stable"):
+            raise ConfigError(f"resampling must be 'fixed-size' or 'stable', got {resampling!r}")
+        if calibration not in ("ratio", "bias"):
+            raise ConfigError(f"calibration must be 'ratio' or 'bias', got {calibration!r}")
+        self.resampling, self.calibration = resampling, calibration
         self.weights = None     # (M, d)
         self.alpha = 1.0
+        self.bias_std = 0.0     # eV per structure (calibration="bias" only)
 
     def fit(self, structures, energies, forces=None):
         """Fit on energies (n,) [eV] and optionally forces (list of (N,3)) [eV/Å]."""
@@ -160,8 +235,10 @@ class PairRidgeCommittee:
                 A = np.vstack([phi[None, :] / n, -self.force_weight * dphi.reshape(3 * n, -1)])
                 b = np.concatenate([[E[s] / n], self.force_weight * F.reshape(-1)])
             blocks.append((A, b, phi))
-        rng = np.random.default_rng(self.seed)
-        subsets = _subsets(len(blocks), self.n_members, self.subsample, rng)
+        if self.resampling == "stable":
+            subsets = _stable_subsets(len(blocks), self.n_members, self.subsample, self.seed)
+        else:
+            subsets = _subsets(len(blocks), self.n_members, self.subsample, np.random.default_rng(self.seed))
         W = []
         for sub in subsets:
             A = np.vstack([blocks[k][0] for k in sub])
@@ -169,7 +246,10 @@ class PairRidgeCommittee:
             W.append(_ridge(A, b, self.ridge))
         self.weights = np.array(W)
         Phi = np.array([blk[2] for blk in blocks])
-        self.alpha = _calibrate(E, self.weights @ Phi.T, subsets)
+        if self.calibration == "bias":
+            self.alpha, self.bias_std = _calibrate_with_bias(E, self.weights @ Phi.T, subsets)
+        else:
+            self.alpha = _calibrate(E, self.weights @ Phi.T, subsets)
         return self
 
     def member_predict(self, k, atoms, forces=True):

@@ -155,3 +155,41 @@ def test_on_the_fly_benchmark_reduces_heldout_error(tmp_path):
     res = bench.main(["--steps", "40", "--chains", "2", "--heldout", "15", "--out", str(tmp_path)])
     assert 0 < res["otf_labelled_fraction"] < 1
     assert res["heldout_rmse_kjmol_per_molecule_after"] < res["heldout_rmse_kjmol_per_molecule_before"]
+
+
+def test_stable_resampling_keeps_memberships_when_labels_are_appended():
+    from committee_calc.ridge_committee import _stable_subsets
+
+    a, b = _stable_subsets(20, 8, 0.7, seed=3), _stable_subsets(35, 8, 0.7, seed=3)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y[y < 20])          # earlier structures keep their members
+    assert all(len(x) >= 1 for x in _stable_subsets(1, 8, 0.1, seed=0))
+
+
+def test_bias_calibration_separates_the_error_floor_from_the_spread():
+    """Residuals with spread-proportional part α=3 and a floor σ_b=1: the ratio estimate
+    mixes both, the likelihood fit recovers them."""
+    from committee_calc.ridge_committee import _calibrate, _calibrate_with_bias, _stable_subsets
+
+    rng = np.random.default_rng(0)
+    n, M = 400, 8
+    sig = rng.uniform(0.01, 1.0, n)
+    P = rng.standard_normal((M, n)) * sig
+    Y = 3.0 * sig * rng.standard_normal(n) + 1.0 * rng.standard_normal(n)
+    subsets = _stable_subsets(n, M, 0.7, seed=0)
+    alpha, floor = _calibrate_with_bias(Y, P, subsets)
+    assert abs(alpha - 3.0) < 0.4 and abs(floor - 1.0) < 0.3
+    assert _calibrate(Y, P, subsets) > alpha          # the floor inflates the one-parameter α
+
+
+def test_ridge_committee_options_are_validated():
+    with pytest.raises(Exception, match="resampling"):
+        PairRidgeCommittee(["H", "O"], resampling="bootstrap")
+    with pytest.raises(Exception, match="calibration"):
+        PairRidgeCommittee(["H", "O"], calibration="isotonic")
+    model = PairRidgeCommittee(["H", "O"], n_members=4, r_cut=4.0, n_basis=6, resampling="stable",
+                               calibration="bias")
+    structures = minima_set(6)
+    E, F = reference_data(structures)
+    model.fit(structures, E, F)
+    assert model.alpha > 0 and model.bias_std >= 0
