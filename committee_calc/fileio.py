@@ -66,6 +66,18 @@ def write_structures_atomic(path, images, format="extxyz") -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def append_frame(path, atoms, format="extxyz") -> None:
+    """Append one structure to a trajectory file in a single fsynced write."""
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, atoms, format=format)
+    with open(path, "a") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class CsvLog:
     """Append-only CSV with a fixed header; one fsynced write per row."""
 

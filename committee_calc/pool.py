@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from pathlib import Path
 
 from .errors import ConfigError, ReferenceCalculationError
-from .fileio import CsvLog, atomic_write_bytes, load_json, save_json_atomic, write_structures_atomic
+from .fileio import (CsvLog, append_frame, atomic_write_bytes, load_json, save_json_atomic,
+                     write_structures_atomic)
 from .progress import progress_iter
 
 log = logging.getLogger("committee_calc.relax")
@@ -104,17 +104,6 @@ def read_frames_repair(path) -> list:
     return frames
 
 
-def _append_frame(path, atoms) -> None:
-    from ase.io import write
-
-    buf = io.StringIO()
-    write(buf, atoms, format="extxyz")
-    with open(path, "a") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 class RelaxPool:
     """Relax every candidate of a pool independently and resumably.
 
@@ -180,7 +169,7 @@ class RelaxPool:
             log.info("%s: resuming from step %s", cid, resume.info.get("relax_step"))
         try:
             res = self.relaxer.relax(atoms, info={"candidate": cid},
-                                     on_frame=lambda f: _append_frame(path, f), resume=resume)
+                                     on_frame=lambda f: append_frame(path, f), resume=resume)
         except ReferenceCalculationError as exc:
             log.error("%s: reference calculation failed: %s", cid, exc)
             return {"id": cid, "status": "reference_failed", "reason": str(exc).splitlines()[0],
@@ -195,7 +184,7 @@ class RelaxPool:
                        force_uncertainty_relative=res.force_uncertainty_relative,
                        fmax_eVA=res.fmax, density_gcm3=density_gcm3(final))
             if not frames or len(res.trajectory) > 1 or "relax_status" not in frames[-1].info:
-                _append_frame(path, final)  # the final frame carries relax_status
+                append_frame(path, final)  # the final frame carries relax_status
         return row
 
     def write_relaxed(self, ids, summary) -> list:

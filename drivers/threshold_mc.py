@@ -23,10 +23,8 @@ before a kill is reused, never duplicated.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -128,17 +126,6 @@ def _calculator(args, committee):
     return build_gate_from_args(args, "mc", committee=committee, n_molecules=parse_mol(args)), {}
 
 
-def _append_frame(path, atoms):
-    from ase.io import write
-
-    buf = io.StringIO()
-    write(buf, atoms, format="extxyz")
-    with open(path, "a") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _trajectory_frame(mc, rec):
     from committee_calc.io import attach_uncertainties
 
@@ -174,7 +161,7 @@ def _truncate_outputs(folder, state):
 
 
 def run_chain(folder, atoms, calc, caps, args, seed, run_id, store):
-    from committee_calc.fileio import CsvLog, load_json, save_json_atomic
+    from committee_calc.fileio import CsvLog, append_frame, load_json, save_json_atomic
     from committee_calc.mc_moves import make_whole
     from committee_calc.montecarlo import ThresholdMC, label_replay
     from committee_calc.units import KJMOL
@@ -201,7 +188,7 @@ def run_chain(folder, atoms, calc, caps, args, seed, run_id, store):
 
     def on_step(mc, rec):
         if rec["accepted"]:
-            _append_frame(folder / "trajectory.extxyz", _trajectory_frame(mc, rec))
+            append_frame(folder / "trajectory.extxyz", _trajectory_frame(mc, rec))
         row = {k: rec.get(k) for k in CSV_COLUMNS}
         row["energy_std_per_molecule_kjmol"] = rec["energy_std_eV"] / n_mol / KJMOL
         row["energy_std_per_atom_meV"] = rec["energy_std_eV"] / n_at * 1e3

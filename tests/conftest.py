@@ -7,3 +7,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # fixture modules contributed per area (each a plain module in tests/)
 pytest_plugins = ["tiny_models"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (timings and round-off independent of the machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

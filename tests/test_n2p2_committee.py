@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from ase.units import Bohr, Hartree
 
 from committee_calc.config import build_committee
@@ -15,12 +14,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "n2p2")
 COMM = os.path.join(DATA, "H2O_RPBE-D3_committee")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

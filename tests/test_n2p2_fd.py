@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from committee_calc.members.n2p2 import N2P2Member, read_input_data
 
@@ -12,12 +11,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "n2p2")
 H = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def setup(name, conf, rattle=0.0, seed=0):

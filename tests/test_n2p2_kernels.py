@@ -18,12 +18,7 @@ pytest.importorskip("numba")
 DATA = os.path.join(os.path.dirname(__file__), "data", "n2p2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compare(model, atoms, n_members=2, seed=0, pad=1.0):

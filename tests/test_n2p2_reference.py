@@ -3,7 +3,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from committee_calc.members.n2p2 import N2P2Calculator, N2P2Member, read_input_data
 
@@ -13,12 +12,7 @@ SLOW = {("Anisole_SCAN", k) for k in (1, 2, 3, 4, 5)}
 FIXTURES = {"LJ_Ne": 9, "H2O_RPBE-D3": 9, "Cu2S_PBE": 9, "Anisole_SCAN": 7}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _cache = {}

@@ -71,6 +71,27 @@ class Member:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+class BatchedMember(Member):
+    """A member whose class evaluates many members on many structures at once.
+
+    Subclasses implement ``predict_batch(members, structures, properties)``
+    returning ``out[structure][member]`` prediction dicts (one graph per
+    structure shared by all members); single-structure calls route through it.
+    """
+
+    @classmethod
+    def predict_batch(cls, members, structures, properties) -> list:
+        raise NotImplementedError
+
+    @classmethod
+    def predict_group(cls, members, atoms, properties=("energy", "forces")) -> list:
+        """All members on one structure: one graph, M forward passes."""
+        return cls.predict_batch(members, [atoms], properties)[0]
+
+    def predict(self, atoms, properties=("energy", "forces")):
+        return self.predict_batch([self], [atoms], properties)[0][0]
+
+
 def as_prediction(results: dict, natoms: int, keys: Iterable[str] = MEMBER_PROPERTIES) -> dict:
     """Copy the known keys of a raw result dict into float64 numpy values."""
     out = {}

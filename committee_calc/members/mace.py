@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ConfigError, CutoffMismatchError, ModelFileError
 from ._torch_common import (check_device, check_dtype, dtype_name, import_framework,
                             torch_dtype, torch_env, torch_load, voigt)
-from .base import Member
+from .base import BatchedMember
 
 #: atoms.info keys MACE's own calculator reads (kept identical for equal graphs)
 _INFO_KEYS = {"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"}
@@ -44,7 +44,7 @@ def _mace():
     return torch, mace_data, torch_geometric, torch_tools, utils
 
 
-class MACEMember(Member):
+class MACEMember(BatchedMember):
     """One MACE model.
 
     Parameters
@@ -254,10 +254,3 @@ class MACEMember(Member):
                 out[i][k] = p
         return out
 
-    @classmethod
-    def predict_group(cls, members, atoms, properties=("energy", "forces")) -> list:
-        """All members on one structure: one graph, M forward passes."""
-        return cls.predict_batch(members, [atoms], properties)[0]
-
-    def predict(self, atoms, properties=("energy", "forces")):
-        return self.predict_batch([self], [atoms], properties)[0][0]

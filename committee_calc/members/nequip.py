@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError, CutoffMismatchError, ModelFileError
 from ._torch_common import check_device, check_model_file, import_framework, torch_env, voigt
-from .base import Member
+from .base import BatchedMember
 
 
 def _nequip():
@@ -54,7 +54,7 @@ def _has_stress_output(config_yaml: str) -> bool:
     return any("Stress" in str(b) for b in builders)
 
 
-class NequIPMember(Member):
+class NequIPMember(BatchedMember):
     """One deployed NequIP model."""
 
     backend = "nequip"
@@ -179,9 +179,3 @@ class NequIPMember(Member):
                 out[i][k] = p
         return out
 
-    @classmethod
-    def predict_group(cls, members, atoms, properties=("energy", "forces")) -> list:
-        return cls.predict_batch(members, [atoms], properties)[0]
-
-    def predict(self, atoms, properties=("energy", "forces")):
-        return self.predict_batch([self], [atoms], properties)[0][0]

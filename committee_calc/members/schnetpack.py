@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError, CutoffMismatchError, ModelFileError
 from ._torch_common import (check_device, check_dtype, import_framework, torch_dtype, torch_env,
                             torch_load, voigt)
-from .base import Member
+from .base import BatchedMember
 
 
 def _spk():
@@ -49,7 +49,7 @@ def model_cutoff(model) -> float | None:
     return max(found) if found else None
 
 
-class SchNetPackMember(Member):
+class SchNetPackMember(BatchedMember):
     """One SchNetPack 2.x model."""
 
     backend = "schnetpack"
@@ -166,9 +166,3 @@ class SchNetPackMember(Member):
                 out[i][k] = p
         return out
 
-    @classmethod
-    def predict_group(cls, members, atoms, properties=("energy", "forces")) -> list:
-        return cls.predict_batch(members, [atoms], properties)[0]
-
-    def predict(self, atoms, properties=("energy", "forces")):
-        return self.predict_batch([self], [atoms], properties)[0][0]
