@@ -348,19 +348,23 @@ def ridge_rs_fit_predict(X, n_members=8, subsample=0.7, ridge=1e-3, seed=0, kern
 class RidgeTrainer:
     """Active-learning trainer: ``trainer(train_file, work_dir, use_forces) -> CommitteeCalculator``.
 
-    Reads ``AL_energy`` [eV] (and ``AL_forces`` [eV/Å] when ``use_forces``)
-    and fits a :class:`PairRidgeCommittee` in-process (seconds).
+    Reads ``energy_key`` [eV] (and ``forces_key`` [eV/Å] when ``use_forces``;
+    default the active-learning training keys ``AL_energy``/``AL_forces``; use
+    ``REF_energy``/``REF_forces`` to train straight from a label store) and fits
+    a :class:`PairRidgeCommittee` in-process (seconds).
     """
 
-    def __init__(self, species, molecules=None, **options):
+    def __init__(self, species, molecules=None, energy_key="AL_energy", forces_key="AL_forces",
+                 **options):
         self.species, self.molecules, self.options = list(species), molecules, options
+        self.energy_key, self.forces_key = energy_key, forces_key
         self.model = None
 
     def __call__(self, train_file, work_dir=None, use_forces=False):
         from ase.io import read
 
         frames = read(str(train_file), index=":")
-        E = [float(f.info["AL_energy"]) for f in frames]
-        F = [np.asarray(f.arrays["AL_forces"]) for f in frames] if use_forces else None
+        E = [float(f.info[self.energy_key]) for f in frames]
+        F = [np.asarray(f.arrays[self.forces_key]) for f in frames] if use_forces else None
         self.model = PairRidgeCommittee(self.species, **self.options).fit(frames, E, F)
         return self.model.as_committee(molecules=self.molecules)
