@@ -96,7 +96,6 @@ def test_loop_resume_and_rerank(landscape, tmp_path):
     capped = rr["sigma"] > cap
     assert CALLS["n"] == rr["n_reference"] == capped.sum() > 0
     assert np.all(rr["source"][capped] == "reference") and np.all(rr["source"][~capped] == "committee")
-    e_ref = np.array([landscape.structures[i].copy() for i in range(3)], dtype=object)
     for i in np.flatnonzero(capped)[:3]:
         a = landscape.structures[i].copy()
         a.calc = EMT()

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
