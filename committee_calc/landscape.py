@@ -126,3 +126,89 @@ def candidate_pool(landscape: Landscape, energy_cutoff_eV=None) -> np.ndarray:
     e = landscape.baseline_per_unit()
     pool = np.flatnonzero(e <= e.min() + cut)
     return pool
+
+
+# ---------------------------------------------------------------------------
+# Building a landscape: relax candidate packings with a cheap baseline, then
+# drop near-identical minima.
+def relax_with_baseline(atoms, calculator, fmax=0.05, max_steps=200, cell=True,
+                        optimizer="FIRE", energy_key="baseline_energy",
+                        forces_key="baseline_forces"):
+    """Relax a copy of ``atoms`` with ``calculator`` (the CSP baseline) and return it.
+
+    Positions (and the cell, ``cell=True``, via ASE's FrechetCellFilter at zero
+    pressure) are optimised until max |F| ≤ ``fmax`` [eV/Å] (and the
+    filter's generalised cell forces likewise) or ``max_steps`` steps.  The
+    returned copy has no calculator; it carries ``info[energy_key]`` [eV per
+    cell] and ``arrays[forces_key]`` [eV/Å, (N, 3)] at the relaxed geometry,
+    ``info["relax_steps"]``, ``info["relax_converged"]`` (bool) and
+    ``info["relax_fmax"]`` [eV/Å] (largest atomic force at the end).
+    The user's ``atoms`` is left untouched.
+    """
+    from ase import optimize
+
+    if int(max_steps) < 1 or not float(fmax) > 0:
+        raise ConfigError(f"relaxation needs fmax > 0 and max_steps >= 1, got {fmax!r}, {max_steps!r}")
+    opt_cls = getattr(optimize, optimizer, None)
+    if opt_cls is None:
+        raise ConfigError(f"unknown ASE optimizer {optimizer!r}; use e.g. FIRE, BFGS, LBFGS")
+    a = atoms.copy()
+    a.calc = calculator
+    target = a
+    if cell:
+        if a.cell.rank < 3 or not all(a.pbc):
+            raise ConfigError("cell relaxation needs a periodic structure with a full 3-D cell; pass cell=False")
+        from ase.filters import FrechetCellFilter
+
+        target = FrechetCellFilter(a)
+    opt = opt_cls(target, logfile=None)
+    converged = bool(opt.run(fmax=float(fmax), steps=int(max_steps)))
+    energy = float(a.get_potential_energy())
+    forces = np.array(a.get_forces(), float)
+    out = a.copy()
+    out.calc = None
+    out.info[energy_key] = energy
+    out.arrays[forces_key] = forces
+    out.info["relax_steps"] = int(opt.nsteps)
+    out.info["relax_converged"] = converged
+    out.info["relax_fmax"] = float(np.sqrt((forces ** 2).sum(1)).max()) if len(out) else 0.0
+    return out
+
+
+def deduplicate_minima(energy_per_unit, X, densities=None, energy_tol_eV=1e-3,
+                       density_rel_tol=0.01, descriptor_tol=1e-2):
+    """Indices of unique minima, lowest energy first, and the duplicate map.
+
+    Structures are visited in order of increasing ``energy_per_unit`` [eV per
+    molecule or atom] (n,); one is a duplicate of an already kept structure
+    when all of: |ΔE| ≤ ``energy_tol_eV``; relative density difference ≤
+    ``density_rel_tol`` (skipped when ``densities`` [g/cm³] (n,) is None);
+    and the relative descriptor distance ‖x_i − x_k‖ / max(‖x_i‖, ‖x_k‖) ≤
+    ``descriptor_tol`` for descriptor rows ``X`` (n, d) — use intensive
+    (atom-averaged) descriptors such as SOAP so that a supercell of a minimum
+    is recognised.  Returns ``(kept, duplicate_of)``: kept indices (ints,
+    ascending energy) and a dict {duplicate index: kept index}.
+    """
+    e = np.asarray(energy_per_unit, float).reshape(-1)
+    X = np.asarray(X, float)
+    if X.ndim != 2 or X.shape[0] != e.size:
+        raise ConfigError(f"need one descriptor row per structure: {e.size} energies, descriptor shape {X.shape}")
+    if not np.all(np.isfinite(e)):
+        raise ConfigError("energies for deduplication must be finite; drop failed relaxations first")
+    rho = None if densities is None else np.asarray(densities, float).reshape(-1)
+    norms = np.linalg.norm(X, axis=1)
+    kept, dup = [], {}
+    for i in np.argsort(e, kind="stable"):
+        i = int(i)
+        for k in kept:
+            if abs(e[i] - e[k]) > energy_tol_eV:
+                continue
+            if rho is not None and abs(rho[i] - rho[k]) > density_rel_tol * max(rho[i], rho[k]):
+                continue
+            scale = max(norms[i], norms[k], 1e-300)
+            if np.linalg.norm(X[i] - X[k]) / scale <= descriptor_tol:
+                dup[i] = k
+                break
+        else:
+            kept.append(i)
+    return kept, dup
