@@ -25,7 +25,26 @@ assignments never change when labels are appended) and α is calibrated
 with an error floor (``calibration="bias"``); ``--resampling fixed-size
 --calibration ratio`` gives the earlier committee for comparison.
 
+Neural-network committee (``--committee-backend mace``): the same system,
+starts, seeds, moves, lid, cap/threshold and arms, but the committee is a
+tiny MACE committee trained with the project's own trainer:
+:func:`committee_calc.train.train_committee` on the minima (+ perturbations)
+for the "before" arm, and :func:`committee_calc.train.make_retrainer` every
+``--retrain-every`` labels in the on-the-fly arm (each round trains on the
+minima plus every label so far, like the ridge refit).  Members differ by
+seed and bootstrap subset; α is calibrated after every fit on the
+out-of-bag residuals of the bootstrap (:func:`oob_alpha`; default
+``ratio``: ``bias`` collapses to α = 0.01 here).  Settings: ``MACE_OPTIONS``
+below, 4 members, ``--mace-epochs`` 40 epochs on the 40 initial structures
+and the same structure-epochs per retrain, float64, CPU, ``--train-jobs`` 2
+members at a time; one fit takes ~2.5–3.5 min on the 2 shared cores, so use
+a large K (``--retrain-every 100``: ~17 min in all; 50: ~30 min).
+Start structures are chosen without committee descriptors in both backends
+(farthest point sampling in the SOAP/pair space from the lowest xTB minimum),
+so the MACE and ridge runs start from the same structures.
+
     python benchmarks/mc_on_the_fly.py [--steps 150 --chains 8 --out /tmp/mc_otf]
+    python benchmarks/mc_on_the_fly.py --committee-backend mace --retrain-every 100 --out /tmp/mc_otf_mace
 """
 from __future__ import annotations
 
@@ -100,8 +119,131 @@ def make_model(structures, E, F, seed=0, resampling="stable", calibration="bias"
     return com
 
 
+class RidgeBackend:
+    """In-process ridge pair committee: ``initial`` and ``retrain`` refit in seconds."""
+
+    name = "ridge"
+
+    def __init__(self, a, out):
+        self.opts = {"resampling": a.resampling, "calibration": a.calibration}
+        self.seed = a.seed
+
+    def fit(self, structures, E, F):
+        com = make_model(structures, E, F, seed=self.seed, **self.opts)
+        com.alpha, com.error_floor_eV = com.ridge_model.alpha, com.ridge_model.bias_std
+        return com
+
+
+#: tiny MACE for CPU: 2 interactions, 8 scalar channels (max_L 0), r_max 4.5 Å
+MACE_OPTIONS = {"num_channels": 8, "max_L": 0, "r_max": 4.5, "num_interactions": 2, "correlation": 2,
+                "max_ell": 2, "num_radial_basis": 6, "MLP_irreps": "8x0e", "radial_MLP": "[16]",
+                "batch_size": 5, "valid_batch_size": 10, "lr": 0.01, "energy_weight": 20,
+                "forces_weight": 1}
+
+
+def write_training_set(path, structures, E, F):
+    """Plain extxyz with REF_energy [eV] / REF_forces [eV/Å] (the label-store keys)."""
+    from ase.io import write
+
+    frames = []
+    for s, e, f in zip(structures, E, F):
+        a = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+        a.info["REF_energy"] = float(e)
+        a.arrays["REF_forces"] = np.asarray(f, float).reshape(len(a), 3)
+        frames.append(a)
+    write(str(path), frames, format="extxyz")
+    return str(path)
+
+
+def oob_alpha(yaml_path, committee, E, calibration):
+    """(α, error floor [eV]) from out-of-bag residuals of the members' bootstrap sets.
+
+    ``E`` (n,) [eV] reference energies of the training file, in its order.
+    ``"bias"``: maximum likelihood of r_i ~ N(0, α²σ_i² + σ_b²) (the ridge
+    committee's estimator); ``"ratio"``: α² = Σr²/Σσ², floor 0.  r_i: mean of
+    the members that did not see structure i minus E_i (structures seen by
+    ≤ 2 of the 4 members); σ_i²: variance over all members (ddof=1).
+    """
+    import yaml
+
+    from committee_calc.ridge_committee import _calibrate_with_bias
+
+    from ase.io import read
+
+    spec = yaml.safe_load(open(yaml_path))
+    frames = read(spec["training"]["train_file"], index=":")
+    subsets = [np.unique(r["bootstrap_indices"]) for r in spec["training"]["members"]]
+    P = np.array([r["energy_members"] for r in committee.with_calibration(None).predict(frames)]).T
+    E = np.asarray(E, float)
+    if calibration == "none":
+        return 1.0, 0.0
+    if calibration == "bias":
+        return _calibrate_with_bias(E, P, subsets)
+    seen = np.zeros(P.shape, bool)
+    for m, sub in enumerate(subsets):
+        seen[m, sub] = True
+    ok = np.flatnonzero((~seen).sum(0) >= 2)
+    if len(ok) < 3:
+        return 1.0, 0.0
+    r2 = np.array([(E[i] - P[~seen[:, i], i].mean()) ** 2 for i in ok])
+    return float(np.sqrt(r2.sum() / P[:, ok].var(0, ddof=1).sum())), 0.0
+
+
+class MaceBackend:
+    """MACE committee via the project's trainer: ``train_committee`` then ``make_retrainer``."""
+
+    name = "mace"
+
+    def __init__(self, a, out):
+        self.out, self.calibration = out / "mace", a.calibration
+        self.train_opts = {"n_members": a.members, "seeds": [100 * a.seed + k for k in range(a.members)],
+                           "bootstrap": True, "max_epochs": a.mace_epochs, "model_options": MACE_OPTIONS,
+                           "n_jobs": a.train_jobs, "stress_key": None, "device": "cpu"}
+        self.budget = None     # structure-epochs per member, fixed by the initial training
+        self.n_fits, self.train_s = 0, 0.0
+
+    def fit(self, structures, E, F):
+        from committee_calc.config import load_committee
+        from committee_calc.train import make_retrainer, train_committee
+
+        t = time.time()
+        data = write_training_set(self.out / f"train_{self.n_fits:03d}.extxyz", structures, E, F)
+        if self.n_fits == 0:   # the minima-only committee
+            yaml_path = train_committee(data, self.out / "initial", backend="mace", **self.train_opts)
+            self.budget = self.train_opts["max_epochs"] * len(structures)
+        else:                  # an on-the-fly round: make_retrainer's next round_NNN, with the
+            # same optimisation budget (structure-epochs) as the initial training
+            opts = dict(self.train_opts, max_epochs=max(5, round(self.budget / len(structures))))
+            retrainer = make_retrainer(backend="mace", out_dir=self.out / "otf", **opts)
+            retrainer(data)
+            yaml_path = retrainer.last_yaml
+        raw = load_committee(yaml_path, molecules=N_MOL)
+        alpha, floor = oob_alpha(yaml_path, raw, E, self.calibration)
+        com = raw.with_calibration({"energy": alpha, "forces": alpha})
+        com.alpha, com.error_floor_eV, com.yaml_path = alpha, floor, yaml_path
+        self.n_fits += 1
+        self.train_s += time.time() - t
+        print(f"[mace] fit {self.n_fits}: {len(structures)} structures, α={alpha:.3g}, "
+              f"{time.time() - t:.0f} s", flush=True)
+        return com
+
+
+def run_chain(s, calc, c, a, lid, callback=None, **kw):
+    """One chain (seed ``[seed, c]``); a start structure already above the hard cap
+    (``GateStop`` at step 0) counts as a chain terminated by the cap at step 0."""
+    from committee_calc.errors import GateStop
+
+    mc = ThresholdMC(s, calc, MOVES, lid_eV=lid, seed=[a.seed, c], **kw)
+    try:
+        return mc, mc.run(a.steps, callback=callback)
+    except GateStop as exc:
+        mc.terminated = f"hard cap at the start structure: {exc}"
+        return mc, []
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--committee-backend", choices=("ridge", "mace"), default="ridge")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--chains", type=int, default=8)
     p.add_argument("--landscape", type=int, default=10)
@@ -113,13 +255,23 @@ def main(argv=None):
     p.add_argument("--retrain-every", type=int, default=5)
     p.add_argument("--heldout", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resampling", choices=("stable", "fixed-size"), default="stable")
-    p.add_argument("--calibration", choices=("bias", "ratio"), default="bias")
+    p.add_argument("--resampling", choices=("stable", "fixed-size"), default="stable",
+                   help="ridge only")
+    p.add_argument("--calibration", choices=("bias", "ratio", "none"), default=None,
+                   help="α estimator; default bias (ridge), ratio (mace); none: α = 1 (mace only)")
+    p.add_argument("--members", type=int, default=4, help="mace only: committee members")
+    p.add_argument("--mace-epochs", type=int, default=40, help="mace only: epochs per training")
+    p.add_argument("--train-jobs", type=int, default=2, help="mace only: members trained at a time")
     p.add_argument("--out", default="/tmp/mc_on_the_fly")
     a = p.parse_args(argv)
+    if a.calibration is None:
+        a.calibration = "ratio" if a.committee_backend == "mace" else "bias"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    backend = (MaceBackend if a.committee_backend == "mace" else RidgeBackend)(a, out)
+    if a.committee_backend == "mace":
+        (out / "mace").mkdir(exist_ok=True)
 
     minima = landscape(a.landscape, seed=a.seed)
     E_min, _ = reference(minima, a.method)
@@ -133,19 +285,20 @@ def main(argv=None):
         w, topo = make_whole(s)
         land += [small.propose(w, topo, rng0)[0] for _ in range(a.perturb)]
     E_land, F_land = reference(land, a.method)
-    opts = {"resampling": a.resampling, "calibration": a.calibration}
-    committee0 = make_model(land, E_land, F_land, seed=a.seed, **opts)
-    idx = select_starts(minima, a.chains, committee=committee0)
+    committee0 = backend.fit(land, E_land, F_land)
+    t_init = time.time() - t0
+    # starts: lowest xTB minimum, then FPS in SOAP/pair space (no committee features: the
+    # same starts for every backend)
+    idx = select_starts(minima, a.chains)
     starts = [minima[i] for i in idx]
     lid = a.lid_kjmol * KJMOL * N_MOL
     thr = {"energy_std_per_molecule": a.threshold_kjmol * KJMOL}
     cap = {"energy_std_per_molecule": a.cap_kjmol * KJMOL}
 
     # -- before: committee trained on the landscape only, no reference; the cap stops chains
-    before = []
-    for c, s in enumerate(starts):
-        mc = ThresholdMC(s, committee0, MOVES, lid_eV=lid, seed=[a.seed, c], hard_cap=cap)
-        before.append((mc, mc.run(a.steps)))
+    t1 = time.time()
+    before = [run_chain(s, committee0, c, a, lid, hard_cap=cap) for c, s in enumerate(starts)]
+    t_before = time.time() - t1
 
     # -- on the fly: gate -> xTB label -> retrain every K labels
     store_path = out / "labels.extxyz"
@@ -153,23 +306,26 @@ def main(argv=None):
 
     def retrain(path):
         frames = LabelStore(path).read()
+        retrain.n_labels = len(frames)
         E = list(E_land) + [f.info["REF_energy"] for f in frames]
         F = list(F_land) + [f.arrays["REF_forces"] for f in frames]
-        return make_model(land + frames, E, F, seed=a.seed, **opts)
+        return backend.fit(land + frames, E, F)
 
+    retrain.n_labels = 0
     gate = Gate(committee0, xtb(a.method), thresholds=thr, hard_cap=cap, label_store=store_path,
                 provenance={"driver": "mc-benchmark"}, retrain=retrain, retrain_every=a.retrain_every,
-                molecules=N_MOL)
-    otf, traj = [], []
+                molecules=N_MOL, retrain_errors="raise")
+    traj = []
 
     def keep(mc, rec):  # accepted MC structures answered by the committee: never labelled
         if rec["accepted"] and rec["gate_decision"] == "committee" and rec["step"] > 0:
             traj.append(mc.atoms.copy())
 
-    for c, s in enumerate(starts):
-        mc = ThresholdMC(s, gate, MOVES, lid_eV=lid, seed=[a.seed, c], run_id=f"otf{c}")
-        otf.append((mc, mc.run(a.steps, callback=keep)))
-    final = retrain(str(store_path)) if len(gate.label_store) else gate.committee
+    t1 = time.time()
+    otf = [run_chain(s, gate, c, a, lid, callback=keep, run_id=f"otf{c}") for c, s in enumerate(starts)]
+    # the final committee: minima + every label (the gate's last one if it was fitted on all of them)
+    final = retrain(str(store_path)) if len(gate.label_store) > retrain.n_labels else gate.committee
+    t_otf = time.time() - t1
 
     # -- held-out MC structures: a random subset of the accepted, unlabelled ones
     rng = np.random.default_rng(a.seed + 99)
@@ -185,29 +341,36 @@ def main(argv=None):
     def stop_step(mc):
         return mc.step_index if mc.terminated else None
 
+    e0, e1 = err(committee0), err(final)
     n_eval = sum(len(r) for _, r in otf)
     n_lab = sum(sum(x["gate_decision"] == "reference" for x in r) for _, r in otf)
     res = {
+        "committee_backend": a.committee_backend,
         "reference": a.method, "chains": a.chains, "steps_per_chain": a.steps,
         "lid_kjmol_per_molecule": a.lid_kjmol, "threshold_kjmol": a.threshold_kjmol,
         "cap_kjmol": a.cap_kjmol, "retrain_every": a.retrain_every,
-        "resampling": a.resampling, "calibration": a.calibration,
+        "calibration": a.calibration,
+        **({"resampling": a.resampling} if a.committee_backend == "ridge" else
+           {"members": a.members, "mace_epochs": a.mace_epochs, "mace_options": MACE_OPTIONS}),
         "before_terminated_by_cap": sum(bool(m.terminated) for m, _ in before),
         "before_cap_stop_steps": [stop_step(m) for m, _ in before],
+        "before_evaluated_steps": sum(len(r) for _, r in before),
         "otf_terminated_by_cap": sum(bool(m.terminated) for m, _ in otf),
         "otf_cap_stop_steps": [stop_step(m) for m, _ in otf],
         "otf_evaluated_steps": n_eval, "otf_labelled_steps": n_lab,
-        "otf_labelled_fraction": n_lab / n_eval, "otf_retrains": gate.n_retrains,
+        "otf_labelled_fraction": n_lab / max(n_eval, 1), "otf_retrains": gate.n_retrains,
         "heldout_structures": len(pool),
-        "heldout_rmse_kjmol_per_molecule_before": err(committee0)[0],
-        "heldout_rmse_kjmol_per_molecule_after": err(final)[0],
-        "heldout_maxerr_kjmol_per_molecule_before": err(committee0)[1],
-        "heldout_maxerr_kjmol_per_molecule_after": err(final)[1],
-        "heldout_rms_sigma_kjmol_per_molecule_before": err(committee0)[2],
-        "heldout_rms_sigma_kjmol_per_molecule_after": err(final)[2],
-        "alpha_before": committee0.ridge_model.alpha, "alpha_after": final.ridge_model.alpha,
-        "error_floor_kjmol_per_molecule_before": committee0.ridge_model.bias_std / N_MOL / KJMOL,
-        "error_floor_kjmol_per_molecule_after": final.ridge_model.bias_std / N_MOL / KJMOL,
+        "heldout_rmse_kjmol_per_molecule_before": e0[0],
+        "heldout_rmse_kjmol_per_molecule_after": e1[0],
+        "heldout_maxerr_kjmol_per_molecule_before": e0[1],
+        "heldout_maxerr_kjmol_per_molecule_after": e1[1],
+        "heldout_rms_sigma_kjmol_per_molecule_before": e0[2],
+        "heldout_rms_sigma_kjmol_per_molecule_after": e1[2],
+        "alpha_before": committee0.alpha, "alpha_after": final.alpha,
+        "error_floor_kjmol_per_molecule_before": committee0.error_floor_eV / N_MOL / KJMOL,
+        "error_floor_kjmol_per_molecule_after": final.error_floor_eV / N_MOL / KJMOL,
+        "initial_training_s": round(t_init, 1), "before_arm_s": round(t_before, 1),
+        "otf_arm_s": round(t_otf, 1),
         "wall_s": round(time.time() - t0, 1),
     }
     (out / "result.json").write_text(json.dumps(res, indent=1))
