@@ -15,15 +15,12 @@ from committee_calc.config import build_committee  # noqa: E402
 from committee_calc.errors import (ConfigError, CutoffMismatchError, ModelFileError,  # noqa: E402
                                    UnknownSpeciesError)
 from committee_calc.members.mace import MACEMember  # noqa: E402
-from tiny_models import fd_force_error, relax_and_md  # noqa: E402
+from tiny_models import fd_force_error, rattled_si, relax_and_md  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-def _si(seed=3, repeat=(1, 1, 1)):
-    a = bulk("Si", "diamond", 5.43, cubic=True) * repeat
-    a.rattle(0.05, seed=seed)
-    return a
+_si = rattled_si
 
 
 def _paths(d, n=4):

@@ -276,6 +276,15 @@ def schnetpack_models(tmp_path_factory, si_train_frames):
 
 # ----------------------------------------------------------------------------
 # checks shared by the backend tests
+def rattled_si(seed=3, repeat=(1, 1, 1)):
+    """Rattled cubic diamond Si (8 atoms per repeat), the backends' test structure."""
+    from ase.build import bulk
+
+    a = bulk("Si", "diamond", 5.43, cubic=True) * repeat
+    a.rattle(0.05, seed=seed)
+    return a
+
+
 def fd_force_error(member, atoms, indices=(0, 1), h=1e-4):
     """max |F_model - (-dE/dx)| (central differences of the member's own energy)."""
     a = atoms.copy()
