@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UnknownSpeciesError
+from ..errors import ConfigError, CutoffMismatchError, UnknownSpeciesError
 
 #: properties a member may return, with their shapes for N atoms
 MEMBER_PROPERTIES = ("energy", "forces", "stress", "energies")
@@ -79,9 +79,28 @@ class BatchedMember(Member):
     structure shared by all members); single-structure calls route through it.
     """
 
+    #: what besides the cutoff must agree for members to share one graph (for messages)
+    group_fields = "dtype or device"
+
     @classmethod
     def predict_batch(cls, members, structures, properties) -> list:
         raise NotImplementedError
+
+    @classmethod
+    def _check_group(cls, members) -> None:
+        """Members in one batched call must share a group key; name a cutoff mismatch."""
+        if len({m.group_key() for m in members}) <= 1:
+            return
+        names = [m.name for m in members]
+        cut = sorted({m.cutoff for m in members})
+        if len(cut) > 1:
+            raise CutoffMismatchError(
+                f"{cls.backend} members {names} have different cutoffs {cut} Å; one shared graph "
+                "needs one cutoff. Evaluate them in separate groups (the committee does this "
+                "automatically) or retrain with one cutoff."
+            )
+        raise ConfigError(f"{cls.backend} members {names} differ in {cls.group_fields} and "
+                          "cannot share one graph")
 
     @classmethod
     def predict_group(cls, members, atoms, properties=("energy", "forces")) -> list:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, CutoffMismatchError, ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ._torch_common import (check_device, check_dtype, dtype_name, import_framework,
                             torch_dtype, torch_env, torch_load, voigt)
 from .base import BatchedMember
@@ -197,21 +197,7 @@ class MACEMember(BatchedMember):
         out = self.model(dict(batch_dict), compute_stress=stress, training=False)
         return out
 
-    @staticmethod
-    def _check_group(members):
-        keys = {m.group_key() for m in members}
-        if len(keys) > 1:
-            cut = sorted({m.cutoff for m in members})
-            if len(cut) > 1:
-                raise CutoffMismatchError(
-                    f"MACE members {[m.name for m in members]} have different cutoffs r_max "
-                    f"{cut} Å; one shared graph needs one cutoff. Evaluate them in separate "
-                    "groups (the committee does this automatically) or retrain with one r_max."
-                )
-            raise ConfigError(
-                f"MACE members {[m.name for m in members]} differ in element table, dtype, "
-                "device or head and cannot share one graph"
-            )
+    group_fields = "element table, dtype, device or head"
 
     @classmethod
     def predict_batch(cls, members, structures, properties=("energy", "forces")) -> list:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, CutoffMismatchError, ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ._torch_common import check_device, check_model_file, import_framework, torch_env, voigt
 from .base import BatchedMember
 
@@ -135,17 +135,7 @@ class NequIPMember(BatchedMember):
         batch = Batch.from_data_list(datas).to(self.device)
         return AtomicData.to_AtomicDataDict(batch)
 
-    @staticmethod
-    def _check_group(members):
-        if len({m.group_key() for m in members}) > 1:
-            cut = sorted({m.cutoff for m in members})
-            if len(cut) > 1:
-                raise CutoffMismatchError(
-                    f"nequip members {[m.name for m in members]} have different r_max {cut} Å; "
-                    "one shared graph needs one cutoff (the committee evaluates them separately)"
-                )
-            raise ConfigError(f"nequip members {[m.name for m in members]} differ in type "
-                              "names, dtype or device and cannot share one graph")
+    group_fields = "type names, dtype or device"
 
     @classmethod
     def predict_batch(cls, members, structures, properties=("energy", "forces")) -> list:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, CutoffMismatchError, ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ._torch_common import (check_device, check_dtype, import_framework, torch_dtype, torch_env,
                             torch_load, voigt)
 from .base import BatchedMember
@@ -126,16 +126,7 @@ class SchNetPackMember(BatchedMember):
                                              dtype=torch_dtype(self.dtype), device=self.device)
         return self._converter
 
-    @staticmethod
-    def _check_group(members):
-        if len({m.group_key() for m in members}) > 1:
-            cut = sorted({m.cutoff for m in members})
-            if len(cut) > 1:
-                raise CutoffMismatchError(
-                    f"schnetpack members {[m.name for m in members]} have different cutoffs "
-                    f"{cut} Å; one shared neighbour list needs one cutoff"
-                )
-            raise ConfigError("schnetpack members differ in dtype or device; cannot share inputs")
+    group_fields = "dtype or device"
 
     @classmethod
     def predict_batch(cls, members, structures, properties=("energy", "forces")) -> list:
