@@ -69,10 +69,20 @@ def write_subset(frames, indices, path) -> str:
 
 
 def save_json(path, data) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def install_model(src, dest, missing: str) -> str:
+    """Copy a trained model file into place atomically; ``missing`` explains its absence."""
+    from ..fileio import atomic_write_bytes
+
+    src = Path(src)
+    if not src.is_file():
+        raise TrainingError(missing)
+    atomic_write_bytes(dest, src.read_bytes())
+    return str(dest)
 
 
 def run_jobs(jobs: list, n_jobs: int = 1, timeout_s: float | None = None) -> list:

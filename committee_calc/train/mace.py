@@ -11,12 +11,10 @@ usually ``dtype="float32"`` and larger ``batch_size``) — the same call.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from ..errors import ConfigError, TrainingError
-from ._common import python_exe
+from ..errors import ConfigError
+from ._common import install_model, python_exe
 
 #: options set by the adapter itself (not overridable through model_options)
 _RESERVED = {"name", "work_dir", "train_file", "seed", "energy_key", "forces_key", "stress_key",
@@ -57,13 +55,8 @@ def member_job(train_file, work_dir, seed, *, energy_key, forces_key, stress_key
 
 def collect_model(work_dir, dest) -> str:
     """Move the trained model into place (atomic rename)."""
-    src = Path(work_dir) / "member.model"
-    if not src.is_file():
-        raise TrainingError(f"mace training in {work_dir} finished without writing member.model")
-    tmp = f"{dest}.tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-    return str(dest)
+    return install_model(Path(work_dir) / "member.model", dest,
+                         f"mace training in {work_dir} finished without writing member.model")
 
 
 MODEL_SUFFIX = ".model"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError, TrainingError
-from ._common import python_exe
+from ..errors import ConfigError
+from ._common import install_model, python_exe
 
 MODEL_SUFFIX = ".pth"
 DEFAULT_EPOCHS = 100
@@ -73,13 +73,8 @@ def member_job(train_file, work_dir, seed, *, energy_key, forces_key, stress_key
 
 
 def collect_model(work_dir, dest) -> str:
-    src = Path(work_dir) / "member.pth"
-    if not src.is_file():
-        raise TrainingError(f"nequip training in {work_dir} finished without a deployed model")
-    tmp = f"{dest}.tmp"
-    Path(tmp).write_bytes(src.read_bytes())
-    os.replace(tmp, dest)
-    return str(dest)
+    return install_model(Path(work_dir) / "member.pth", dest,
+                         f"nequip training in {work_dir} finished without a deployed model")
 
 
 def _run(config_path: str, out_path: str) -> None:  # child process entry point

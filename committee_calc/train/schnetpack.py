@@ -15,12 +15,11 @@ CPU by default; ``device="cuda"`` trains on a GPU (Lightning ``accelerator``).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, TrainingError
-from ._common import python_exe
+from ..errors import ConfigError
+from ._common import install_model, python_exe
 
 MODEL_SUFFIX = ".pt"
 DEFAULT_EPOCHS = 100
@@ -51,13 +50,8 @@ def member_spec_extra(frames, model_options) -> dict:
 
 
 def collect_model(work_dir, dest) -> str:
-    src = Path(work_dir) / "best_model"
-    if not src.is_file():
-        raise TrainingError(f"schnetpack training in {work_dir} finished without best_model")
-    tmp = f"{dest}.tmp"
-    Path(tmp).write_bytes(src.read_bytes())
-    os.replace(tmp, dest)
-    return str(dest)
+    return install_model(Path(work_dir) / "best_model", dest,
+                         f"schnetpack training in {work_dir} finished without best_model")
 
 
 def _run(job_path: str) -> None:  # child process entry point
