@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -76,6 +77,42 @@ def append_frame(path, atoms, format="extxyz") -> None:
         fh.write(buf.getvalue())
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_frames_repair(path) -> list:
+    """All complete frames of an append-only extxyz file; a torn tail is cut off (atomically)."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    data = path.read_bytes()
+    frames, pos, good_end = [], 0, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        try:
+            n = int(data[pos:nl].strip())
+        except ValueError:
+            break
+        end = nl
+        for _ in range(n + 1):
+            end = data.find(b"\n", end + 1)
+            if end < 0:
+                break
+        if end < 0:
+            break
+        try:
+            frames.append(read(io.StringIO(data[pos:end + 1].decode()), format="extxyz"))
+        except Exception:  # noqa: BLE001 - an unparsable frame ends the good part
+            break
+        pos = good_end = end + 1
+    if good_end < len(data):
+        logging.getLogger("committee_calc").warning("%s: cut a torn trailing frame (%d bytes) left by an interrupted run",
+                    path, len(data) - good_end)
+        atomic_write_bytes(path, data[:good_end])
+    return frames
 
 
 class CsvLog:

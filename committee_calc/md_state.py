@@ -27,7 +27,8 @@ import io
 import numpy as np
 
 from .errors import ConfigError
-from .fileio import atomic_write_text, load_json, save_json_atomic
+from .fileio import (atomic_write_text, load_json, read_frames_repair, save_json_atomic,
+                     write_structures_atomic)
 from .md_schedule import integrator_state
 
 STATE_VERSION = 1
@@ -87,24 +88,15 @@ class Checkpoint:
     def truncate(self, last_step: int) -> int:
         """Drop frames / CSV rows written after the saved state (a kill between writes);
         returns the number of frames kept."""
-        from ase.io import iread, write
-
         traj = self.paths["trajectory"]
         kept = []
         if traj.exists():
-            text = traj.read_text()
-            try:
-                for f in iread(io.StringIO(text), index=":", format="extxyz"):
-                    self.check_same_system(f.numbers, "the trajectory")
-                    if int(f.info.get("step", -1)) <= last_step:
-                        kept.append(f)
-            except (ValueError, IndexError, KeyError, AssertionError):
-                pass  # a torn last frame from a kill
-            buf = io.StringIO()
-            if kept:
-                write(buf, kept, format="extxyz")
-            if buf.getvalue() != text:
-                atomic_write_text(traj, buf.getvalue())
+            frames = read_frames_repair(traj)  # a torn last frame from a kill is cut off
+            for f in frames:
+                self.check_same_system(f.numbers, "the trajectory")
+            kept = [f for f in frames if int(f.info.get("step", -1)) <= last_step]
+            if len(kept) != len(frames):
+                write_structures_atomic(traj, kept)
         log = self.paths["log"]
         if log.exists():
             with open(log, newline="") as fh:

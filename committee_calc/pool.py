@@ -29,13 +29,12 @@ revisits (it restarts from the previous frame), so no label is duplicated.
 """
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 from .errors import ConfigError, ReferenceCalculationError
-from .fileio import (CsvLog, append_frame, atomic_write_bytes, load_json, save_json_atomic,
-                     write_structures_atomic)
+from .fileio import (CsvLog, append_frame, load_json, read_frames_repair,
+                     save_json_atomic, write_structures_atomic)
 from .progress import progress_iter
 
 log = logging.getLogger("committee_calc.relax")
@@ -66,42 +65,6 @@ def candidate_ids(images) -> list:
 
 def _safe(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
-
-
-def read_frames_repair(path) -> list:
-    """All complete frames of an append-only extxyz file; a torn tail is cut off (atomically)."""
-    from ase.io import read
-
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return []
-    data = path.read_bytes()
-    frames, pos, good_end = [], 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break
-        try:
-            n = int(data[pos:nl].strip())
-        except ValueError:
-            break
-        end = nl
-        for _ in range(n + 1):
-            end = data.find(b"\n", end + 1)
-            if end < 0:
-                break
-        if end < 0:
-            break
-        try:
-            frames.append(read(io.StringIO(data[pos:end + 1].decode()), format="extxyz"))
-        except Exception:  # noqa: BLE001 - an unparsable frame ends the good part
-            break
-        pos = good_end = end + 1
-    if good_end < len(data):
-        log.warning("%s: cut a torn trailing frame (%d bytes) left by an interrupted run",
-                    path, len(data) - good_end)
-        atomic_write_bytes(path, data[:good_end])
-    return frames
 
 
 class RelaxPool:

@@ -138,19 +138,12 @@ def _trajectory_frame(mc, rec):
 
 def _truncate_outputs(folder, state):
     """Make trajectory and CSV agree with state.json after a kill (drop anything newer)."""
-    from ase.io import iread
-
-    from committee_calc.fileio import atomic_write_text, write_structures_atomic
+    from committee_calc.fileio import atomic_write_text, read_frames_repair, write_structures_atomic
 
     traj, csvp = folder / "trajectory.extxyz", folder / "steps.csv"
     if traj.exists():
-        frames, torn = [], False
-        try:
-            for f in iread(str(traj), index=":", format="extxyz"):
-                frames.append(f)
-        except Exception:  # a frame torn by the kill: everything before it is complete
-            torn = True
-        if torn or len(frames) > state["n_accepted"] + 1:
+        frames = read_frames_repair(traj)  # a frame torn by the kill is cut off
+        if len(frames) > state["n_accepted"] + 1:
             write_structures_atomic(traj, frames[: state["n_accepted"] + 1])
     if csvp.exists():
         lines = csvp.read_text().splitlines(keepends=True)
