@@ -13,10 +13,10 @@ Landscape (made here; every stage cached in ``benchmarks/out/``):
    ``ase.build.molecule('H2O')``; intermolecular Coulomb by damped shifted
    force, α = 0.2 Å⁻¹, r_c = 9 Å), positions + cell by FIRE on ASE's
    FrechetCellFilter, fmax 0.05 eV/Å, at most ``--relax-steps`` steps
-   (``committee_calc.landscape.relax_with_baseline``).  Baseline energy and
+   (``committee_calc.analysis.landscape.relax_with_baseline``).  Baseline energy and
    forces are recorded at the relaxed geometry (``relax_water.extxyz``).
 3. *Deduplication* of near-identical minima
-   (``committee_calc.landscape.deduplicate_minima``: ΔE ≤ 0.1 kJ/mol/molecule,
+   (``committee_calc.analysis.landscape.deduplicate_minima``: ΔE ≤ 0.1 kJ/mol/molecule,
    Δρ ≤ 1 %, relative SOAP distance ≤ 1 %), after dropping relaxations that
    broke molecules or collapsed.
 4. *Reference labels*: GFN2-xTB (tblite) energies + forces on a random subset
@@ -28,7 +28,7 @@ Landscape (made here; every stage cached in ``benchmarks/out/``):
    checked) (``water_csp_landscape.extxyz``).
 
 Committee: ridge resampling committee of pair-basis potentials
-(``committee_calc.ridge_committee``), M members.  5-fold cross-validation:
+(``committee_calc.members.ridge``), M members.  5-fold cross-validation:
 the held-out fold is the test set, the other four are the pool.  Per fold,
 quantity (E, E+F, dE, dE+dF) × strategy (random, highest_uncertainty,
 highest_uncertainty_fps, expected_improvement, energy_force_dbscan) × M:
@@ -68,8 +68,9 @@ from scipy.special import erfc  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from committee_calc import select as sel  # noqa: E402
 from committee_calc.descriptors import standardise, structure_descriptors  # noqa: E402
-from committee_calc.landscape import deduplicate_minima, density_gcm3, relax_with_baseline  # noqa: E402
-from committee_calc.ridge_committee import PairRidgeCommittee, ridge_rs_fit_predict  # noqa: E402
+from committee_calc.analysis.landscape import deduplicate_minima, relax_with_baseline  # noqa: E402
+from committee_calc.structures import density_gcm3  # noqa: E402
+from committee_calc.members.ridge import PairRidgeCommittee, ridge_rs_fit_predict  # noqa: E402
 from committee_calc.units import KJMOL  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"

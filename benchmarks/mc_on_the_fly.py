@@ -2,7 +2,7 @@
 
 Reference: tblite GFN1-xTB (periodic; ``--method GFN2-xTB`` for GFN2).  Committee: a
 resampling committee of ridge-fitted pair-basis potentials
-(:class:`committee_calc.ridge_committee.PairRidgeCommittee`), trained first on
+(:class:`committee_calc.members.ridge.PairRidgeCommittee`), trained first on
 "minima" only (the landscape structures), then retrained on the fly on the
 gate's labels.  Prints:
 
@@ -64,9 +64,9 @@ from ase.build import molecule  # noqa: E402
 
 from committee_calc.gate import Gate  # noqa: E402
 from committee_calc.labels import LabelStore  # noqa: E402
-from committee_calc.mc_moves import MoveSet, make_whole, random_rotation  # noqa: E402
-from committee_calc.montecarlo import ThresholdMC, select_starts  # noqa: E402
-from committee_calc.ridge_committee import PairRidgeCommittee  # noqa: E402
+from committee_calc.mc.moves import MoveSet, make_whole, random_rotation  # noqa: E402
+from committee_calc.mc.threshold import ThresholdMC, select_starts  # noqa: E402
+from committee_calc.members.ridge import PairRidgeCommittee  # noqa: E402
 from committee_calc.units import KJMOL  # noqa: E402
 
 N_MOL = 4
@@ -166,7 +166,7 @@ def oob_alpha(yaml_path, committee, E, calibration):
     """
     import yaml
 
-    from committee_calc.ridge_committee import _calibrate_with_bias
+    from committee_calc.members.ridge import _calibrate_with_bias
 
     from ase.io import read
 

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     from committee_calc import CommitteeCalculator
     from committee_calc.gate import Gate
-    from committee_calc.relax import GatedRelaxer
+    from committee_calc.relax.gated import GatedRelaxer
     from test_relax_members import MEMBER_EPS, PerturbedEMT, cu_pool
 
     t0 = time.time()

@@ -1,8 +1,15 @@
-"""Shared command-line plumbing for the drivers (one gate for all of them).
+"""Shared command-line plumbing: every driver builds committee, reference, gate and
+label store here, from the same options, and runs through :func:`run_cli`.
 
-Each driver adds the common options, builds the committee and the gate from
-them, and wraps its ``main`` in :func:`run_cli` so any committee_calc error
-ends as one clear line on stderr and exit code 2 (1 for unexpected errors).
+* :func:`add_committee_arguments`, :func:`add_gate_arguments`, :func:`add_output_argument`
+  add the shared options; threshold and cap options are generated from
+  :data:`committee_calc.measures.MEASURES` (``--threshold-<measure>-<unit>``,
+  ``--cap-<measure>-<unit>``), so a new measure reaches every driver.
+* :func:`limits_from_args` turns them into internal units through
+  :func:`committee_calc.measures.parse_limits` (the one parser).
+* :func:`build_gate` returns the :class:`~committee_calc.gate.Gate` — the one
+  evaluator — with its reference, label store, molecules and retraining.
+* :func:`run_cli` maps committee_calc errors to one ``error:`` line and exit 2.
 """
 from __future__ import annotations
 
@@ -11,18 +18,17 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import CommitteeError, ConfigError, StructureReadError
+from .config import load_committee, read_yaml
+from .errors import CommitteeError, ConfigError
+from .gate import Gate
+from .imports import import_object
+from .measures import MEASURES, check_molecules, parse_limits
+from .reference import load_reference
+from .train import make_retrainer
 
 log = logging.getLogger("committee_calc")
 
-#: CLI threshold options -> (gate measure, factor to internal units or None for per-molecule kJ/mol)
-THRESHOLD_OPTIONS = {
-    "energy_std_eV": ("energy_std", 1.0),
-    "energy_std_per_atom_meV": ("energy_std_per_atom", 1.0e-3),
-    "energy_std_per_molecule_kjmol": ("energy_std_per_molecule", None),
-    "forces_std_max_eVA": ("forces_std_max", 1.0),
-    "force_uncertainty_relative": ("force_uncertainty_relative", 1.0),
-}
+LIMIT_KINDS = ("threshold", "cap")
 
 
 def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -31,120 +37,125 @@ def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = Tr
                         help="molecule count per structure for per-molecule measures: an int or 'auto'")
 
 
-def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = False) -> None:
+def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = False,
+                       retrain: bool = True) -> None:
+    """--reference, --labels, one --threshold-… and --cap-… per measure, --logic, --retrain-every."""
     g = parser.add_argument_group("uncertainty gate")
     g.add_argument("--reference", help="reference-calculator YAML (e.g. GPAW); omit to run committee-only")
     g.add_argument("--labels", required=labels_required, help="label store (extxyz), appended to")
-    for opt in THRESHOLD_OPTIONS:
-        flag = "--threshold-" + opt.replace("_", "-")
-        g.add_argument(flag, dest="threshold_" + opt, type=float, default=None,
-                       help=f"fall back to the reference above this {opt}")
-        g.add_argument("--cap-" + opt.replace("_", "-"), dest="cap_" + opt, type=float, default=None,
-                       help=f"hard cap on {opt}: stop instead of labelling")
+    for m in MEASURES.values():
+        unit = f" [{m.display_unit()}]" if m.cli_unit else ""
+        for kind, what in (("threshold", "fall back to the reference above this"),
+                           ("cap", "hard cap: stop instead of labelling above this")):
+            dest = m.option(kind)
+            g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=float, default=None,
+                           help=f"{what} {m.help}{unit}")
     g.add_argument("--logic", choices=("any", "all"), default="any",
-                   help="combine several thresholds with any/all")
-    g.add_argument("--retrain-every", type=int, default=None, help="retrain after every K new labels")
+                   help="combine several thresholds with any/all (default: any)")
+    if retrain:
+        g.add_argument("--retrain-every", type=int, default=None,
+                       help="retrain after every K new labels (needs 'training:' in the committee YAML)")
 
 
-def measures_from_args(args, prefix, n_molecules):
-    """Thresholds (prefix "threshold_") or hard caps ("cap_") from CLI options, internal units."""
-    from .units import check_positive, kjmol_to_ev
-
-    out = {}
-    for opt, (measure, factor) in THRESHOLD_OPTIONS.items():
-        v = getattr(args, prefix + opt, None)
-        if v is None:
-            continue
-        v = check_positive(f"--{prefix.replace('_', '-')}{opt.replace('_', '-')}", v)
-        if factor is None:
-            if n_molecules is None:
-                raise ConfigError(
-                    f"--{prefix.replace('_', '-')}{opt.replace('_', '-')} is per molecule; "
-                    "give --molecules N or --molecules auto"
-                )
-            out[measure] = kjmol_to_ev(v)
-        else:
-            out[measure] = v * factor
-    return out
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (resumed if it exists)")
 
 
-def parse_molecules(value):
-    if value is None or value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"--molecules must be an integer or 'auto', got {value!r}") from None
-    if n < 1:
-        raise ConfigError(f"--molecules must be >= 1, got {n}")
-    return n
+def limits_from_args(args, kind: str) -> dict:
+    """Thresholds (``kind="threshold"``) or hard caps (``"cap"``) in internal units."""
+    if kind not in LIMIT_KINDS:
+        raise ValueError(kind)
+    given = {}
+    for m in MEASURES.values():
+        v = getattr(args, m.option(kind), None)
+        if v is not None:
+            given[m.option(kind)[len(kind) + 1:]] = v
+    return parse_limits(given, what="--" + kind)
+
+
+def molecules_from_args(args):
+    return check_molecules(getattr(args, "molecules", None))
 
 
 def load_committee_from_args(args):
-    from .config import load_committee
-
-    molecules = parse_molecules(getattr(args, "molecules", None))
-    kw = {"molecules": molecules} if molecules is not None else {}
-    return load_committee(args.committee, **kw)
+    molecules = molecules_from_args(args)
+    return load_committee(args.committee, **({"molecules": molecules} if molecules is not None else {}))
 
 
-def build_gate_from_args(args, driver: str, committee=None, n_molecules=None):
-    """Committee (from --committee unless given) + reference + thresholds -> Gate."""
-    from .gate import Gate
-    from .labels import LabelStore
-    from .reference import load_reference
+def load_reference_from_args(args):
+    """The reference spec of ``--reference`` with its calculator(s) imported now, not at the
+    first fallback (None without ``--reference``)."""
+    path = getattr(args, "reference", None)
+    if not path:
+        return None
+    spec = load_reference(path)
+    import_object(spec.calculator)
+    if spec.dispersion:
+        import_object(spec.dispersion["calculator"])
+    return spec
 
-    committee = committee or load_committee_from_args(args)
-    n_mol = n_molecules if n_molecules is not None else parse_molecules(getattr(args, "molecules", None))
-    thresholds = measures_from_args(args, "threshold_", n_mol)
-    caps = measures_from_args(args, "cap_", n_mol)
-    reference = load_reference(args.reference) if getattr(args, "reference", None) else None
-    if thresholds and reference is None:
-        raise ConfigError("thresholds were given but no --reference to fall back to")
-    store = LabelStore(args.labels) if getattr(args, "labels", None) else None
-    retrain = None
+
+def check_species(committee, images) -> None:
+    """Every element of every structure must be known to every member (checked before writing)."""
+    members = getattr(committee, "members", None) or getattr(getattr(committee, "committee", None),
+                                                             "members", [])
+    for i, atoms in enumerate(images):
+        for m in members:
+            try:
+                m.check_atoms(atoms)
+            except CommitteeError as exc:
+                raise type(exc)(f"structure {i}: {exc}") from None
+
+
+def retrainer_from_args(args):
+    """``retrain(label_file) -> committee`` from the committee YAML's ``training:`` block, or None."""
     every = getattr(args, "retrain_every", None)
-    if every:
-        from .config import read_yaml
-        from .train import make_retrainer
-
-        spec_path = getattr(committee, "spec_path", None)
-        training = read_yaml(spec_path).get("training") if spec_path else None
-        if not training:
-            raise ConfigError("--retrain-every needs a 'training:' block in the committee YAML "
-                              "(backend, out_dir and trainer options for make_retrainer)")
-        retrain = make_retrainer(**training)
-    return Gate(committee, reference, thresholds=thresholds or None, logic=args.logic,
-                hard_cap=caps or None, label_store=store, provenance={"driver": driver},
-                retrain=retrain, retrain_every=getattr(args, "retrain_every", None),
-                molecules=n_mol)
+    if not every:
+        return None
+    training = read_yaml(args.committee).get("training")
+    if not training:
+        raise ConfigError("--retrain-every needs a 'training:' block in the committee YAML "
+                          "(backend, out_dir and trainer options for make_retrainer)")
+    return make_retrainer(**training)
 
 
-def read_structures(path, index=":") -> list:
-    """Read every structure of a file (any ASE format) or a folder of files."""
-    from ase.io import read
+def build_gate(args, driver: str, committee=None, molecules=None, thresholds=None,
+               label_store=True) -> Gate:
+    """The gate of a driver from the shared options.
 
-    p = Path(path)
-    if not p.exists():
-        raise StructureReadError(f"structure file {str(p)!r} does not exist")
-    files = sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
-    images = []
-    for f in files:
-        try:
-            got = read(str(f), index=index)
-        except Exception as exc:  # ASE raises many types for unreadable files
-            raise StructureReadError(
-                f"cannot read structures from {str(f)!r}: {type(exc).__name__}: {exc}. "
-                "Check the file format (extxyz, cif, POSCAR, ASE db...)"
-            ) from exc
-        images.extend(got if isinstance(got, list) else [got])
-    if not images:
-        raise StructureReadError(f"{str(p)!r} holds no structures")
-    return images
+    committee: built from ``--committee`` unless given.  molecules: overrides ``--molecules``.
+    thresholds: overrides the ``--threshold-…`` options (internal units), e.g. for a policy.
+    label_store: False to ignore ``--labels``.
+    """
+    committee = committee or load_committee_from_args(args)
+    mol = molecules if molecules is not None else molecules_from_args(args)
+    th = limits_from_args(args, "threshold") if thresholds is None else thresholds
+    caps = limits_from_args(args, "cap")
+    reference = load_reference_from_args(args)
+    if th and reference is None:
+        raise ConfigError("thresholds were given but no --reference to fall back to")
+    labels = getattr(args, "labels", None) if label_store else None
+    if labels and reference is None:
+        raise ConfigError("--labels needs a --reference to compute the labels")
+    retrain = retrainer_from_args(args)
+    return Gate(committee, reference, thresholds=th or None, logic=getattr(args, "logic", "any"),
+                hard_cap=caps or None, label_store=labels or None, provenance={"driver": driver},
+                retrain=retrain, retrain_every=getattr(args, "retrain_every", None) if retrain else None,
+                molecules=mol)
+
+
+def ensure_out_dir(path) -> Path:
+    """The output folder, created (with parents); an unusable path is a ConfigError."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {str(out)!r}: {exc}; choose another --out") from None
+    return out
 
 
 def run_cli(main, argv=None) -> int:
-    """Run ``main(argv)``; map errors to messages and exit codes (0, 2 user error, 1 bug)."""
+    """Run ``main(argv)``; map errors to messages and exit codes (0, 2 user error, 130 interrupt)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         rc = main(argv)

@@ -70,6 +70,4 @@ def load_committee(path, **overrides):
     """Load a committee from a YAML spec file (see module docstring)."""
     path = Path(path)
     spec = read_yaml(path)
-    calc = build_committee(spec, base_dir=path.parent, **overrides)
-    calc.spec_path = str(path)
-    return calc
+    return build_committee(spec, base_dir=path.parent, **overrides)

@@ -45,7 +45,6 @@ above and is what the trainers read directly.
 """
 from __future__ import annotations
 
-import hashlib
 import io as _io
 import json
 import os
@@ -62,18 +61,9 @@ from ase import Atoms
 from ._lock import file_lock
 from .errors import LabelStoreError
 from .io import attach_uncertainties
+from .structures import structure_hash
 
 _HASH_RE = re.compile(rb"label_hash=([0-9a-f]{16,64})")
-
-
-def structure_hash(atoms, decimals: int = 6) -> str:
-    """sha1 of atomic numbers, positions, cell (rounded to ``decimals`` Å) and pbc."""
-    h = hashlib.sha1()
-    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-    h.update((np.round(np.asarray(atoms.positions, float), decimals) + 0.0).tobytes())
-    h.update((np.round(np.asarray(atoms.cell[:], float), decimals) + 0.0).tobytes())
-    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
-    return h.hexdigest()
 
 
 def _scalar(v):
@@ -347,6 +337,27 @@ class LabelStore:
         if isinstance(index, str):
             return frames[slice(*[int(x) if x else None for x in index.split(":")])]
         return [frames[index]]
+
+    def find(self, atoms) -> int | None:
+        """Index of the label of the same geometry (:func:`structure_hash`), or None."""
+        with self._lock():
+            self._refresh()
+            return self._hashes.get(structure_hash(atoms))
+
+    def reference_results(self, index: int, reference_hash: str | None = None) -> dict | None:
+        """The stored reference values of label ``index``: energy [eV], forces (N,3) [eV/Å],
+        stress (6,) [eV/Å³] (those present); None when ``reference_hash`` is given and the
+        label was computed by another reference."""
+        frame = self.read(int(index))[0]
+        if reference_hash is not None and frame.info.get("prov_reference_hash") != reference_hash:
+            return None
+        out = {"energy": float(frame.info[self.energy_key])}
+        out["free_energy"] = out["energy"]
+        if self.forces_key in frame.arrays:
+            out["forces"] = np.array(frame.arrays[self.forces_key], float)
+        if self.stress_key in frame.info:
+            out["stress"] = np.array(frame.info[self.stress_key], float)
+        return out
 
     def __iter__(self):
         return iter(self.read())

@@ -19,6 +19,14 @@ KCALMOL = _u.kcal / _u.mol
 GPA = _u.GPa
 #: J/K/mol per eV/K (per formula unit)
 JKMOL_PER_EVK = _u.mol / _u.J
+#: kJ/mol per eV
+EV_TO_KJMOL = 1.0 / KJMOL
+#: g/cm³ per amu/Å³
+AMU_PER_A3_TO_GCM3 = 1.66053906660  # CODATA 2018 amu in 1e-24 g
+#: kJ/mol per eV as phonopy uses it (its thermal properties come in these units)
+PHONOPY_EV_TO_KJMOL = 96.4853905398362
+#: GPa per eV/Å³ as phonopy uses it
+PHONOPY_EV_A3_TO_GPA = 160.21773299999998
 
 ENERGY_UNITS = {
     "eV": 1.0,
@@ -30,6 +38,11 @@ ENERGY_UNITS = {
     "Ry": _u.Rydberg,
 }
 LENGTH_UNITS = {"Angstrom": 1.0, "Å": 1.0, "A": 1.0, "Bohr": _u.Bohr, "nm": 10.0}
+#: force units, eV/Å per unit
+FORCE_UNITS = {"eV/Å": 1.0, "eV/A": 1.0, "meV/Å": 1.0e-3, "meV/A": 1.0e-3}
+#: unit suffixes of keyword/CLI names (``energy_std_per_molecule_kjmol``), internal units per unit
+ENERGY_SUFFIXES = {"eV": 1.0, "meV": 1.0e-3, "kjmol": KJMOL, "kcalmol": KCALMOL, "Ha": _u.Hartree}
+FORCE_SUFFIXES = {"eVA": 1.0, "meVA": 1.0e-3}
 PRESSURE_UNITS = {"eV/A^3": 1.0, "eV/Å³": 1.0, "GPa": GPA, "bar": _u.bar, "kbar": 1e3 * _u.bar}
 
 
@@ -50,6 +63,11 @@ def energy_factor(unit: str) -> float:
 def length_factor(unit: str) -> float:
     """Å per one ``unit`` of length."""
     return _lookup(LENGTH_UNITS, unit, "length")
+
+
+def force_factor(unit: str) -> float:
+    """eV/Å per one ``unit`` of force."""
+    return _lookup(FORCE_UNITS, unit, "force")
 
 
 def pressure_factor(unit: str) -> float:

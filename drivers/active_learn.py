@@ -26,7 +26,7 @@ def add_landscape_arguments(p):
 
 def landscape_from_args(args):
     from committee_calc.cli import parse_molecules
-    from committee_calc.landscape import load_landscape
+    from committee_calc.analysis.landscape import load_landscape
 
     mol = None if str(args.molecules).lower() == "none" else parse_molecules(args.molecules)
     return load_landscape(args.landscape, baseline_energy_key=args.baseline_energy_key,
@@ -54,17 +54,17 @@ def energy_arg(args, name, unit):
 
 def make_trainer(backend, species, n_members, molecules, seed=0):
     if backend == "ridge":
-        from committee_calc.ridge_committee import RidgeTrainer
+        from committee_calc.members.ridge import RidgeTrainer
 
         return RidgeTrainer(species, molecules=molecules, n_members=n_members, seed=seed)
-    from committee_calc.active import BackendTrainer
+    from committee_calc.active.learner import BackendTrainer
 
     return BackendTrainer(backend=backend, n_members=n_members)
 
 
 def run(argv=None):
-    from committee_calc import select
-    from committee_calc.active import QUANTITIES, ActiveLearner
+    from committee_calc.analysis import select
+    from committee_calc.active.learner import QUANTITIES, ActiveLearner
     from committee_calc.errors import ConfigError
     from committee_calc.fileio import save_json_atomic
 

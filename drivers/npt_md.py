@@ -31,10 +31,10 @@ from committee_calc.cli import (measures_from_args, add_committee_arguments, add
 from committee_calc.errors import ConfigError
 from committee_calc.fileio import load_json, save_json_atomic
 from committee_calc.gate import Gate
-from committee_calc.md import CommitteeMD
-from committee_calc.md_plots import plot_uncertainty_trace
-from committee_calc.md_schedule import ENSEMBLES, TemperatureSchedule
-from committee_calc.md_select import MEASURES, METHODS, label_frames, select_frames
+from committee_calc.md.dynamics import CommitteeMD
+from committee_calc.md.plots import plot_uncertainty_trace
+from committee_calc.md.schedule import ENSEMBLES, TemperatureSchedule
+from committee_calc.md.select import MEASURES, METHODS, label_frames, select_frames
 
 log = logging.getLogger("committee_calc.md")
 SELECTION = "md_selection.json"

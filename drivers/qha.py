@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args):
-    from committee_calc.phonons import PhononSettings
+    from committee_calc.phonons.harmonic import PhononSettings
 
     pm = args.primitive_matrix
     if pm not in (None, "auto"):
@@ -105,7 +105,7 @@ def settings_from_args(args):
 
 
 def _structures(args, atoms, calc):
-    from committee_calc.qha_volumes import scaled_structures
+    from committee_calc.phonons.volumes import scaled_structures
 
     if args.linear_scales:
         return scaled_structures(atoms, linear_scales=args.linear_scales), None
@@ -141,7 +141,7 @@ def _hash(args, atoms, settings, structure=None, pressure_GPa=None) -> str:
 def check_supercell(atoms, committee, settings) -> str | None:
     """Warn once when the supercell is thinner than twice the committee cutoff; the message
     (naming the cutoff and a supercell that satisfies it) is returned for the summary."""
-    from committee_calc.phonons import check_supercell_size, committee_cutoff, make_phonopy
+    from committee_calc.phonons.harmonic import check_supercell_size, committee_cutoff, make_phonopy
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -156,7 +156,7 @@ def check_supercell(atoms, committee, settings) -> str | None:
 def report_volume_imaginary(i: int, point) -> dict:
     """Warn about the imaginary modes of volume ``i`` (mean potential and members) and
     return their counts {"mean": n, "members": [n_k, ...]}."""
-    from committee_calc.phonons import PhononWarning, report_imaginary
+    from committee_calc.phonons.harmonic import PhononWarning, report_imaginary
 
     label = f"volume {i:02d} (V = {point.volume_A3:.4f} Å³)"
     report_imaginary(point.phonons.mean, label=label)
@@ -177,9 +177,9 @@ def compute_volumes(args, atoms, committee, gate, settings):
     """The resumable volume loop: load finished volumes, compute the missing ones.
 
     Returns (points, indices computed now, {index: imaginary-mode counts})."""
-    from committee_calc.qha_io import load_volume_point, write_volume_point
-    from committee_calc.qha import check_volume_count
-    from committee_calc.qha_volumes import relax_structure, run_volume_point
+    from committee_calc.phonons.qha_io import load_volume_point, write_volume_point
+    from committee_calc.phonons.qha import check_volume_count
+    from committee_calc.phonons.volumes import relax_structure, run_volume_point
 
     structures, pressures = _structures(args, atoms, committee)
     check_volume_count(len(structures))
@@ -226,8 +226,8 @@ def write_imaginary(out, points) -> int:
 
 def run_qha_outputs(args, inputs, out: Path, summary: dict):
     from committee_calc.fileio import save_json_atomic
-    from committee_calc.qha import run_committee_qha
-    from committee_calc.qha_io import write_members_csv, write_qha_csv
+    from committee_calc.phonons.qha import run_committee_qha
+    from committee_calc.phonons.qha_io import write_members_csv, write_qha_csv
 
     res = run_committee_qha(inputs, eos=args.eos, pressure_GPa=args.pressure_GPa,
                             t_max_K=args.qha_tmax_K, ddof=args.ddof)
@@ -237,7 +237,7 @@ def run_qha_outputs(args, inputs, out: Path, summary: dict):
     if args.screen_pressures_GPa:
         screen_pressures(args, inputs, out)
     if not args.no_plots:
-        from committee_calc.qha_plots import plot_qha
+        from committee_calc.phonons.qha_plots import plot_qha
 
         plot_qha(res, out / "qha.png")
     summary.update(n_temperatures=len(res.temperatures_K), eos=args.eos, ddof=args.ddof,
@@ -248,7 +248,7 @@ def run_qha_outputs(args, inputs, out: Path, summary: dict):
 
 def screen_pressures(args, inputs, out: Path) -> None:
     from committee_calc.fileio import atomic_write_text
-    from committee_calc.qha import run_committee_qha
+    from committee_calc.phonons.qha import run_committee_qha
 
     rows = []
     for p in args.screen_pressures_GPa:
@@ -271,7 +271,7 @@ def screen_pressures(args, inputs, out: Path) -> None:
                                                         r["volume_std_A3"], *lat, *ls]))
     atomic_write_text(out / "qha_pressure.csv", "\n".join(lines) + "\n")
     if not args.no_plots:
-        from committee_calc.qha_plots import plot_pressure_scan
+        from committee_calc.phonons.qha_plots import plot_pressure_scan
 
         plot_pressure_scan([r["p"] for r in rows], rows, out / "lattice_vs_pressure.png",
                            args.screen_temperature_K)
@@ -280,13 +280,13 @@ def screen_pressures(args, inputs, out: Path) -> None:
 def run(argv=None) -> int:
     """The driver; raises committee_calc errors (``main`` maps them to exit code 2)."""
     from committee_calc.cli import build_gate_from_args, load_committee_from_args, read_structures
-    from committee_calc.qha import inputs_from_points
+    from committee_calc.phonons.qha import inputs_from_points
 
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.ev:
-        from committee_calc.qha_io import inputs_from_phonopy_files
+        from committee_calc.phonons.qha_io import inputs_from_phonopy_files
 
         if not args.thermal_properties:
             raise ConfigError("--ev needs --thermal-properties (one file per volume)")
@@ -327,8 +327,8 @@ def run(argv=None) -> int:
 
 
 def plot_spectra(args, points, out: Path) -> None:
-    from committee_calc.phonon_plots import plot_band_structure, plot_dos
-    from committee_calc.phonon_spectra import run_band_structure, run_dos
+    from committee_calc.phonons.plots import plot_band_structure, plot_dos
+    from committee_calc.phonons.spectra import run_band_structure, run_dos
 
     i = int(np.argmin([p.energy_eV for p in points]))
     p = points[i]

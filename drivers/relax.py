@@ -26,7 +26,7 @@ log = logging.getLogger("committee_calc.relax")
 
 def build_parser() -> argparse.ArgumentParser:
     from committee_calc.cli import add_committee_arguments, add_gate_arguments
-    from committee_calc.relax import OPTIMIZERS, POLICIES
+    from committee_calc.relax.gated import OPTIMIZERS, POLICIES
 
     p = argparse.ArgumentParser(prog="committee-relax", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,7 +80,7 @@ def check_reference(path) -> None:
 def make_relaxer(args, committee):
     from committee_calc.cli import build_gate_from_args
     from committee_calc.errors import ConfigError
-    from committee_calc.relax import GatedRelaxer
+    from committee_calc.relax.gated import GatedRelaxer
 
     u_max = args.u_max if args.u_max is not None else args.threshold_force_uncertainty_relative
     if args.policy == "stop":
@@ -108,9 +108,9 @@ def run(argv=None) -> int:
     from pathlib import Path
 
     from committee_calc.cli import load_committee_from_args, read_structures
-    from committee_calc.cluster import CLUSTER_COLUMNS, cluster_structures, plot_landscape, ranked_table
+    from committee_calc.analysis.cluster import CLUSTER_COLUMNS, cluster_structures, plot_landscape, ranked_table
     from committee_calc.fileio import CsvLog
-    from committee_calc.pool import RelaxPool, candidate_ids, read_relaxed
+    from committee_calc.relax.pool import RelaxPool, candidate_ids, read_relaxed
 
     args = build_parser().parse_args(argv)
     images = read_structures(args.candidates)

@@ -19,7 +19,7 @@ from drivers.active_learn import add_landscape_arguments, energy_arg, landscape_
 
 
 def committee_from_learn_dir(path):
-    from committee_calc.active import QUANTITIES
+    from committee_calc.active.learner import QUANTITIES
     from committee_calc.errors import ConfigError
     from committee_calc.fileio import load_json
 
@@ -40,7 +40,7 @@ def committee_from_learn_dir(path):
 
 def run(argv=None):
     from committee_calc.errors import ConfigError
-    from committee_calc.rerank import rerank
+    from committee_calc.active.rerank import rerank
 
     p = argparse.ArgumentParser(prog="committee-rerank", description=__doc__.split("\n")[0])
     add_landscape_arguments(p)

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _lids(args, atoms, n_mol):
     from committee_calc.errors import ConfigError
-    from committee_calc.montecarlo import lid_from_units
+    from committee_calc.mc.threshold import lid_from_units
 
     if args.mode == "downhill":
         lid = None
@@ -155,8 +155,8 @@ def _truncate_outputs(folder, state):
 
 def run_chain(folder, atoms, calc, caps, args, seed, run_id, store):
     from committee_calc.fileio import CsvLog, append_frame, load_json, save_json_atomic
-    from committee_calc.mc_moves import make_whole
-    from committee_calc.montecarlo import ThresholdMC, label_replay
+    from committee_calc.mc.moves import make_whole
+    from committee_calc.mc.threshold import ThresholdMC, label_replay
     from committee_calc.units import KJMOL
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     def _main(argv):
         from committee_calc.errors import ConfigError
         from committee_calc.fileio import load_json, save_json_atomic
-        from committee_calc.montecarlo import select_starts
+        from committee_calc.mc.threshold import select_starts
 
         args = build_parser().parse_args(argv)
         if args.steps < 0 or args.n_starts < 1:

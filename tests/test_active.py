@@ -11,12 +11,12 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
-from committee_calc.active import ActiveLearner, training_frames
+from committee_calc.active.learner import ActiveLearner, training_frames
 from committee_calc.errors import ConfigError
 from committee_calc.labels import LabelStore
-from committee_calc.landscape import make_landscape
-from committee_calc.rerank import rerank
-from committee_calc.ridge_committee import RidgeTrainer
+from committee_calc.analysis.landscape import make_landscape
+from committee_calc.active.rerank import rerank
+from committee_calc.members.ridge import RidgeTrainer
 
 CALLS = {"n": 0, "kill_at": None}
 

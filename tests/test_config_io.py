@@ -186,7 +186,8 @@ def test_units_and_thresholds():
 
 
 def test_read_structures_and_cli_exit_code(tmp_path, capsys):
-    from committee_calc.cli import read_structures, run_cli
+    from committee_calc.cli import run_cli
+    from committee_calc.structures import read_structures
 
     bad = tmp_path / "bad.extxyz"
     bad.write_text("3\nnot a header\nCu 0 0\n")
@@ -208,7 +209,7 @@ def test_read_structures_and_cli_exit_code(tmp_path, capsys):
 def test_cli_builds_one_gate_from_options(tmp_path):
     import argparse
 
-    from committee_calc.cli import add_committee_arguments, add_gate_arguments, build_gate_from_args
+    from committee_calc.cli import add_committee_arguments, add_gate_arguments, build_gate
     from committee_calc.units import KJMOL
 
     c = write_spec(tmp_path, {"members": [EMT_SPEC, {**EMT_SPEC, "parameters": {"asap_cutoff": True}}]})
@@ -220,16 +221,21 @@ def test_cli_builds_one_gate_from_options(tmp_path):
     args = p.parse_args(base + ["--reference", str(r), "--molecules", "4",
                                 "--threshold-energy-std-per-molecule-kjmol", "2",
                                 "--cap-forces-std-max-eVA", "1.5"])
-    gate = build_gate_from_args(args, "test")
+    gate = build_gate(args, "test")
     assert gate.thresholds == {"energy_std_per_molecule": pytest.approx(2 * KJMOL)}
     assert gate.hard_cap == {"forces_std_max": 1.5}
     res = gate.evaluate(cu_cell())
     assert res.decision in ("committee", "reference")
     with pytest.raises(E.ConfigError, match="no --reference"):
-        build_gate_from_args(p.parse_args(base + ["--threshold-forces-std-max-eVA", "0.1"]), "t")
+        build_gate(p.parse_args(base + ["--threshold-forces-std-max-eVA", "0.1"]), "t")
     with pytest.raises(E.ConfigError, match="--molecules"):
-        build_gate_from_args(p.parse_args(base + ["--reference", str(r),
+        build_gate(p.parse_args(base + ["--reference", str(r),
                                                   "--threshold-energy-std-per-molecule-kjmol", "2"]), "t")
     with pytest.raises(E.UnitError, match="> 0"):
-        build_gate_from_args(p.parse_args(base + ["--reference", str(r),
-                                                  "--threshold-forces-std-max-eVA", "-1"]), "t")
+        build_gate(p.parse_args(base + ["--reference", str(r),
+                                        "--threshold-forces-std-max-eVA", "-1"]), "t")
+    # a measure added to the table reaches the options with no other edit
+    gate = build_gate(p.parse_args(base + ["--reference", str(r),
+                                           "--threshold-forces-std-mean-eVA", "0.2"]), "t")
+    assert gate.thresholds == {"forces_std_mean": 0.2}
+    assert "forces_std_mean" in gate.evaluate(cu_cell()).measures

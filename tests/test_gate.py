@@ -12,7 +12,8 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from committee_calc import CommitteeCalculator
 from committee_calc.errors import ConfigError, GateStop, UnitError
-from committee_calc.gate import Gate, GateResult, parse_threshold, thresholds_from_units
+from committee_calc.gate import Gate, GateResult
+from committee_calc.measures import parse_limits
 from committee_calc.labels import LabelStore
 from committee_calc.units import KJMOL
 
@@ -116,42 +117,47 @@ def _spread_committee(std):
 
 
 def test_kjmol_per_molecule_threshold_on_four_molecule_cell():
-    th = thresholds_from_units(energy_std_per_molecule_kjmol=2.0, n_molecules=4)
+    th = parse_limits(energy_std_per_molecule_kjmol=2.0)
     assert th["energy_std_per_molecule"] == pytest.approx(0.0207285, rel=1e-5)  # documented value
     assert th["energy_std_per_molecule"] == pytest.approx(2.0 * KJMOL)
     atoms = _h2_box()
     total = 4 * th["energy_std_per_molecule"]  # 0.0829 eV on 4 molecules
-    for mol in (th, dict(th, n_molecules="auto")):
-        below = Gate(_spread_committee(0.99 * total), EMT(), thresholds=mol).evaluate(atoms)
-        above = Gate(_spread_committee(1.01 * total), EMT(), thresholds=mol).evaluate(atoms)
+    for mol in (4, "auto"):
+        below = Gate(_spread_committee(0.99 * total), EMT(), thresholds=th, molecules=mol).evaluate(atoms)
+        above = Gate(_spread_committee(1.01 * total), EMT(), thresholds=th, molecules=mol).evaluate(atoms)
         assert below.decision == "committee" and above.decision == "reference"
         assert below.measures["energy_std_per_molecule"] == pytest.approx(0.99 * total / 4)
     # string form with a unit gives the same value
-    assert parse_threshold("energy_std_per_molecule", "2 kJ/mol") == pytest.approx(2.0 * KJMOL)
-    assert parse_threshold("energy_std_per_atom", "5 meV/atom") == pytest.approx(0.005)
+    assert parse_limits({"energy_std_per_molecule": "2 kJ/mol"})["energy_std_per_molecule"] == \
+        pytest.approx(2.0 * KJMOL)
+    assert parse_limits({"energy_std_per_atom": "5 meV/atom"})["energy_std_per_atom"] == pytest.approx(0.005)
+    # keyword, YAML-style mapping and CLI spelling are one parser
+    assert parse_limits({"forces_std_max_eVA": 0.3}) == parse_limits(forces_std_max="300 meV/A")
 
 
 def test_invalid_units_and_thresholds():
     with pytest.raises(UnitError):
-        thresholds_from_units(energy_std_per_atom_furlong=1.0)
+        parse_limits(energy_std_per_atom_furlong=1.0)
     with pytest.raises(UnitError):
-        thresholds_from_units(energy_std_per_molecule_kjmol=-2.0, n_molecules=4)
+        parse_limits(energy_std_per_molecule_kjmol=-2.0)
     with pytest.raises(UnitError):
-        thresholds_from_units(forces_std_max_kjmol=0.1)
+        parse_limits(forces_std_max_kjmol=0.1)
     with pytest.raises(UnitError):
-        parse_threshold("energy_std", "2 parsecs")
+        parse_limits(energy_std="2 parsecs")
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_limits(forces_std_max_eVA=0.1, forces_std_max_meVA=100)
     com = _spread_committee(0.1)
     with pytest.raises(UnitError):
         Gate(com, EMT(), thresholds={"energy_std": -0.1})
     with pytest.raises(UnitError):
         Gate(com, EMT(), thresholds={"energy_std": float("nan")})
-    with pytest.raises(ConfigError, match="unknown gate measure"):
+    with pytest.raises(ConfigError, match="unknown uncertainty measure"):
         Gate(com, EMT(), thresholds={"energy_sd": 0.1})
     with pytest.raises(ConfigError, match="molecule count"):
         Gate(com, EMT(), thresholds={"energy_std_per_molecule": 0.01})
     with pytest.raises(ConfigError):
         Gate(com, EMT(), thresholds={"energy_std": 0.1}, logic="most")
-    with pytest.raises(ConfigError, match="hard_cap"):
+    with pytest.raises(ConfigError, match="hard cap"):
         Gate(com, EMT(), thresholds={"energy_std": 0.1}, hard_cap={"energy_std": 0.05})
 
 
@@ -189,7 +195,10 @@ def test_nonfinite_committee_always_falls_back(tmp_path):
         assert e == pytest.approx(ref.get_potential_energy())
         assert gate.results["gate_decision"] == "reference"
         assert "non-finite" in gate.results["gate_reason"]
-    assert len(store) == 2
+    # the second gate meets the same structure: the labeller reuses the stored label
+    # (same geometry, same reference settings) instead of paying for it again
+    assert len(store) == 1
+    assert gate.n_reference_calls == 0 and gate.labeller.n_duplicates == 1
 
 
 def test_retrain_every_k_labels_swaps_committee(tmp_path):

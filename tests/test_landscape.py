@@ -5,7 +5,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from committee_calc.errors import ConfigError
-from committee_calc.landscape import deduplicate_minima, relax_with_baseline
+from committee_calc.analysis.landscape import deduplicate_minima, relax_with_baseline
 
 
 def test_relax_with_baseline_records_baseline_at_minimum():

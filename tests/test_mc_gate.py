@@ -9,9 +9,9 @@ from test_mc_moves import water_crystal
 from committee_calc.errors import GateStop
 from committee_calc.gate import Gate
 from committee_calc.labels import LabelStore
-from committee_calc.mc_moves import MoveSet, make_whole
-from committee_calc.montecarlo import ThresholdMC, label_replay, select_starts
-from committee_calc.ridge_committee import PairRidgeCommittee
+from committee_calc.mc.moves import MoveSet, make_whole
+from committee_calc.mc.threshold import ThresholdMC, label_replay, select_starts
+from committee_calc.members.ridge import PairRidgeCommittee
 
 MOVES = {"translate": {"probability": 2, "step": 0.3}, "rotate": {"probability": 2, "step": 20},
          "cell_volume": {"probability": 1, "step": 0.04}}
@@ -158,7 +158,7 @@ def test_on_the_fly_benchmark_reduces_heldout_error(tmp_path):
 
 
 def test_stable_resampling_keeps_memberships_when_labels_are_appended():
-    from committee_calc.ridge_committee import _stable_subsets
+    from committee_calc.members.ridge import _stable_subsets
 
     a, b = _stable_subsets(20, 8, 0.7, seed=3), _stable_subsets(35, 8, 0.7, seed=3)
     for x, y in zip(a, b):
@@ -169,7 +169,7 @@ def test_stable_resampling_keeps_memberships_when_labels_are_appended():
 def test_bias_calibration_separates_the_error_floor_from_the_spread():
     """Residuals with spread-proportional part α=3 and a floor σ_b=1: the ratio estimate
     mixes both, the likelihood fit recovers them."""
-    from committee_calc.ridge_committee import _calibrate, _calibrate_with_bias, _stable_subsets
+    from committee_calc.members.ridge import _calibrate, _calibrate_with_bias, _stable_subsets
 
     rng = np.random.default_rng(0)
     n, M = 400, 8

@@ -8,7 +8,7 @@ from ase.calculators.emt import EMT
 from test_mc_moves import water_crystal
 
 from committee_calc.errors import ConfigError, UnitError
-from committee_calc.montecarlo import ThresholdMC, lid_from_units
+from committee_calc.mc.threshold import ThresholdMC, lid_from_units
 from committee_calc.units import KJMOL
 
 MOVES = {"translate": {"probability": 2, "step": 0.4}, "rotate": {"probability": 2, "step": 20},

@@ -11,8 +11,8 @@ from ase.calculators.mixing import LinearCombinationCalculator
 from committee_calc.committee import CommitteeCalculator
 from committee_calc.errors import CommitteeError, ConfigError
 from committee_calc.gate import Gate
-from committee_calc.md import CSV_COLUMNS, CommitteeMD, read_log
-from committee_calc.md_schedule import TemperatureSchedule, make_integrator
+from committee_calc.md.dynamics import CSV_COLUMNS, CommitteeMD, read_log
+from committee_calc.md.schedule import TemperatureSchedule, make_integrator
 from committee_calc.members.ase_member import ASEMember
 
 
@@ -210,7 +210,7 @@ def _ridge_online(out, retrain_calls, threshold=0.0012, every=2):
     from ase.io import read
 
     from committee_calc.labels import LabelStore
-    from committee_calc.ridge_committee import PairRidgeCommittee
+    from committee_calc.members.ridge import PairRidgeCommittee
 
     train = []
     for i in range(4):

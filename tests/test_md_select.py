@@ -7,8 +7,8 @@ from ase.build import bulk
 from ase.io import read
 
 from committee_calc.labels import LabelStore
-from committee_calc.md import CSV_COLUMNS
-from committee_calc.md_select import label_frames, select_frames
+from committee_calc.md.dynamics import CSV_COLUMNS
+from committee_calc.md.select import label_frames, select_frames
 from drivers.npt_md import main
 
 COMMITTEE = """members:
@@ -101,7 +101,7 @@ def test_driver_record_select_label_plot(workdir, monkeypatch):
 
 
 def test_driver_online_gate_labels_once_after_kill(workdir, monkeypatch):
-    from committee_calc.md import CommitteeMD
+    from committee_calc.md.dynamics import CommitteeMD
 
     monkeypatch.chdir(workdir)
     base = ["cu.xyz", "--committee", "committee.yaml", "--reference", "ref.yaml", "--mode", "online",

@@ -11,20 +11,21 @@ from ase.calculators.mixing import LinearCombinationCalculator
 
 from committee_calc.committee import CommitteeCalculator
 from committee_calc.errors import ConfigError
-from committee_calc.phonons import PhononSettings
-from committee_calc.qha import (EV_A3_TO_GPA, EV_TO_KJMOL, QHAInputs, QHAWarning,
+from committee_calc.units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from committee_calc.phonons.harmonic import PhononSettings
+from committee_calc.phonons.qha import (QHAInputs, QHAWarning,
                                 inputs_from_points, run_committee_qha, run_qha_arrays)
-from committee_calc.qha_io import inputs_from_phonopy_files, read_qha_csv
-from committee_calc.qha_volumes import run_volume_point, scaled_structures
+from committee_calc.phonons.qha_io import inputs_from_phonopy_files, read_qha_csv
+from committee_calc.phonons.volumes import run_volume_point, scaled_structures
 
 DATA = Path(__file__).parent / "data" / "qha"
 SCALES = [0.99, 0.995, 1.0, 1.005, 1.01, 1.015, 1.02, 1.025, 1.03]
 pytestmark = pytest.mark.filterwarnings("ignore:Half-grid shift")
 #: cu_emt tolerances: (our attribute, reference key, factor to reference unit, atol)
 TOL = [("volume_A3", "volume_A3", 1.0, 1e-5), ("gibbs_eV", "gibbs_eV", 1.0, 1e-6),
-       ("bulk_modulus_eV_A3", "bulk_modulus_GPa", EV_A3_TO_GPA, 2e-3),
+       ("bulk_modulus_eV_A3", "bulk_modulus_GPa", PHONOPY_EV_A3_TO_GPA, 2e-3),
        ("thermal_expansion_per_K", "thermal_expansion_volumetric_per_K", 1.0, 1e-8),
-       ("heat_capacity_P_eV_per_K", "heat_capacity_P_polyfit_J_per_K_mol", EV_TO_KJMOL * 1e3, 1e-3)]
+       ("heat_capacity_P_eV_per_K", "heat_capacity_P_polyfit_J_per_K_mol", PHONOPY_EV_TO_KJMOL * 1e3, 1e-3)]
 
 
 def _cu_emt_inputs(idx=range(9)):
@@ -122,7 +123,7 @@ def test_cu_emt_committee_members_and_both_aggregations(committee_qha):
 
 
 def test_fixed_volume_relaxation_keeps_volume_and_caller_atoms():
-    from committee_calc.qha_volumes import relax_structure
+    from committee_calc.phonons.volumes import relax_structure
 
     at = bulk("Cu", "fcc", a=3.6, cubic=True)
     at.rattle(0.05, seed=1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from committee_calc.qha_io import read_qha_csv
+from committee_calc.phonons.qha_io import read_qha_csv
 
 DATA = Path(__file__).parent / "data" / "qha"
 pytestmark = pytest.mark.filterwarnings("ignore:Half-grid shift")
@@ -138,7 +138,7 @@ def _volume_structures(out):
 def test_driver_warns_on_supercell_below_twice_cutoff(tmp_path):
     """cutoff 6 Å on fcc Cu (primitive cell 2.07 Å thick): --supercell 2 warns, naming the
     cutoff and 6 6 6, the smallest diagonal supercell at least 12 Å thick."""
-    from committee_calc.phonons import (PhononSettings, PhononWarning, check_supercell_size,
+    from committee_calc.phonons.harmonic import (PhononSettings, PhononWarning, check_supercell_size,
                                         make_phonopy)
     from drivers.qha import run
 
@@ -169,8 +169,8 @@ def test_driver_reports_imaginary_modes_per_volume(tmp_path):
     """Simple-cubic Cu (unstable under EMT at some volumes): every volume whose mean-potential
     phonons have modes below -tol is listed in imaginary_modes.csv and the summary, with a
     warning naming the volume; a larger tolerance reports none."""
-    from committee_calc.phonons import PhononSettings, PhononWarning, run_phonons
-    from committee_calc.qha_volumes import scaled_structures
+    from committee_calc.phonons.harmonic import PhononSettings, PhononWarning, run_phonons
+    from committee_calc.phonons.volumes import scaled_structures
     from ase.calculators.emt import EMT
     from drivers.qha import run
 

@@ -16,7 +16,7 @@ from ase.optimize import FIRE
 
 from committee_calc import CommitteeCalculator
 from committee_calc.errors import ConfigError
-from committee_calc.relax import GatedRelaxer
+from committee_calc.relax.gated import GatedRelaxer
 from test_relax_members import MEMBER_EPS, Harmonic, PerturbedEMT, cu_pool, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from committee_calc import select as sel
+from committee_calc.analysis import select as sel
 from committee_calc.descriptors import pair_fingerprint, standardise, structure_descriptors
 from committee_calc.errors import ConfigError
-from committee_calc.ridge_committee import ridge_rs_fit_predict
+from committee_calc.members.ridge import ridge_rs_fit_predict
 
 
 def test_fps_on_a_line():

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import CsvLog, atomic_write_text, write_structures_atomic
-from .landscape import Landscape
-from .units import KJMOL
+from ..errors import ConfigError
+from ..fileio import CsvLog, atomic_write_text, write_structures_atomic
+from ..analysis.landscape import Landscape
+from ..units import KJMOL
 
 _REF_COLUMNS = ["index", "name", "energy_eV", "energy_per_unit_eV"]
 
@@ -53,7 +53,7 @@ def rerank(landscape: Landscape, committee, out_dir, reference=None, sigma_cap_e
     if delta and ls.baseline_energy is None:
         raise ConfigError("delta=True needs baseline energies in the landscape (the committee predicts a correction)")
     if sigma_cap_eV is not None:
-        from .units import check_positive
+        from ..units import check_positive
 
         sigma_cap_eV = check_positive("sigma cap", sigma_cap_eV)
         if reference is None:
@@ -72,8 +72,8 @@ def rerank(landscape: Landscape, committee, out_dir, reference=None, sigma_cap_e
         raise ConfigError("the committee gave non-finite energies; give a reference and a σ cap")
     n_ref = 0
     if sigma_cap_eV is not None:
-        from .progress import progress_iter
-        from .reference import as_reference
+        from ..progress import progress_iter
+        from ..reference import as_reference
 
         ref = as_reference(reference, failed_dir=out / "failed")
         log = CsvLog(out / "reference_calls.csv", _REF_COLUMNS)

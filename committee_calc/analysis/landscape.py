@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, StructureReadError
-
-AMU_PER_A3_TO_GCM3 = 1.66053906660
-
+from ..errors import ConfigError, StructureReadError
+from ..structures import density_gcm3, read_structures
 
 @dataclass(frozen=True)
 class Landscape:
@@ -44,12 +42,6 @@ class Landscape:
     def densities(self) -> np.ndarray:
         """Density per structure [g/cm³] (nan for non-periodic cells)."""
         return np.array([density_gcm3(a) for a in self.structures])
-
-
-def density_gcm3(atoms) -> float:
-    if atoms.cell.rank < 3:
-        return float("nan")
-    return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_GCM3)
 
 
 def _get(atoms, key, kind):
@@ -87,7 +79,7 @@ def make_landscape(structures, baseline_energy_key="baseline_energy",
     if molecules is None:
         n_units, unit = np.array([len(a) for a in structures], float), "atom"
     elif molecules == "auto":
-        from .molecules import count_molecules
+        from ..molecules import count_molecules
 
         n_units = np.array([int(a.info["n_molecules"]) if "n_molecules" in a.info else count_molecules(a)
                             for a in structures], float)
@@ -107,8 +99,6 @@ def make_landscape(structures, baseline_energy_key="baseline_energy",
 
 def load_landscape(path, **kwargs) -> Landscape:
     """Read a landscape file (any ASE format, or a folder) into a :class:`Landscape`."""
-    from .cli import read_structures
-
     return make_landscape(read_structures(path), **kwargs)
 
 

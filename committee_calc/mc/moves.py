@@ -32,7 +32,7 @@ import numpy as np
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 from ase.neighborlist import NeighborList, natural_cutoffs
 
-from .errors import ConfigError, MoleculeError
+from ..errors import ConfigError, MoleculeError
 
 MOVE_TYPES = ("translate", "rotate", "displace", "cell_length", "cell_angle", "cell_volume")
 #: default step sizes: Å, degrees, Å, fraction, degrees, fraction
@@ -108,7 +108,7 @@ def make_whole(atoms, labels=None, mult: float = 1.1):
     nl = NeighborList(natural_cutoffs(atoms, mult=mult), self_interaction=False, bothways=True)
     nl.update(atoms)
     if labels is None:
-        from .molecules import molecule_labels
+        from ..molecules import molecule_labels
 
         _, labels = molecule_labels(atoms, mult=mult)
     labels = np.asarray(labels)

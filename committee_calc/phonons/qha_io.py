@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, StructureReadError
-from .fileio import atomic_write_bytes, atomic_write_text, load_json, save_json_atomic
-from .phonons import ForceSet
-from .qha import EV_A3_TO_GPA, EV_TO_KJMOL, CommitteeQHA
+from ..errors import ConfigError, StructureReadError
+from ..fileio import atomic_write_bytes, atomic_write_text, load_json, save_json_atomic
+from .harmonic import ForceSet
+from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from .qha import CommitteeQHA
 
-JMOL = EV_TO_KJMOL * 1000.0
+JMOL = PHONOPY_EV_TO_KJMOL * 1000.0
 
 
 def volume_dir(out, index: int) -> Path:
@@ -72,7 +73,7 @@ def load_volume_point(out, index: int, settings, settings_hash: str):
     """The stored VolumePoint of volume ``index``, or None when it is not finished."""
     from ase.io import read
 
-    from .qha_volumes import volume_point_from_forces
+    from .volumes import volume_point_from_forces
 
     d = volume_dir(out, index)
     meta = load_json(d / "volume.json")
@@ -97,7 +98,7 @@ def load_volume_point(out, index: int, settings, settings_hash: str):
 QHA_COLUMNS = [
     ("V", "A3", "volume_A3", 1.0),
     ("G", "eV", "gibbs_eV", 1.0),
-    ("B_T", "GPa", "bulk_modulus_eV_A3", EV_A3_TO_GPA),
+    ("B_T", "GPa", "bulk_modulus_eV_A3", PHONOPY_EV_A3_TO_GPA),
     ("beta_V", "per_K", "thermal_expansion_per_K", 1.0),
     ("C_P", "J_per_K_mol", "heat_capacity_P_eV_per_K", JMOL),
     ("C_P_numerical", "J_per_K_mol", "heat_capacity_P_numerical_eV_per_K", JMOL),
@@ -184,7 +185,7 @@ def read_thermal_properties_yaml(path) -> dict:
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
         raise StructureReadError(f"{path} is not a phonopy thermal_properties.yaml: {exc}") from exc
     get = lambda k: np.array([row[k] for row in tp], dtype=float)  # noqa: E731
-    return dict(temperatures_K=get("temperature"), free_energy_eV=get("free_energy") / EV_TO_KJMOL,
+    return dict(temperatures_K=get("temperature"), free_energy_eV=get("free_energy") / PHONOPY_EV_TO_KJMOL,
                 entropy_eV_per_K=get("entropy") / JMOL,
                 heat_capacity_eV_per_K=get("heat_capacity") / JMOL,
                 natom=data.get("natom"), volume_A3=data.get("volume"))

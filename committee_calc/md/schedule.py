@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 from ase import units
 
-from .errors import ConfigError
-from .units import check_positive, gpa_to_ev_per_a3
+from ..errors import ConfigError
+from ..units import check_positive, gpa_to_ev_per_a3
 
 ENSEMBLES = ("mtk_iso", "mtk", "langevin", "berendsen", "nvt", "nve")
 NPT_ENSEMBLES = ("mtk_iso", "mtk", "langevin", "berendsen")

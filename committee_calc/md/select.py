@@ -1,7 +1,7 @@
 """Query-by-committee selection of MD frames after a ``record`` run, and their labelling.
 
 ``select_frames`` picks frame indices of a recorded trajectory (frames carrying
-``committee_<measure>`` in ``info``, as written by :class:`committee_calc.md.CommitteeMD`):
+``committee_<measure>`` in ``info``, as written by :class:`committee_calc.md.dynamics.CommitteeMD`):
 
 * trust window: only frames with ``lower < σ <= upper`` are candidates (below
   ``lower`` the committee is trusted; above ``upper`` the frame is discarded
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import load_json, save_json_atomic
-from .io import read_uncertainties
+from ..errors import ConfigError
+from ..fileio import load_json, save_json_atomic
+from ..io import read_uncertainties
 
 MEASURES = ("energy_std_per_atom", "energy_std", "energy_std_per_molecule", "forces_std_max",
             "force_uncertainty_relative")
@@ -47,7 +47,7 @@ def select_frames(frames, measure: str = "forces_std_max", method: str = "highes
                   lower: float | None = None, upper: float | None = None, seed: int = 0,
                   committee=None, descriptors=None) -> list:
     """Indices into ``frames`` chosen by ``method`` within the trust window (see module doc)."""
-    from . import select as sel
+    from ..analysis import select as sel
 
     if method not in METHODS:
         raise ConfigError(f"unknown selection method {method!r}; use one of {METHODS}")
@@ -78,7 +78,7 @@ def select_frames(frames, measure: str = "forces_std_max", method: str = "highes
         pick = np.unique(np.round(np.linspace(0, cand.size - 1, n_max)).astype(int))
         return cand[pick].tolist()
     if descriptors is None:
-        from .descriptors import structure_descriptors
+        from ..descriptors import structure_descriptors
 
         descriptors = structure_descriptors(frames, committee=committee)
     X = np.asarray(descriptors, dtype=float)
@@ -93,8 +93,8 @@ def label_frames(frames, indices, reference, store, record_path, provenance=None
     labelled by an earlier, interrupted call).  ``record_path``: JSON file that
     remembers which steps are done.
     """
-    from .labels import structure_hash
-    from .reference import as_reference
+    from ..structures import structure_hash
+    from ..reference import as_reference
 
     record = load_json(record_path, default={}) or {}
     done = {int(k): v for k, v in (record.get("labelled") or {}).items()}

@@ -1,4 +1,4 @@
-"""Checkpoint and resume of a :class:`committee_calc.md.CommitteeMD` run folder.
+"""Checkpoint and resume of a :class:`committee_calc.md.dynamics.CommitteeMD` run folder.
 
 ``md_state.json`` (written atomically after each frame) holds, at full precision:
 
@@ -7,7 +7,7 @@
 * ``numbers`` (N,) and ``pbc`` (3,): the system, checked on resume;
 * ``integrator``: positions (N,3) [Å], momenta (N,3) [eV fs/Å in ASE units],
   cell (3,3) [Å], thermostat/barostat chain variables and RNG state
-  (:func:`committee_calc.md_schedule.integrator_state`);
+  (:func:`committee_calc.md.schedule.integrator_state`);
 * ``results``: the calculator results at the saved positions (:data:`CACHED`),
   handed back to the calculator on resume so nothing is recomputed (a gate
   neither repeats a reference call nor labels the frame twice);
@@ -26,10 +26,10 @@ import io
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import (atomic_write_text, load_json, read_frames_repair, save_json_atomic,
+from ..errors import ConfigError
+from ..fileio import (atomic_write_text, load_json, read_frames_repair, save_json_atomic,
                      write_structures_atomic)
-from .md_schedule import integrator_state
+from .schedule import integrator_state
 
 STATE_VERSION = 1
 #: calculator results kept (full precision) with the state, re-used on resume without recomputing

@@ -25,8 +25,8 @@ from itertools import combinations_with_replacement
 import numpy as np
 from ase.neighborlist import neighbor_list
 
-from .errors import ConfigError, UnknownSpeciesError
-from .members.base import Member
+from ..errors import ConfigError, UnknownSpeciesError
+from .base import Member
 
 
 #: (basis settings, structure hash) -> (phi, dphi or None); features are pure functions of both
@@ -48,7 +48,7 @@ class PairBasis:
         self._key = (self.species, self.r_cut, self.n_basis, self.width, float(r_min))
 
     def features(self, atoms, derivatives=False):
-        from .labels import structure_hash
+        from ..structures import structure_hash
 
         key = (self._key, structure_hash(atoms))
         hit = _FEATURE_CACHE.get(key)
@@ -262,7 +262,7 @@ class PairRidgeCommittee:
         return {"energy": float(phi @ w), "forces": -(dphi @ w)}
 
     def as_committee(self, molecules=None):
-        from .committee import CommitteeCalculator
+        from ..committee import CommitteeCalculator
 
         members = [RidgeMember(self, k) for k in range(self.n_members)]
         return CommitteeCalculator(members, calibration={"energy": self.alpha, "forces": self.alpha},
@@ -310,7 +310,7 @@ def ridge_rs_fit_predict(X, n_members=8, subsample=0.7, ridge=1e-3, seed=0, kern
     ``kernel="rbf"``: Gaussian kernel on standardised X, length scale the
     median pairwise distance unless given (local, so a Kriging-believer
     update shrinks σ near the pick); ``"linear"``: ridge with intercept.
-    Used by :func:`committee_calc.select.kriging_believer`.
+    Used by :func:`committee_calc.analysis.select.kriging_believer`.
     """
     X = np.asarray(X, float)
     Z = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)

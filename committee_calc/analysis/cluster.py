@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ConfigError
-from .units import check_positive
+from ..errors import BackendUnavailableError, ConfigError
+from ..units import check_positive
 
 CLUSTER_COLUMNS = ("rank", "cluster", "n_members", "id", "energy_per_atom_eV",
                    "relative_energy_meV_atom", "energy_std_per_atom_meV", "density_gcm3",
@@ -35,7 +35,7 @@ def cluster_structures(structures, committee=None, eps=0.5, min_samples=1,
         appended as one more column, so structures with equal descriptors but
         energies further apart than ~eps·scale are kept apart.
     """
-    from .descriptors import standardise, structure_descriptors
+    from ..descriptors import standardise, structure_descriptors
 
     try:
         from sklearn.cluster import DBSCAN
@@ -93,7 +93,7 @@ def plot_landscape(rows, path, labels=None, title="energy landscape") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     rows = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qha import EV_A3_TO_GPA, EV_TO_KJMOL
+from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
 
 _PANELS = [
     ("volume_A3", 1.0, "V (Å³/primitive cell)"),
     ("thermal_expansion_per_K", 1e5, "β_V (10⁻⁵ K⁻¹)"),
     ("gibbs_eV", 1.0, "G (eV/primitive cell)"),
-    ("bulk_modulus_eV_A3", EV_A3_TO_GPA, "B_T (GPa)"),
-    ("heat_capacity_P_eV_per_K", EV_TO_KJMOL * 1000, "C_P (J/K/mol)"),
+    ("bulk_modulus_eV_A3", PHONOPY_EV_A3_TO_GPA, "B_T (GPa)"),
+    ("heat_capacity_P_eV_per_K", PHONOPY_EV_TO_KJMOL * 1000, "C_P (J/K/mol)"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Band structures and densities of states of a committee (mean and every member).
 
-Compute only; :mod:`committee_calc.phonon_plots` draws them with spread bands.
+Compute only; :mod:`committee_calc.phonons.plots` draws them with spread bands.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from .errors import ConfigError
-from .units import check_positive
+from ..errors import ConfigError
+from ..units import PHONOPY_EV_TO_KJMOL, check_positive
 
 #: eV per kJ/mol of primitive cells (phonopy's EvTokJmol)
-EV_TO_KJMOL = 96.4853905398362
 
 
 class PhononWarning(UserWarning):
@@ -281,7 +280,7 @@ def _is_committee(calculator) -> bool:
 
 def compute_forces(ph, calculator, gate=None, info=None) -> ForceSet:
     """Forces on every displaced supercell of ``ph`` (calculator, committee or gate)."""
-    from .uncertainty import aggregate
+    from ..uncertainty import aggregate
 
     supercells = [to_ase_atoms(sc) for sc in ph.supercells_with_displacements]
     committee = _is_committee(calculator)
@@ -352,10 +351,10 @@ def harmonic_properties(ph, settings: PhononSettings) -> HarmonicResult:
     q = np.array(ph.mesh.qpoints)
     imag = tuple((tuple(float(x) for x in q[iq]), float(freqs[iq, ib]))
                  for iq, ib in zip(*np.nonzero(freqs < -settings.imaginary_tol_THz)))
-    jmol = EV_TO_KJMOL * 1000.0
+    jmol = PHONOPY_EV_TO_KJMOL * 1000.0
     return HarmonicResult(
         temperatures_K=np.array(tp.temperatures, dtype=float),
-        free_energy_eV=np.array(tp.free_energy) / EV_TO_KJMOL,
+        free_energy_eV=np.array(tp.free_energy) / PHONOPY_EV_TO_KJMOL,
         entropy_eV_per_K=np.array(tp.entropy) / jmol,
         heat_capacity_eV_per_K=np.array(tp.heat_capacity) / jmol,
         qpoints=q, weights=np.array(ph.mesh.weights), frequencies_THz=freqs,

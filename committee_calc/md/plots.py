@@ -38,11 +38,11 @@ def plot_uncertainty_trace(log_path, png_path, selected_steps=(), title=None, dp
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     log = read_log(log_path)
     if not log or len(log.get("step", [])) == 0:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"{log_path} has no MD steps to plot")
     t_ps = log["time_fs"] / 1000.0

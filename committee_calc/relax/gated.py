@@ -3,7 +3,7 @@
 ::
 
     from committee_calc.gate import Gate
-    from committee_calc.relax import GatedRelaxer
+    from committee_calc.relax.gated import GatedRelaxer
 
     gate = Gate(committee, reference, thresholds={"forces_std_max": 0.05}, label_store=store)
     result = GatedRelaxer(gate, policy="fallback", fmax=0.05, cell=True).relax(atoms)
@@ -43,9 +43,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.units import GPa
 
-from .errors import ConfigError, GateStop
-from .io import attach_uncertainties
-from .units import check_positive
+from ..errors import ConfigError, GateStop
+from ..io import attach_uncertainties
+from ..units import check_positive
 
 POLICIES = ("fallback", "stop", "stop_and_label")
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
@@ -330,7 +330,7 @@ def _fmax(target) -> float:
 
 def _resume_results(frame):
     """(atoms, results, committee_results, decision) stored on a checkpoint frame."""
-    from .io import read_uncertainties
+    from ..io import read_uncertainties
 
     res = dict(frame.calc.results) if frame.calc is not None else {}
     if "energy" not in res or "forces" not in res:

@@ -32,27 +32,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .errors import ConfigError, ReferenceCalculationError
-from .fileio import (CsvLog, append_frame, load_json, read_frames_repair,
+from ..errors import ConfigError, ReferenceCalculationError
+from ..fileio import (CsvLog, append_frame, load_json, read_frames_repair,
                      save_json_atomic, write_structures_atomic)
-from .progress import progress_iter
+from ..progress import progress_iter
+from ..structures import density_gcm3
 
-log = logging.getLogger("committee_calc.relax")
+log = logging.getLogger("committee_calc.relax.gated")
 
 SUMMARY_COLUMNS = ("id", "status", "steps", "committee_calls", "reference_calls", "labels",
                    "energy_eV", "energy_per_atom_eV", "energy_std_eV", "forces_std_max_eVA",
                    "force_uncertainty_relative", "fmax_eVA", "density_gcm3", "natoms", "reason")
-#: g/cm³ per (amu/Å³)
-AMU_PER_A3_TO_GCM3 = 1.66053906660
-
-
-def density_gcm3(atoms) -> float:
-    """Mass density [g/cm³] of a periodic cell (NaN without a 3-D cell)."""
-    if atoms.cell.rank != 3:
-        return float("nan")
-    return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_GCM3)
-
-
 def candidate_ids(images) -> list:
     """``info['candidate_id']``/``'id'``/``'name'`` when present and unique, else c0000, c0001..."""
     for key in ("candidate_id", "id", "name"):
@@ -70,7 +60,7 @@ def _safe(name: str) -> bool:
 class RelaxPool:
     """Relax every candidate of a pool independently and resumably.
 
-    relaxer: a configured :class:`~committee_calc.relax.GatedRelaxer`.
+    relaxer: a configured :class:`~committee_calc.relax.gated.GatedRelaxer`.
     out_dir: output folder (created); see the module docstring for its files.
     progress: show a progress bar over the pool (only on an interactive terminal).
     """
@@ -175,5 +165,5 @@ def read_relaxed(out_dir) -> list:
     return read(p, ":") if p.exists() and p.stat().st_size else []
 
 
-__all__ = ["RelaxPool", "SUMMARY_COLUMNS", "candidate_ids", "density_gcm3", "read_frames_repair",
+__all__ = ["RelaxPool", "SUMMARY_COLUMNS", "candidate_ids", "read_frames_repair",
            "read_relaxed"]

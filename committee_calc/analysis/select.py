@@ -19,7 +19,7 @@ Strategies (names used by :data:`STRATEGIES` and the active-learning loop):
 ``fps``                   initial batch, FPS seeded by the lowest energy
 ``expected_improvement``  EI for landing inside an energy window above the
                           lowest known energy, batches by Kriging believer
-                          (:mod:`committee_calc.ridge_committee`)
+                          (:mod:`committee_calc.members.ridge`)
 ``energy_force_dbscan``   low energy + high force uncertainty score, one pick
                           per DBSCAN cluster (Hessmann et al.)
 """
@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 STRATEGIES = ("random", "highest_uncertainty", "highest_uncertainty_fps", "fps",
               "expected_improvement", "energy_force_dbscan")

@@ -27,9 +27,9 @@ import math
 import numpy as np
 from ase import Atoms
 
-from .errors import ConfigError, GateStop
-from .mc_moves import MoveSet, Topology, make_whole
-from .units import check_positive, kjmol_to_ev
+from ..errors import ConfigError, GateStop
+from .moves import MoveSet, Topology, make_whole
+from ..units import check_positive, kjmol_to_ev
 
 MODES = ("threshold", "downhill")
 
@@ -326,8 +326,8 @@ def label_replay(store, run_id):
     the interrupted run appended for this very step and structure (same ``mc_run``,
     ``mc_step`` and ``label_hash``) is reused instead of calling the reference again,
     so a kill between the label append and the state save never duplicates a label."""
-    from .io import read_uncertainties
-    from .labels import structure_hash
+    from ..io import read_uncertainties
+    from ..structures import structure_hash
 
     def lookup(atoms, step):
         if store is None or not len(store):
@@ -358,7 +358,7 @@ def select_starts(structures, n: int, energies=None, committee=None, descriptors
     predicted by ``committee``.  ``descriptors`` (n_structures, d): given, else
     :func:`committee_calc.descriptors.structure_descriptors` (standardised).
     """
-    from .select import farthest_point_sampling
+    from ..analysis.select import farthest_point_sampling
 
     structures = list(structures)
     if not structures:
@@ -381,7 +381,7 @@ def select_starts(structures, n: int, energies=None, committee=None, descriptors
     if n == 1:
         return [start]
     if descriptors is None:
-        from .descriptors import standardise, structure_descriptors
+        from ..descriptors import standardise, structure_descriptors
 
         descriptors = standardise(structure_descriptors(structures, committee=committee))
     X = np.asarray(descriptors, dtype=float)

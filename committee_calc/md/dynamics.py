@@ -23,7 +23,7 @@ handled by the gate alone.  Outputs in ``out_dir``:
   cell at full precision, thermostat/barostat chain variables, RNG state, a
   retraining gate's schedule), written atomically after the frame; a rerun
   continues from it, drops any frame/CSV row written after it, and so repeats
-  the same steps exactly (:mod:`committee_calc.md_state`).
+  the same steps exactly (:mod:`committee_calc.md.state`).
 
 Safety: the run stops with ``MDResult.stop_reason`` (everything written so far
 kept, the offending structure in ``md_unphysical.extxyz``) when two atoms come
@@ -41,14 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from .errors import ConfigError, GateStop, NonFiniteOutputError
-from .fileio import CsvLog, atomic_write_text
-from .io import attach_uncertainties
-from .md_plots import read_log  # noqa: F401 (re-export)
-from .md_schedule import (ENSEMBLES, TemperatureSchedule, make_integrator, restore_atoms,
+from ..errors import ConfigError, GateStop, NonFiniteOutputError
+from ..fileio import CsvLog, atomic_write_text
+from ..io import attach_uncertainties
+from .plots import read_log  # noqa: F401 (re-export)
+from .schedule import (ENSEMBLES, TemperatureSchedule, make_integrator, restore_atoms,
                           restore_integrator_state, set_target_temperature)
-from .md_state import Checkpoint, inject_results, note_retrain, restore_gate
-from .units import check_positive, ev_per_a3_to_gpa
+from .state import Checkpoint, inject_results, note_retrain, restore_gate
+from ..units import check_positive, ev_per_a3_to_gpa
 
 CSV_COLUMNS = (
     "step", "time_fs", "temperature_K", "temperature_target_K", "pressure_GPa", "volume_A3",
@@ -135,7 +135,7 @@ class CommitteeMD:
         self.max_volume_ratio = check_positive("max_volume_ratio", max_volume_ratio)
         if self.max_volume_ratio <= 1:
             raise ConfigError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
-        from .gate import Gate
+        from ..gate import Gate
 
         self.calc = calc if isinstance(calc, Gate) else Gate(calc, None)
         self.cutoff_A = cutoff_A if cutoff_A is not None else committee_cutoff(calc)

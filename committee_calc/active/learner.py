@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import select as sel
-from .errors import ConfigError
-from .fileio import load_json, save_json_atomic, write_structures_atomic
-from .landscape import Landscape, candidate_pool
+from ..analysis import select as sel
+from ..errors import ConfigError
+from ..fileio import load_json, save_json_atomic, write_structures_atomic
+from ..analysis.landscape import Landscape, candidate_pool
 
 QUANTITIES = {"E": (False, False), "E+F": (False, True), "dE": (True, False), "dE+dF": (True, True)}
 _ALIASES = {"ΔE": "dE", "ΔE+ΔF": "dE+dF", "DE": "dE", "DE+DF": "dE+dF", "delta_E": "dE"}
@@ -96,7 +96,7 @@ class ActiveLearner:
                               "baseline energies; add them or train on 'E'/'E+F'")
         if self.delta and self.use_forces and landscape.baseline_forces is None:
             raise ConfigError("training quantity 'dE+dF' needs baseline forces in the landscape")
-        from .units import check_positive
+        from ..units import check_positive
 
         self.threshold = check_positive("uncertainty threshold", threshold_eV)
         if not 0.0 <= float(target_fraction) < 1.0:
@@ -116,11 +116,11 @@ class ActiveLearner:
         self.seed, self.progress = seed, progress
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        from .reference import as_reference
+        from ..reference import as_reference
 
         self.reference = as_reference(reference, failed_dir=self.out_dir / "failed")
         if label_store is None:
-            from .labels import LabelStore
+            from ..labels import LabelStore
 
             label_store = LabelStore(self.out_dir / "labels.extxyz")
         self.store = label_store
@@ -132,7 +132,7 @@ class ActiveLearner:
     @property
     def X(self):
         if self._X is None:
-            from .descriptors import standardise, structure_descriptors
+            from ..descriptors import standardise, structure_descriptors
 
             self._X = standardise(structure_descriptors([self.landscape.structures[i] for i in range(len(self.landscape))]))
         return self._X
@@ -193,7 +193,7 @@ class ActiveLearner:
             sub = sel.energy_force_dbscan(e[above], f[above], self.X[cand][above], n)
             loc = [int(above[k]) for k in sub]
         else:  # expected_improvement over the whole pool with a ridge RS surrogate
-            from .ridge_committee import ridge_rs_fit_predict
+            from ..members.ridge import ridge_rs_fit_predict
 
             frames = {int(fr.info["prov_pool_index"]): fr for fr in self.store.read()}
             ys = [float(frames[i].info["REF_energy"]) / self.landscape.n_units[i] for i in labelled]
@@ -206,7 +206,7 @@ class ActiveLearner:
 
     # -------------------------------------------------------------- loop
     def run(self) -> dict:
-        from .progress import progress_iter
+        from ..progress import progress_iter
 
         state = load_json(self.state_path, default=None) or {"iteration": 0, "pending": [], "history": [],
                                                                "stopped": None}
@@ -283,8 +283,8 @@ class BackendTrainer:
         self.backend, self.n_members, self.options = backend, int(n_members), options
 
     def __call__(self, train_file, work_dir, use_forces):
-        from .config import load_committee
-        from .train import train_committee
+        from ..config import load_committee
+        from ..train import train_committee
 
         yaml_path = train_committee(str(train_file), str(work_dir), backend=self.backend,
                                     n_members=self.n_members, energy_key=TRAIN_ENERGY_KEY,

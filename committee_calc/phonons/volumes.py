@@ -14,10 +14,10 @@ import dataclasses
 import numpy as np
 from ase import Atoms
 
-from .errors import ConfigError
-from .phonons import PhononResult, PhononSettings, make_phonopy, phonons_from_forces, \
+from ..errors import ConfigError
+from .harmonic import PhononResult, PhononSettings, make_phonopy, phonons_from_forces, \
     compute_forces, check_supercell_size, committee_cutoff
-from .units import check_positive
+from ..units import check_positive
 
 RELAX_MODES = ("none", "internal", "shape")
 
@@ -64,7 +64,7 @@ def relax_structure(atoms: Atoms, calculator, mode: str = "internal", fmax_eVA: 
         return a
     a.calc = calculator
     if pressure_GPa is not None:
-        from .units import gpa_to_ev_per_a3
+        from ..units import gpa_to_ev_per_a3
 
         target = FrechetCellFilter(a, scalar_pressure=gpa_to_ev_per_a3(pressure_GPa))
     elif mode == "shape":
@@ -92,7 +92,7 @@ def structures_at_pressures(atoms: Atoms, calculator, pressures_GPa, fmax_eVA: f
 def static_energies(atoms: Atoms, calculator) -> tuple:
     """(energy eV, energies_members eV (M,) or None) of ``atoms`` (committee mean + members)."""
     if hasattr(calculator, "evaluate_members"):
-        from .uncertainty import aggregate
+        from ..uncertainty import aggregate
 
         agg = aggregate(calculator.evaluate_members(atoms, ("energy", "forces")),
                         getattr(calculator, "calibration", None))

@@ -4,7 +4,7 @@ Used by :class:`committee_calc.reference.Reference` (see its module docstring
 for the execution strategies).  ``compute`` evaluates a calculator on a copy
 of the atoms; ``run_in_process`` pickles the job (atoms, spec dict or pickled
 calculator, properties) into ``jobdir/job.pkl`` and runs
-``python -m committee_calc._reference_runner <jobdir>`` in a new session, with
+``python -m committee_calc.reference.runner <jobdir>`` in a new session, with
 the parent's ``sys.path``.  On timeout the whole process group gets SIGTERM,
 then SIGKILL after 5 s.  The child writes ``result.pkl`` atomically.
 
@@ -21,6 +21,8 @@ import sys
 import traceback
 
 import numpy as np
+
+from .spec import ReferenceSpec
 
 
 def compute(calc, atoms, properties) -> dict:
@@ -51,7 +53,7 @@ def run_in_process(job: dict, jobdir: str, timeout_s: float | None) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     log = open(os.path.join(jobdir, "worker.log"), "wb")
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "committee_calc._reference_runner", jobdir],
+        proc = subprocess.Popen([sys.executable, "-m", "committee_calc.reference.runner", jobdir],
                                 cwd=jobdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
@@ -88,8 +90,6 @@ def kill_group(proc) -> None:
 
 def worker(jobdir: str) -> int:
     """Child-process entry: run job.pkl, write result.pkl atomically."""
-    from committee_calc.reference import ReferenceSpec
-
     with open(os.path.join(jobdir, "job.pkl"), "rb") as fh:
         job = pickle.load(fh)
     try:

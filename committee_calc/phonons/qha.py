@@ -1,7 +1,7 @@
 """Quasi-harmonic approximation over a set of volumes, with committee spreads.
 
-Compute only (I/O in :mod:`committee_calc.qha_io`, plots in
-:mod:`committee_calc.qha_plots`, structures in :mod:`committee_calc.qha_volumes`).
+Compute only (I/O in :mod:`committee_calc.phonons.qha_io`, plots in
+:mod:`committee_calc.phonons.qha_plots`, structures in :mod:`committee_calc.phonons.volumes`).
 The EOS fits are phonopy's own array engine (``phonopy.qha.core.QHA``, the code
 behind ``phonopy-qha`` and ``run_qha``), so outputs match phonopy exactly.
 
@@ -23,11 +23,10 @@ import warnings
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
 
 #: phonopy's constants (units of phonopy-qha outputs)
-EV_TO_KJMOL = 96.4853905398362
-EV_A3_TO_GPA = 160.21773299999998  # phonopy EVAngstromToGPa
 MIN_VOLUMES = 5
 EOS_NAMES = ("vinet", "birch_murnaghan", "murnaghan")
 #: QHAData fields that carry a (N,) temperature series (aggregated over members)
@@ -175,7 +174,7 @@ def check_bracket(volumes_A3, energies_eV, eos: str = "vinet", pressure_GPa=None
     v = np.asarray(volumes_A3, float)
     e = np.asarray(energies_eV, float)
     if pressure_GPa:
-        e = e + v * pressure_GPa / EV_A3_TO_GPA
+        e = e + v * pressure_GPa / PHONOPY_EV_A3_TO_GPA
     i = int(np.argmin(e))
     try:
         v0 = float(fit_static_eos(v, e, eos)[3])
@@ -197,11 +196,11 @@ def run_qha_arrays(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float | 
     from phonopy.qha.core import QHA
 
     check_eos(eos)
-    jmol = EV_TO_KJMOL * 1000.0
+    jmol = PHONOPY_EV_TO_KJMOL * 1000.0
     el = inputs.energies_eV if inputs.electronic_free_energy_eV is None \
         else inputs.electronic_free_energy_eV
     q = QHA(inputs.volumes_A3, el, inputs.temperatures_K, inputs.heat_capacity_eV_per_K * jmol,
-            inputs.entropy_eV_per_K * jmol, inputs.free_energy_eV * EV_TO_KJMOL,
+            inputs.entropy_eV_per_K * jmol, inputs.free_energy_eV * PHONOPY_EV_TO_KJMOL,
             pressure=pressure_GPa, eos=eos, t_max=t_max_K)
     q.run()
     n = len(q.thermal_expansion)
@@ -223,7 +222,7 @@ def run_qha_arrays(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float | 
     _check_extrapolation(inputs.volumes_A3, vol, temps)
     return QHAData(
         temperatures_K=temps, volume_A3=vol, gibbs_eV=np.array(q.gibbs_temperature),
-        bulk_modulus_eV_A3=np.array(q.bulk_modulus_temperature) / EV_A3_TO_GPA,
+        bulk_modulus_eV_A3=np.array(q.bulk_modulus_temperature) / PHONOPY_EV_A3_TO_GPA,
         thermal_expansion_per_K=np.array(q.thermal_expansion), heat_capacity_P_eV_per_K=cp,
         heat_capacity_P_numerical_eV_per_K=np.array(q.heat_capacity_P_numerical) / jmol,
         gruneisen=np.array(q.gruneisen_temperature),

@@ -1,0 +1,95 @@
+"""Structure helpers used across the package, each defined once.
+
+* :func:`is_bulk` — 3-D periodic with a full-rank cell (stress is defined).
+* :func:`structure_hash` — identity of a geometry for de-duplication.
+* :func:`read_structures` — every structure of a file or folder, with clear errors.
+* :func:`cell_widths` — perpendicular widths of a cell [Å].
+* :func:`density_gcm3` — mass density [g/cm³].
+* :func:`atoms_to_dict` / :func:`atoms_from_dict` — JSON-able geometry.
+* :func:`same_geometry` — positions and cell equal within a tolerance [Å].
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from .errors import StructureReadError
+from .units import AMU_PER_A3_TO_GCM3
+
+
+def is_bulk(atoms) -> bool:
+    """True for a 3-D periodic structure with a full-rank cell (stress is defined)."""
+    return bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+
+
+def structure_hash(atoms, decimals: int = 6) -> str:
+    """sha1 of atomic numbers, positions, cell (rounded to ``decimals`` Å) and pbc."""
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update((np.round(np.asarray(atoms.positions, float), decimals) + 0.0).tobytes())
+    h.update((np.round(np.asarray(atoms.cell[:], float), decimals) + 0.0).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    return h.hexdigest()
+
+
+def cell_widths(cell) -> np.ndarray:
+    """Perpendicular widths (3,) [Å] of a cell (3,3): the largest sphere it holds has diameter min()."""
+    cell = np.asarray(cell, dtype=float)
+    vol = abs(np.linalg.det(cell))
+    return np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]))
+                     for i in range(3)])
+
+
+def density_gcm3(atoms) -> float:
+    """Mass density [g/cm³] of a cell (NaN without a full-rank cell)."""
+    if atoms.cell.rank != 3:
+        return float("nan")
+    return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_GCM3)
+
+
+def atoms_to_dict(atoms) -> dict:
+    """numbers, positions [Å], cell [Å], pbc as JSON-able lists."""
+    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+            "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+
+
+def atoms_from_dict(d) -> Atoms:
+    """Inverse of :func:`atoms_to_dict`."""
+    return Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+
+
+def same_geometry(a, b, tol: float = 1e-6) -> bool:
+    """Same atoms, positions and cell within ``tol`` [Å]."""
+    return (len(a) == len(b) and np.array_equal(a.numbers, b.numbers)
+            and np.allclose(a.positions, b.positions, atol=tol, rtol=0)
+            and np.allclose(a.cell[:], b.cell[:], atol=tol, rtol=0))
+
+
+def read_structures(path, index=":") -> list:
+    """Every structure of a file (any ASE format) or of the files in a folder.
+
+    Raises :class:`~committee_calc.errors.StructureReadError` when the path is
+    missing, a file cannot be read, or nothing is found.
+    """
+    from ase.io import read
+
+    p = Path(path)
+    if not p.exists():
+        raise StructureReadError(f"structure file {str(p)!r} does not exist")
+    files = sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
+    images = []
+    for f in files:
+        try:
+            got = read(str(f), index=index)
+        except Exception as exc:  # ASE raises many types for unreadable files
+            raise StructureReadError(
+                f"cannot read structures from {str(f)!r}: {type(exc).__name__}: {exc}. "
+                "Check the file format (extxyz, cif, POSCAR, ASE db...)"
+            ) from exc
+        images.extend(got if isinstance(got, list) else [got])
+    if not images:
+        raise StructureReadError(f"{str(p)!r} holds no structures")
+    return images
