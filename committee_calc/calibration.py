@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import read_yaml, write_yaml_atomic
 from .errors import CalibrationError
 
 GAUSS_1SIGMA = 0.6826894921370859
@@ -165,8 +166,6 @@ def calibrate(committee, structures, quantities=("energy", "forces"), method="re
 
 def save_calibration(yaml_path, results: dict) -> dict:
     """Write α factors into the committee YAML's ``calibration:`` block (atomically)."""
-    from .config import read_yaml, write_yaml_atomic
-
     spec = read_yaml(yaml_path)
     cal = dict(spec.get("calibration") or {})
     for q, r in results.items():

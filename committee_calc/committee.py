@@ -13,20 +13,22 @@ from collections import OrderedDict
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from . import keys as K
 from .errors import CalibrationError, ConfigError, MemberPropertyError, NonFiniteOutputError
 from .members.ase_member import ASEMember
 from .members.base import Member
 from .molecules import count_molecules
+from .progress import progress_iter
 from .uncertainty import aggregate
+from .structures import is_bulk
 
 _BASE = (
-    "energy", "free_energy", "forces",
-    "energy_members", "forces_members",
-    "energy_std", "energy_std_per_atom", "forces_std", "forces_std_atom",
-    "forces_std_max", "force_uncertainty_relative", "n_nonfinite",
+    K.ENERGY, K.FREE_ENERGY, K.FORCES, K.ENERGY_MEMBERS, K.FORCES_MEMBERS, K.ENERGY_STD,
+    K.ENERGY_STD_PER_ATOM, K.FORCES_STD, K.FORCES_STD_ATOM, K.FORCES_STD_MAX,
+    K.FORCE_UNCERTAINTY_RELATIVE, K.N_NONFINITE,
 )
-_STRESS = ("stress", "stress_members", "stress_std")
-_ENERGIES = ("energies", "energies_members", "energies_std")
+_STRESS = (K.STRESS, K.STRESS_MEMBERS, K.STRESS_STD)
+_ENERGIES = (K.ENERGIES, K.ENERGIES_MEMBERS, K.ENERGIES_STD)
 CALIBRATION_KEYS = ("energy", "forces", "stress", "energies")
 
 
@@ -139,7 +141,7 @@ class CommitteeCalculator(Calculator):
         return len(self.members)
 
     def _want_stress(self, atoms, properties) -> bool:
-        periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+        periodic = is_bulk(atoms)
         has = "stress" in self.member_properties
         asked = any(p.startswith("stress") for p in properties)
         if asked and not has:
@@ -189,8 +191,8 @@ class CommitteeCalculator(Calculator):
             if self._n_molecules is None or "numbers" in system_changes:
                 self._n_molecules = (count_molecules(atoms) if self.molecules == "auto"
                                      else self.molecules)
-            self.results["energy_std_per_molecule"] = self.results["energy_std"] / self._n_molecules
-            self.results["n_molecules"] = self._n_molecules
+            self.results[K.ENERGY_STD_PER_MOLECULE] = self.results[K.ENERGY_STD] / self._n_molecules
+            self.results[K.N_MOLECULES] = self._n_molecules
 
     def get_property(self, name, atoms=None, allow_calculation=True):
         if name.startswith("stress") and "stress" not in self.member_properties:
@@ -213,8 +215,6 @@ class CommitteeCalculator(Calculator):
         Backends that can batch several structures implement
         ``Member.predict_batch``; others are looped.
         """
-        from .progress import progress_iter
-
         structures = list(structures)
         bsize = 16 if batch_size is None else int(batch_size)
         if bsize < 1:

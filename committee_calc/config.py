@@ -17,6 +17,10 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, ModelFileError
+from .committee import CommitteeCalculator
+from .delta import build_delta
+from .fileio import atomic_write_text
+from .members import build_members
 
 KNOWN_KEYS = {"members", "calibration", "molecules", "stress", "baseline", "delta", "name", "training"}
 
@@ -36,16 +40,11 @@ def read_yaml(path) -> dict:
 
 def write_yaml_atomic(path, data: dict) -> None:
     """Write YAML via a temporary file + rename: never a half-written spec."""
-    from .fileio import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def build_committee(spec: dict, base_dir=None, **overrides):
     """Build a CommitteeCalculator (or a Δ-learning calculator) from a spec dict."""
-    from .committee import CommitteeCalculator
-    from .members import build_members
-
     unknown = set(spec) - KNOWN_KEYS
     if unknown:
         raise ConfigError(f"unknown committee keys {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
@@ -60,8 +59,6 @@ def build_committee(spec: dict, base_dir=None, **overrides):
     committee = CommitteeCalculator(members, **kwargs)
     baseline = spec.get("baseline")
     if baseline:
-        from .delta import build_delta
-
         return build_delta(committee, baseline, spec.get("delta") or {}, base_dir)
     return committee
 

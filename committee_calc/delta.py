@@ -35,9 +35,12 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from .errors import ConfigError, MemberPropertyError
+from .members import build_members
 from .members.ase_member import ASEMember
 from .members.base import Member
 from .uncertainty import force_uncertainty_relative
+from .units import check_positive
+from .structures import is_bulk
 
 DELTA_OPTIONS = {"damping_sigma_eV"}
 
@@ -62,8 +65,6 @@ class DeltaCalculator(Calculator):
         self.baseline = _as_member(baseline)
         self.committee = committee
         if damping_sigma_eV is not None:
-            from .units import check_positive
-
             damping_sigma_eV = check_positive("damping_sigma_eV", damping_sigma_eV)
         self.damping_sigma_eV = damping_sigma_eV
         props = list(committee.implemented_properties)
@@ -94,7 +95,7 @@ class DeltaCalculator(Calculator):
         if asked and "stress" not in self.implemented_properties:
             raise MemberPropertyError("stress requested but the baseline or a correction "
                                       "member cannot compute it")
-        periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+        periodic = is_bulk(atoms)
         return asked or (periodic and "stress" in self.implemented_properties
                          and self.committee.stress_mode is not False)
 
@@ -164,8 +165,6 @@ def build_delta(committee, baseline_spec, delta_options, base_dir=None) -> Delta
     calculator) or a member entry with ``backend:`` (e.g. a LAMMPS pair style).
     ``delta_options``: ``{damping_sigma_eV: s}`` for the damped variant, or empty.
     """
-    from .members import build_members
-
     if not isinstance(baseline_spec, dict):
         raise ConfigError(f"'baseline' must be a mapping like {{calculator: ..., parameters: {{}}}}, "
                           f"got {baseline_spec!r}")
@@ -191,7 +190,7 @@ def baseline_results(baseline, atoms, stress=None) -> dict:
     copy = atoms.copy()
     copy.calc = None
     if stress is None:
-        stress = (bool(np.all(copy.pbc)) and copy.cell.rank == 3
+        stress = (is_bulk(copy)
                   and "stress" in member.implemented_properties)
     return member.predict(copy, ["energy", "forces"] + (["stress"] if stress else []))
 

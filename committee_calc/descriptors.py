@@ -26,6 +26,7 @@ from itertools import combinations_with_replacement
 import numpy as np
 
 from .errors import ConfigError
+from .structures import is_bulk
 
 SOAP_DEFAULTS = {"r_cut": 5.0, "n_max": 4, "l_max": 3, "sigma": 0.5}
 
@@ -64,7 +65,7 @@ def soap_descriptors(structures, species=None, **options) -> np.ndarray:
     species = sorted(species or {s for a in structures for s in a.get_chemical_symbols()})
     rows = []
     for atoms in structures:
-        periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+        periodic = is_bulk(atoms)
         soap = _soap(tuple(species), periodic, tuple(sorted(opts.items())))
         rows.append(np.asarray(soap.create(atoms), dtype=float).reshape(-1))
     return np.vstack(rows)

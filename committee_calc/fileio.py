@@ -16,6 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from .errors import ConfigError
+
 
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
@@ -127,8 +131,6 @@ class CsvLog:
             with open(self.path, newline="") as fh:
                 header = next(csv.reader(fh), None)
             if header != self.columns:
-                from .errors import ConfigError
-
                 raise ConfigError(
                     f"{self.path} has columns {header}, expected {self.columns}; it belongs "
                     "to a different run or version; use a new output folder"
@@ -163,6 +165,9 @@ class CsvLog:
 
 
 def _fmt(v):
-    if isinstance(v, float):
-        return repr(v)
+    """Floats (numpy scalars too) as their shortest round-trip text, never ``np.float64(…)``."""
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    if isinstance(v, np.integer):
+        return int(v)
     return v

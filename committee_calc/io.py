@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-SCALARS = ("energy", "energy_std", "energy_std_per_atom", "energy_std_per_molecule",
-           "forces_std_max", "force_uncertainty_relative", "n_nonfinite", "n_molecules")
-INFO_VECTORS = ("energy_members", "stress", "stress_std")
-PER_ATOM = ("forces", "forces_std", "forces_std_atom", "energies", "energies_std")
-PER_ATOM_MEMBERS = ("forces_members", "energies_members")
+from . import keys as K
+
+SCALARS = (K.ENERGY, K.ENERGY_STD, K.ENERGY_STD_PER_ATOM, K.ENERGY_STD_PER_MOLECULE,
+           K.FORCES_STD_MAX, K.FORCE_UNCERTAINTY_RELATIVE, K.N_NONFINITE, K.N_MOLECULES)
+INFO_VECTORS = (K.ENERGY_MEMBERS, K.STRESS, K.STRESS_STD)
+PER_ATOM = (K.FORCES, K.FORCES_STD, K.FORCES_STD_ATOM, K.ENERGIES, K.ENERGIES_STD)
+PER_ATOM_MEMBERS = (K.FORCES_MEMBERS, K.ENERGIES_MEMBERS)
 
 
 def attach_uncertainties(atoms, results: dict, prefix: str = "committee_", members: bool = True):
@@ -27,8 +29,8 @@ def attach_uncertainties(atoms, results: dict, prefix: str = "committee_", membe
     for k in INFO_VECTORS:
         if k in results and (members or not k.endswith("_members")):
             atoms.info[prefix + k] = np.asarray(results[k], dtype=float).copy()
-    if members and "stress_members" in results:
-        atoms.info[prefix + "stress_members"] = np.asarray(results["stress_members"], float).reshape(-1)
+    if members and K.STRESS_MEMBERS in results:
+        atoms.info[prefix + K.STRESS_MEMBERS] = np.asarray(results[K.STRESS_MEMBERS], float).reshape(-1)
     for k in PER_ATOM:
         if k in results:
             atoms.arrays[prefix + k] = np.asarray(results[k], dtype=float).reshape(n, -1).squeeze()
@@ -50,14 +52,14 @@ def read_uncertainties(atoms, prefix: str = "committee_") -> dict:
     for k, v in atoms.arrays.items():
         if k.startswith(prefix):
             out[k[len(prefix):]] = np.array(v, dtype=float)
-    m = len(np.atleast_1d(out["energy_members"])) if "energy_members" in out else None
+    m = len(np.atleast_1d(out[K.ENERGY_MEMBERS])) if K.ENERGY_MEMBERS in out else None
     n = len(atoms)
     if m:
-        if "forces_members" in out:
-            out["forces_members"] = np.moveaxis(out["forces_members"].reshape(n, m, 3), 1, 0)
-        if "energies_members" in out:
-            out["energies_members"] = out["energies_members"].reshape(n, m).T
-        if "stress_members" in out:
-            out["stress_members"] = np.asarray(out["stress_members"], float).reshape(m, 6)
-        out["energy_members"] = np.atleast_1d(np.asarray(out["energy_members"], float))
+        if K.FORCES_MEMBERS in out:
+            out[K.FORCES_MEMBERS] = np.moveaxis(out[K.FORCES_MEMBERS].reshape(n, m, 3), 1, 0)
+        if K.ENERGIES_MEMBERS in out:
+            out[K.ENERGIES_MEMBERS] = out[K.ENERGIES_MEMBERS].reshape(n, m).T
+        if K.STRESS_MEMBERS in out:
+            out[K.STRESS_MEMBERS] = np.asarray(out[K.STRESS_MEMBERS], float).reshape(m, 6)
+        out[K.ENERGY_MEMBERS] = np.atleast_1d(np.asarray(out[K.ENERGY_MEMBERS], float))
     return out

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import keys as K
 from .errors import NonFiniteOutputError
 
 #: spread reported when a member returned NaN/inf (eV, eV/Å, eV/Å³ or 1)
@@ -40,7 +41,7 @@ UNCERTAIN = 1.0e6
 #: floor of max‖F̄‖ in the relative force uncertainty, eV/Å
 FORCE_FLOOR = 1.0e-8
 
-QUANTITIES = ("energy", "forces", "stress", "energies")
+QUANTITIES = (K.ENERGY, K.FORCES, K.STRESS, K.ENERGIES)
 
 
 def _std(stack: np.ndarray, alpha: float) -> np.ndarray:
@@ -61,10 +62,10 @@ def aggregate(predictions: list, calibration: dict | None = None) -> dict:
     ``calibration``: optional ``{"energy": α_E, "forces": α_F, "stress": α_S}``.
     Only quantities present in every member's prediction are aggregated.
     """
-    alpha = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "energies": None}
+    alpha = {K.ENERGY: 1.0, K.FORCES: 1.0, K.STRESS: 1.0, K.ENERGIES: None}
     alpha.update(calibration or {})
-    if alpha["energies"] is None:
-        alpha["energies"] = alpha["energy"]
+    if alpha[K.ENERGIES] is None:
+        alpha[K.ENERGIES] = alpha[K.ENERGY]
     m = len(predictions)
     keys = [q for q in QUANTITIES if all(q in p for p in predictions)]
     stacks = {q: np.array([p[q] for p in predictions], dtype=float) for q in keys}
@@ -79,29 +80,29 @@ def aggregate(predictions: list, calibration: dict | None = None) -> dict:
             "structure is far outside the training data (or the models are broken)"
         )
 
-    res: dict = {"n_nonfinite": n_bad}
+    res: dict = {K.N_NONFINITE: n_bad}
     for q, s in stacks.items():
         good = s[finite]
-        res[q] = good.mean(axis=0) if q != "energy" else float(good.mean())
+        res[q] = good.mean(axis=0) if q != K.ENERGY else float(good.mean())
         res[f"{q}_members"] = s.copy()
         if n_bad or len(good) < 2:
-            res[f"{q}_std"] = np.full_like(good[0], UNCERTAIN) if q != "energy" else UNCERTAIN
+            res[f"{q}_std"] = np.full_like(good[0], UNCERTAIN) if q != K.ENERGY else UNCERTAIN
         else:
             std = _std(good, alpha[q])
-            res[f"{q}_std"] = float(std) if q == "energy" else std
-    if "energy" in res:
-        res["free_energy"] = res["energy"]
-    if "forces" in res:
-        natoms = res["forces"].shape[0]
-        fsa = np.sqrt(np.sum(res["forces_std"] ** 2, axis=1))
+            res[f"{q}_std"] = float(std) if q == K.ENERGY else std
+    if K.ENERGY in res:
+        res[K.FREE_ENERGY] = res[K.ENERGY]
+    if K.FORCES in res:
+        natoms = res[K.FORCES].shape[0]
+        fsa = np.sqrt(np.sum(res[K.FORCES_STD] ** 2, axis=1))
         if n_bad:
             fsa = np.full(natoms, UNCERTAIN)
-        res["forces_std_atom"] = fsa
-        res["forces_std_max"] = float(fsa.max()) if natoms else 0.0
-        res["force_uncertainty_relative"] = (
-            UNCERTAIN if n_bad else force_uncertainty_relative(res["forces"], fsa)
+        res[K.FORCES_STD_ATOM] = fsa
+        res[K.FORCES_STD_MAX] = float(fsa.max()) if natoms else 0.0
+        res[K.FORCE_UNCERTAINTY_RELATIVE] = (
+            UNCERTAIN if n_bad else force_uncertainty_relative(res[K.FORCES], fsa)
         )
-        res["energy_std_per_atom"] = res["energy_std"] / max(natoms, 1)
+        res[K.ENERGY_STD_PER_ATOM] = res[K.ENERGY_STD] / max(natoms, 1)
     return res
 
 

@@ -28,6 +28,7 @@ from ..errors import ConfigError, ModelFileError
 from ._torch_common import (check_device, check_dtype, dtype_name, import_framework,
                             torch_dtype, torch_env, torch_load, voigt)
 from .base import BatchedMember
+from ..structures import is_bulk
 
 #: atoms.info keys MACE's own calculator reads (kept identical for equal graphs)
 _INFO_KEYS = {"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"}
@@ -219,7 +220,7 @@ class MACEMember(BatchedMember):
         else:
             batch = lead.build_batch(structures)
             bdict, ptr = batch.to_dict(), batch["ptr"].cpu().numpy()
-        periodic = [bool(np.all(a.pbc)) and a.cell.rank == 3 for a in structures]
+        periodic = [is_bulk(a) for a in structures]
         want_stress = "stress" in properties and any(periodic)
         out = [[None] * len(members) for _ in structures]
         for k, m in enumerate(members):

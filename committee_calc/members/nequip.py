@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError, ModelFileError
 from ._torch_common import check_device, check_model_file, import_framework, torch_env, voigt
 from .base import BatchedMember
+from ..structures import is_bulk
 
 
 def _nequip():
@@ -149,7 +150,7 @@ class NequIPMember(BatchedMember):
                 m.check_atoms(a)
         graph = members[0].build_graph(structures)
         ptr = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
-        periodic = [bool(np.all(a.pbc)) and a.cell.rank == 3 for a in structures]
+        periodic = [is_bulk(a) for a in structures]
         out = [[None] * len(members) for _ in structures]
         for k, m in enumerate(members):
             res = m.model(dict(graph))

@@ -25,6 +25,7 @@ from ..errors import ConfigError, ModelFileError
 from ._torch_common import (check_device, check_dtype, import_framework, torch_dtype, torch_env,
                             torch_load, voigt)
 from .base import BatchedMember
+from ..structures import is_bulk
 
 
 def _spk():
@@ -139,7 +140,7 @@ class SchNetPackMember(BatchedMember):
                 m.check_atoms(a)
         inputs = members[0].converter()([a.copy() for a in structures])
         ptr = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
-        periodic = [bool(np.all(a.pbc)) and a.cell.rank == 3 for a in structures]
+        periodic = [is_bulk(a) for a in structures]
         out = [[None] * len(members) for _ in structures]
         for k, m in enumerate(members):
             res = m.model({key: v.clone() if key in ("_positions", "_cell") else v

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import write_yaml_atomic
+from ..config import load_committee, write_yaml_atomic
 from ..errors import ConfigError
 from . import _common
 
@@ -105,8 +105,6 @@ def make_retrainer(backend="mace", out_dir="retrain", **options):
     out_dir = Path(out_dir)
 
     def retrain(label_file):
-        from ..config import load_committee
-
         out_dir.mkdir(parents=True, exist_ok=True)
         done = sorted(p for p in out_dir.glob("round_*") if (p / "committee.yaml").exists())
         rnd = out_dir / f"round_{len(done):03d}"

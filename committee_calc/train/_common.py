@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, StructureReadError, TrainingError
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 
 def read_training_set(path, energy_key: str, forces_key: str | None) -> list:
@@ -69,15 +70,11 @@ def write_subset(frames, indices, path) -> str:
 
 
 def save_json(path, data) -> None:
-    from ..fileio import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def install_model(src, dest, missing: str) -> str:
     """Copy a trained model file into place atomically; ``missing`` explains its absence."""
-    from ..fileio import atomic_write_bytes
-
     src = Path(src)
     if not src.is_file():
         raise TrainingError(missing)

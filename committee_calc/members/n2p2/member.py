@@ -13,10 +13,12 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ...errors import ConfigError, MemberPropertyError
 from ...units import energy_factor, length_factor
+from .. import expand_paths
 from ..base import Member
 from .descriptors import SFEngine
 from .network import ElementNet
 from .reader import N2P2Model, load_model
+from ...structures import is_bulk
 
 
 def neighbour_pairs(positions, cell, pbc, cutoff):
@@ -83,7 +85,6 @@ class N2P2Member(Member):
                               "path, name, length_unit, energy_unit")
         if "path" not in spec:
             raise ConfigError("an 'n2p2' member needs 'path: <n2p2 model folder>'")
-        from .. import expand_paths
         (path,) = expand_paths(spec["path"], base_dir)[:1]
         return cls(path, length_unit=spec.get("length_unit", "Angstrom"),
                    energy_unit=spec.get("energy_unit", "eV"), name=spec.get("name"))
@@ -121,7 +122,7 @@ class N2P2Member(Member):
         engine, model = lead.engine, lead.model
         props = set(properties)
         want_grad = bool(props & {"forces", "stress"})
-        periodic = bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+        periodic = is_bulk(atoms)
         if "stress" in props and not periodic:
             raise MemberPropertyError("stress needs a 3-D periodic cell; this structure is not")
         n = len(atoms)
@@ -182,7 +183,7 @@ class N2P2Calculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         props = {"energy", "energies", "forces"}
-        periodic = bool(np.all(self.atoms.pbc)) and self.atoms.cell.rank == 3
+        periodic = is_bulk(self.atoms)
         if periodic or "stress" in properties:
             props.add("stress")  # non-periodic + stress raises MemberPropertyError
         res = self.member.predict(self.atoms, sorted(props))
