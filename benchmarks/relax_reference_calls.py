@@ -30,11 +30,11 @@ def main(argv=None) -> int:
 
     from ase.calculators.emt import EMT
     from ase.optimize import FIRE
+    from test_relax_members import MEMBER_EPS, PerturbedEMT, cu_pool
 
     from committee_calc import CommitteeCalculator
     from committee_calc.gate import Gate
     from committee_calc.relax.gated import GatedRelaxer
-    from test_relax_members import MEMBER_EPS, PerturbedEMT, cu_pool
 
     t0 = time.time()
     print(f"{'id':6s} {'ref-only':>8s} {'gated':>6s} {'ref calls':>9s} {'dE meV/at':>10s} {'E(EMT) meV/at':>14s}")
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
         opt.run(fmax=args.fmax, steps=1000)
         n_ref_only = opt.nsteps + 1  # one reference call per evaluated geometry
         gate = Gate(CommitteeCalculator([PerturbedEMT(e) for e in MEMBER_EPS]), EMT(),
-                    thresholds={"energy_std_per_atom": args.energy_meV * 1e-3,
-                                "forces_std_max": args.forces})
+                    thresholds={"energy_std_per_atom_meV": args.energy_meV,
+                                "forces_std_max_eVA": args.forces})
         res = GatedRelaxer(gate, fmax=args.fmax, max_steps=1000).relax(atoms)
         c = res.atoms.copy()
         c.calc = EMT()

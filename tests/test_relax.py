@@ -13,11 +13,12 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.io import read
 from ase.optimize import FIRE
+from test_relax_members import MEMBER_EPS, Harmonic, PerturbedEMT, cu_pool, perturbed_members, write_inputs
 
 from committee_calc import CommitteeCalculator
 from committee_calc.errors import ConfigError
+from committee_calc.gate import Gate
 from committee_calc.relax.gated import GatedRelaxer
-from test_relax_members import MEMBER_EPS, Harmonic, PerturbedEMT, cu_pool, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = ["--threshold-energy-std-per-atom-meV", "4", "--threshold-forces-std-max-eVA", "0.2"]
@@ -61,7 +62,7 @@ def _u_independent(members, atoms):
 def test_stop_policy_is_the_relative_force_uncertainty_criterion():
     members, start = _harmonic_committee()
     u_max = 0.3
-    res = GatedRelaxer(CommitteeCalculator(members), policy="stop", u_max=u_max, fmax=1e-4,
+    res = GatedRelaxer(Gate(CommitteeCalculator(members)), policy="stop", u_max=u_max, fmax=1e-4,
                        optimizer="FIRE").relax(start)
     assert res.status == "uncertain"
     u = [_u_independent(members, f) for f in res.trajectory]
@@ -71,7 +72,7 @@ def test_stop_policy_is_the_relative_force_uncertainty_criterion():
         pytest.approx(u, rel=1e-10)
     assert res.n_reference_calls == 0 and res.steps == len(res.trajectory) - 1
     # strictly "exceeds": with U_max equal to the value that fired, the same path goes on
-    res2 = GatedRelaxer(CommitteeCalculator(members), policy="stop", u_max=u[-1], fmax=1e-4,
+    res2 = GatedRelaxer(Gate(CommitteeCalculator(members)), policy="stop", u_max=u[-1], fmax=1e-4,
                         optimizer="FIRE").relax(start)
     assert res2.steps > res.steps
     np.testing.assert_allclose(res2.trajectory[res.steps].positions, res.atoms.positions)
@@ -81,15 +82,14 @@ def test_stop_policy_is_the_relative_force_uncertainty_criterion():
 def test_policy_validation():
     members, _ = _harmonic_committee()
     with pytest.raises(ConfigError, match="u_max"):
-        GatedRelaxer(CommitteeCalculator(members), policy="stop")
+        GatedRelaxer(Gate(CommitteeCalculator(members)), policy="stop")
     with pytest.raises(ConfigError, match="policy"):
-        GatedRelaxer(CommitteeCalculator(members), policy="sometimes")
+        GatedRelaxer(Gate(CommitteeCalculator(members)), policy="sometimes")
     with pytest.raises(ConfigError, match="reference"):
-        GatedRelaxer(CommitteeCalculator(members), policy="stop_and_label", u_max=0.1)
+        GatedRelaxer(Gate(CommitteeCalculator(members)), policy="stop_and_label", u_max=0.1)
 
 
 def test_stop_and_label_labels_the_last_structure_and_cell_relaxation(tmp_path):
-    from committee_calc.gate import Gate
     from committee_calc.labels import LabelStore
 
     store = LabelStore(tmp_path / "labels.extxyz")
@@ -106,6 +106,89 @@ def test_stop_and_label_labels_the_last_structure_and_cell_relaxation(tmp_path):
     res = GatedRelaxer(gate, fmax=0.02, cell=True).relax(atoms)
     assert res.status == "converged"
     assert np.abs(res.atoms.get_stress()).max() * res.atoms.get_volume() < 0.05
+
+
+def test_relaxer_takes_exactly_one_evaluator_a_gate():
+    members, start = _harmonic_committee()
+    for not_a_gate in (CommitteeCalculator(members), EMT(), None):
+        with pytest.raises(ConfigError, match=r"Gate\(committee\)"):
+            GatedRelaxer(not_a_gate, policy="stop", u_max=0.3)
+    # a Gate over a plain calculator has no spread: the stop policies say so clearly
+    with pytest.raises(ConfigError, match="relative force uncertainty"):
+        GatedRelaxer(Gate(Harmonic(members[0].centres, [0, 0, 0])), policy="stop",
+                     u_max=0.3).relax(start)
+
+
+def test_hard_cap_ends_the_relaxation_and_counts_the_call():
+    members, start = _harmonic_committee()
+    gate = Gate(CommitteeCalculator(members), hard_cap={"forces_std_max": 1e-3})
+    res = GatedRelaxer(gate, fmax=1e-3).relax(start)
+    assert res.status == "hard_cap" and res.atoms is None and "hard cap" in res.reason
+    assert res.n_committee_calls == 1 == gate.n_committee_calls and res.n_reference_calls == 0
+
+
+def test_policy_thresholds_are_explicit_and_pure():
+    from committee_calc.relax.gated import policy_thresholds
+
+    given = {"forces_std_max": 0.2, "force_uncertainty_relative": 0.3}
+    assert policy_thresholds("fallback", given) == (given, 0.3)
+    assert policy_thresholds("stop", given) == ({"forces_std_max": 0.2}, 0.3)
+    assert policy_thresholds("stop", {"force_uncertainty_relative": 0.3}) == ({}, 0.3)
+    assert policy_thresholds("stop_and_label", given, u_max=0.1) == (
+        {"forces_std_max": 0.2, "force_uncertainty_relative": 0.1}, 0.1)
+    assert given == {"forces_std_max": 0.2, "force_uncertainty_relative": 0.3}  # not modified
+    with pytest.raises(ConfigError, match="U_max"):
+        policy_thresholds("stop_and_label", {"forces_std_max": 0.2})
+    with pytest.raises(ConfigError, match="threshold"):
+        policy_thresholds("fallback", {})
+
+
+@pytest.mark.parametrize("policy,extra", [
+    ("stop_and_label", ["--u-max", "0.1"]),
+    ("stop", ["--threshold-force-uncertainty-relative", "0.3"]),
+    ("stop", ["--u-max", "0.3", "--threshold-forces-std-max-eVA", "0.2"]),
+    ("fallback", ["--threshold-forces-std-max-eVA", "0.2"]),
+])
+def test_driver_builds_the_policy_gate_without_mutating_args(tmp_path, policy, extra):
+    from drivers.relax import build_parser, make_relaxer
+
+    write_inputs(tmp_path, n=1)
+    args = build_parser().parse_args([
+        str(tmp_path / "candidates.extxyz"), "--committee", str(tmp_path / "committee.yaml"),
+        "--reference", str(tmp_path / "reference.yaml"), "--labels", str(tmp_path / "labels.extxyz"),
+        "--out", str(tmp_path / "out"), "--policy", policy, *extra])
+    committee = CommitteeCalculator(perturbed_members())
+    before = dict(vars(args))
+    gates = [make_relaxer(args, committee).gate for _ in range(2)]
+    assert vars(args) == before
+    th = {"stop_and_label": {"force_uncertainty_relative": 0.1},
+          "stop": {"forces_std_max": 0.2} if "--threshold-forces-std-max-eVA" in extra else {},
+          "fallback": {"forces_std_max": 0.2}}[policy]
+    for gate in gates:
+        assert isinstance(gate, Gate) and gate.thresholds == pytest.approx(th)
+        assert (gate.reference is None) == (not th)  # stop without thresholds: committee only
+    assert not (tmp_path / "out").exists() and not (tmp_path / "labels.extxyz").exists()
+
+
+def test_stop_and_label_labels_through_the_gate_once(tmp_path):
+    """No threshold on U in the gate: the stop policy labels via gate.label; a rerun of the
+    same path finds the label in the store and pays no reference call."""
+    from committee_calc.labels import LabelStore
+
+    store = LabelStore(tmp_path / "labels.extxyz")
+    gate = Gate(CommitteeCalculator(perturbed_members()), EMT(), label_store=store)
+    atoms = cu_pool(3)[2]
+    relaxer = GatedRelaxer(gate, policy="stop_and_label", u_max=0.05, fmax=0.01)
+    res = relaxer.relax(atoms, info={"candidate": "c2"})
+    assert res.status == "uncertain" and res.decision == "committee"
+    assert res.n_reference_calls == 1 == res.n_labels == len(store) == gate.n_labels
+    label = store.read()[0]
+    np.testing.assert_allclose(label.positions, res.atoms.positions, atol=1e-6)
+    assert label.info["prov_reason"] == "stop_and_label" and label.info["prov_candidate"] == "c2"
+    assert label.info["prov_step"] == res.steps
+    again = relaxer.relax(atoms, info={"candidate": "c2"})
+    assert again.steps == res.steps and len(store) == 1
+    assert again.n_reference_calls == 0 == again.n_labels
 
 
 # ---------------------------------------------------------------- pool (acceptance)
@@ -133,6 +216,8 @@ def test_pool_fallback_matches_reference_with_few_calls_and_rerun_does_nothing(t
     assert (tmp_path / "out" / "landscape.png").stat().st_size > 1000
     clusters = _rows(tmp_path / "out" / "clusters.csv")
     assert clusters and clusters[0]["rank"] == "1"
+    assert float(clusters[0]["relative_energy_meV_atom"]) == 0.0  # plain numbers, not "np.float64(...)"
+    assert all(np.isfinite(float(c["energy_per_atom_eV"])) for c in clusters)
     assert sum(int(c["n_members"]) for c in clusters) == 10
     # the same command again: nothing new
     out = tmp_path / "out"

@@ -60,15 +60,18 @@ def test_perturbed_emt_forces_and_stress_are_gradients():
     s = atoms.get_stress()
     h = 1e-5
     for (k, c) in [(0, 0), (2, 1), (3, 2)]:
-        p = atoms.copy(); p.calc = PerturbedEMT(0.05); p.positions[k, c] += h
-        m = atoms.copy(); m.calc = PerturbedEMT(0.05); m.positions[k, c] -= h
+        p, m = atoms.copy(), atoms.copy()
+        p.calc, m.calc = PerturbedEMT(0.05), PerturbedEMT(0.05)
+        p.positions[k, c] += h
+        m.positions[k, c] -= h
         num = -(p.get_potential_energy() - m.get_potential_energy()) / (2 * h)
         assert num == pytest.approx(f[k, c], abs=1e-5)
     for voigt, (a, b) in [(0, (0, 0)), (5, (0, 1))]:
         def energy(strain):
             eps = np.eye(3)
             eps[a, b] += strain
-            q = atoms.copy(); q.calc = PerturbedEMT(0.05)
+            q = atoms.copy()
+            q.calc = PerturbedEMT(0.05)
             q.set_cell(atoms.cell[:] @ eps, scale_atoms=True)
             return q.get_potential_energy()
         num = (energy(h) - energy(-h)) / (2 * h) / atoms.get_volume()

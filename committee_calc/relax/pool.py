@@ -33,8 +33,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError, ReferenceCalculationError
-from ..fileio import (CsvLog, append_frame, load_json, read_frames_repair,
-                     save_json_atomic, write_structures_atomic)
+from ..fileio import CsvLog, append_frame, load_json, read_frames_repair, save_json_atomic, write_structures_atomic
 from ..progress import progress_iter
 from ..structures import density_gcm3
 
@@ -75,7 +74,9 @@ class RelaxPool:
         r = self.relaxer
         return {"policy": r.policy, "u_max": r.u_max, "optimizer": r.optimizer_name, "fmax": r.fmax,
                 "max_steps": r.max_steps, "cell": r.cell, "pressure_GPa": r.pressure_GPa,
-                "fix_symmetry": r.fix_symmetry}
+                "fix_symmetry": r.fix_symmetry,
+                # only when set, so pool.json of earlier runs still matches
+                **({"constant_volume": True} if r.constant_volume else {})}
 
     def _check_pool(self, ids, images):
         meta = load_json(self.out / "pool.json")

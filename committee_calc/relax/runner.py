@@ -1,0 +1,88 @@
+"""One entry point for a pool relaxation: relax, cluster, plot -> plain data.
+
+::
+
+    relaxer = GatedRelaxer(Gate(committee, reference, thresholds=..., label_store=...))
+    run = run_pool(relaxer, images, "runs/relax", cluster=True)
+    run.status, run.n_reference_calls, run.clusters[:3]
+
+Files in ``out_dir``: those of :class:`~committee_calc.relax.pool.RelaxPool`
+(``relaxed.extxyz``, ``summary.csv``, ``trajectories/``, ``pool.json``), then
+``clusters.csv`` (with ``cluster``; :func:`committee_calc.analysis.cluster.cluster_structures`,
+DBSCAN on standardised descriptors, Hessmann et al.) and ``landscape.png``
+(energy per atom vs density of the finished candidates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..analysis.cluster import cluster_structures, plot_landscape, ranked_table
+from .io import write_clusters_csv
+from .pool import RelaxPool, candidate_ids, read_relaxed
+
+
+@dataclass(frozen=True)
+class PoolRun:
+    """What a pool relaxation produced (plain data; the files are in ``out``).
+
+    rows: summary rows (dicts of ``summary.csv`` strings), one per finished candidate, input order.
+    finished: the rows of candidates with an energy (relaxed, not failed).
+    status: {status: number of candidates}.
+    n_reference_calls: reference calls over all rows; n_evaluations: evaluated geometries
+        (steps + 1 per row).
+    clusters: the ranked cluster table (:func:`~committee_calc.analysis.cluster.ranked_table`),
+        None without clustering.
+    """
+
+    out: Path
+    rows: list
+    finished: list
+    status: dict
+    n_reference_calls: int
+    n_evaluations: int
+    clusters: list | None = field(default=None)
+
+
+def cluster_pool(out_dir, finished, committee=None, eps=0.5, descriptor="auto") -> tuple:
+    """Cluster the finished candidates of a pool folder -> ``(labels (n,), ranked table)``;
+    writes ``clusters.csv``.  ``eps`` in standardised descriptor units."""
+    out = Path(out_dir)
+    relaxed = {a.info["candidate"]: a for a in read_relaxed(out)}
+    labels = cluster_structures([relaxed[r["id"]] for r in finished], committee=committee, eps=eps,
+                                descriptor=descriptor)
+    table = ranked_table(finished, labels)
+    write_clusters_csv(out / "clusters.csv", table)
+    return labels, table
+
+
+def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
+             descriptor="auto", progress=True) -> PoolRun:
+    """Relax every unfinished candidate (resumable), cluster and plot the pool.
+
+    relaxer: a configured :class:`~committee_calc.relax.gated.GatedRelaxer`; its gate's
+        committee also provides the clustering descriptors (``descriptor="auto"``).
+    ids: candidate ids (default :func:`~committee_calc.relax.pool.candidate_ids`).
+    Raises ConfigError for a folder of a different pool; see :meth:`RelaxPool.run`.
+    """
+    images = list(images)
+    ids = list(ids) if ids is not None else candidate_ids(images)
+    out = Path(out_dir)
+    rows = RelaxPool(relaxer, out, progress=progress).run(images, ids)
+    finished = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
+    labels = table = None
+    if cluster and finished:
+        labels, table = cluster_pool(out, finished, committee=relaxer.gate.committee,
+                                     eps=cluster_eps, descriptor=descriptor)
+    if finished:
+        plot_landscape(finished, out / "landscape.png", labels=labels,
+                       title=f"{len(finished)} relaxed candidates")
+    status = {}
+    for r in rows:
+        status[r["status"]] = status.get(r["status"], 0) + 1
+    return PoolRun(out=out, rows=rows, finished=finished, status=status,
+                   n_reference_calls=sum(int(r.get("reference_calls") or 0) for r in rows),
+                   n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table)
+
+
+__all__ = ["PoolRun", "cluster_pool", "run_pool"]
