@@ -31,7 +31,6 @@ from committee_calc.cli import (
     run_cli,
 )
 from committee_calc.errors import ConfigError
-from committee_calc.gate import Gate
 from committee_calc.relax.gated import OPTIMIZERS, POLICIES, GatedRelaxer, policy_thresholds
 from committee_calc.relax.runner import run_pool
 from committee_calc.structures import read_structures
@@ -64,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_relaxer(args, committee) -> GatedRelaxer:
     """The relaxer of the options; ``args`` is not modified.  The policy's thresholds come from
-    :func:`~committee_calc.relax.gated.policy_thresholds`; none (policy ``stop``): committee only."""
+    :func:`~committee_calc.relax.gated.policy_thresholds`; hard caps and the label store apply to
+    every policy (policy ``stop`` has no fallback thresholds: the committee answers every step)."""
     thresholds, u_max = policy_thresholds(args.policy, limits_from_args(args, "threshold"), args.u_max)
     if args.policy == "stop_and_label" and not (args.reference and args.labels):
         raise ConfigError("--policy stop_and_label needs --reference and --labels")
-    gate = (build_gate(args, driver="relax", committee=committee, thresholds=thresholds)
-            if thresholds else Gate(committee))
+    gate = build_gate(args, driver="relax", committee=committee, thresholds=thresholds)
     return GatedRelaxer(gate, policy=args.policy, u_max=u_max, optimizer=args.optimizer,
                         fmax=args.fmax, max_steps=args.max_steps, cell=args.cell,
                         pressure_GPa=args.pressure_GPa, fix_symmetry=args.fix_symmetry)

@@ -166,7 +166,9 @@ def test_driver_builds_the_policy_gate_without_mutating_args(tmp_path, policy, e
           "fallback": {"forces_std_max": 0.2}}[policy]
     for gate in gates:
         assert isinstance(gate, Gate) and gate.thresholds == pytest.approx(th)
-        assert (gate.reference is None) == (not th)  # stop without thresholds: committee only
+        # the options' reference, label store and caps reach every policy's gate; without
+        # thresholds (policy stop) the committee answers every step (no fallback)
+        assert gate.reference is not None and gate.label_store is not None
     assert not (tmp_path / "out").exists() and not (tmp_path / "labels.extxyz").exists()
 
 
