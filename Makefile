@@ -1,16 +1,20 @@
-# The README's two commands:  `make demo`  and  `make test`.
+# The README's two commands:  `make demo`  and  `make test`  (CI runs `make lint` first).
 # Both install what they need first (install/install.sh is idempotent).
 PY := .venv/bin/python
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD := 1
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND := Agg
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install demo lint test test-slow test-all clean
 install:
 	bash install/install.sh
 
 demo: install
 	$(PY) examples/demo.py
+
+# ruff, configured in pyproject.toml [tool.ruff]; installed by the `test` extra of setup.cfg
+lint: install
+	$(PY) -m ruff check committee_calc drivers tests benchmarks examples
 
 test: install
 	$(PY) -m pytest -q -n 2 --timeout=900 tests
