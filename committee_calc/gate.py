@@ -169,6 +169,21 @@ class Gate(Calculator):
     def n_labels(self) -> int:
         return 0 if self.labeller is None else self.labeller.n_labels
 
+    @property
+    def labels_since_retrain(self) -> int:
+        """New labels since the last retraining (what ``retrain_every`` counts)."""
+        return int(self.n_labels - self._labels_at_retrain)
+
+    def restore_retrain_state(self, labels_since_retrain: int) -> None:
+        """Resume the retraining schedule of an earlier run (``labels_since_retrain`` saved by it)."""
+        self._labels_at_retrain = self.n_labels - int(labels_since_retrain)
+
+    def committee_only(self) -> Gate:
+        """A gate on the same committee with the same hard caps, molecules and stress mode but no
+        reference, thresholds or retraining (e.g. to record a trajectory and label afterwards)."""
+        return Gate(self.committee, hard_cap=self.hard_cap or None, logic=self.logic,
+                    molecules=self.molecules, stress=self.stress_mode)
+
     def n_molecules(self, atoms):
         """Molecule count of ``atoms`` (None if not configured)."""
         mol = self.molecules if self.molecules is not None else getattr(self.committee, "molecules", None)

@@ -8,7 +8,7 @@ Modes
   record  the committee alone drives the run (through the same gate, without
           thresholds: only the --cap-* hard caps act); uncertainties are recorded,
           then up to --n-select frames are selected (--select) and labelled by
-          --reference.
+          --reference into --labels.
 
 Outputs in --out: md_trajectory.extxyz, md_log.csv, md_state.json, md_selection.json
 (record mode), uncertainty_trace.png, md_unphysical.extxyz (only when a safety check
@@ -23,22 +23,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from committee_calc.cli import (measures_from_args, add_committee_arguments, add_gate_arguments,
-                                build_gate_from_args, load_committee_from_args, parse_molecules,
-                                read_structures, run_cli)
+from committee_calc import keys as K
+from committee_calc.cli import (
+    add_committee_arguments,
+    add_gate_arguments,
+    build_gate,
+    check_species,
+    limits_from_args,
+    load_committee_from_args,
+    run_cli,
+)
 from committee_calc.errors import ConfigError
-from committee_calc.fileio import load_json, save_json_atomic
-from committee_calc.gate import Gate
-from committee_calc.md.dynamics import CommitteeMD
-from committee_calc.md.plots import plot_uncertainty_trace
+from committee_calc.md.io import UNPHYSICAL
+from committee_calc.md.runner import MODES, check_mode, run_md
 from committee_calc.md.schedule import ENSEMBLES, TemperatureSchedule
-from committee_calc.md.select import MEASURES, METHODS, label_frames, select_frames
+from committee_calc.md.select import MEASURES, METHODS, Selection
+from committee_calc.structures import read_structures
 
 log = logging.getLogger("committee_calc.md")
-SELECTION = "md_selection.json"
-PLOT = "uncertainty_trace.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="md_out", help="output folder (resumed if it holds a run)")
     add_committee_arguments(p)
     add_gate_arguments(p)
-    p.add_argument("--mode", choices=("online", "record"), default="record")
+    p.add_argument("--mode", choices=MODES, default="record")
     md = p.add_argument_group("dynamics")
     md.add_argument("--ensemble", choices=ENSEMBLES, default="mtk_iso")
     md.add_argument("--steps", type=int, required=True, help="total number of MD steps")
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="committee cutoff for the cell-size check (default: from the members)")
     q = p.add_argument_group("selection after a record run")
     q.add_argument("--select", choices=METHODS + ("none",), default="highest")
-    q.add_argument("--select-measure", choices=MEASURES, default="forces_std_max")
+    q.add_argument("--select-measure", choices=MEASURES, default=K.FORCES_STD_MAX)
     q.add_argument("--n-select", type=int, default=10, help="maximum frames labelled per generation")
     q.add_argument("--lower-trust", type=float, default=None,
                    help="below this σ frames are trusted; in the internal unit of "
@@ -84,75 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _selection(args, out: Path, frames, committee) -> list:
-    """Selected steps, remembered in md_selection.json so a rerun labels the same frames."""
-    params = {"method": args.select, "measure": args.select_measure, "n_max": args.n_select,
-              "lower": args.lower_trust, "upper": args.upper_trust, "seed": args.seed,
-              "n_frames": len(frames)}
-    path = out / SELECTION
-    record = load_json(path, default=None)
-    if record and record.get("params") == params:
-        return record["selected_steps"]
-    idx = select_frames(frames, args.select_measure, args.select, args.n_select, args.lower_trust,
-                        args.upper_trust, seed=args.seed, committee=committee)
-    steps = [int(frames[i].info["step"]) for i in idx]
-    labelled = (record or {}).get("labelled", {})
-    save_json_atomic(path, {"params": params, "selected_steps": steps, "labelled": labelled})
-    return steps
-
-
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    atoms_list = read_structures(args.structure)
-    if not -len(atoms_list) <= args.index < len(atoms_list):
-        raise ConfigError(f"--index {args.index} is out of range: {args.structure} holds {len(atoms_list)}")
-    atoms = atoms_list[args.index]
+    images = read_structures(args.structure)
+    if not -len(images) <= args.index < len(images):
+        raise ConfigError(f"--index {args.index} is out of range: {args.structure} holds {len(images)}")
+    atoms = images[args.index]
     schedule = TemperatureSchedule.parse(args.temperature_K, args.steps, args.schedule_mode)
+    check_mode(args.mode, limits_from_args(args, "threshold"), args.retrain_every)
+    selection = None if args.mode == "online" or args.select == "none" else Selection(
+        args.select, args.select_measure, args.n_select, args.lower_trust, args.upper_trust, args.seed)
     committee = load_committee_from_args(args)
-    n_mol = parse_molecules(args.molecules)
-    provenance = {"driver": "md", "mode": args.mode}
-    if args.mode == "online":
-        calc = build_gate_from_args(args, "md", committee=committee, n_molecules=n_mol)
-        if calc.label_store is not None:
-            calc.label_store.deduplicate = True  # a repeated step never appends twice
-    else:  # the same gate without thresholds/reference: committee answers, hard caps act
-        if measures_from_args(args, "threshold_", n_mol) or args.retrain_every:
-            raise ConfigError("--threshold-* and --retrain-every act in --mode online only; in "
-                              "record mode frames are selected afterwards (--select)")
-        calc = Gate(committee, None, hard_cap=measures_from_args(args, "cap_", n_mol) or None,
-                    molecules=n_mol, provenance=provenance)
-    md = CommitteeMD(atoms, calc, out, ensemble=args.ensemble, timestep_fs=args.timestep_fs,
-                     temperature=schedule, pressure_GPa=args.pressure_GPa, tdamp_fs=args.tdamp_fs,
-                     pdamp_fs=args.pdamp_fs, hydrostatic=not args.anisotropic,
-                     write_interval=args.write_interval, min_distance_A=args.min_distance_A,
-                     max_volume_ratio=args.max_volume_ratio, cutoff_A=args.cutoff_A, seed=args.seed,
-                     provenance=provenance)
-    result = md.run(args.steps)
-    log.info("MD steps %d..%d done, %d frames, %d labels by the gate", result.start_step,
-             result.last_step, result.n_frames, result.n_labels)
-    selected = []
-    if args.mode == "record" and args.select != "none" and not result.stopped:
-        from ase.io import read
-
-        frames = read(result.trajectory, index=":", format="extxyz")
-        selected = _selection(args, out, frames, committee)
-        if selected and args.labels:
-            from committee_calc.labels import LabelStore
-
-            by_step = {int(f.info["step"]): i for i, f in enumerate(frames)}
-            store = LabelStore(args.labels, deduplicate=True)
-            done = label_frames(frames, [by_step[s] for s in selected], args.reference, store,
-                                out / SELECTION, provenance={"driver": "md", "mode": "record",
-                                                             "selection": args.select,
-                                                             "measure": args.select_measure})
-            log.info("labelled %d selected frames into %s", len(done), args.labels)
-        else:
-            log.info("selected steps %s (give --labels and --reference to label them)", selected)
-    plot_uncertainty_trace(result.log, out / PLOT, selected_steps=selected)
-    if result.stopped:
-        log.error("stopped at step %d: %s (outputs so far kept; offending structure in %s)",
-                  result.last_step, result.stop_reason, out / "md_unphysical.extxyz")
+    check_species(committee, [atoms])
+    gate = build_gate(args, "md", committee=committee)
+    run = run_md(atoms, gate, args.out, args.steps, mode=args.mode, selection=selection,
+                 ensemble=args.ensemble, timestep_fs=args.timestep_fs, temperature=schedule,
+                 pressure_GPa=args.pressure_GPa, tdamp_fs=args.tdamp_fs, pdamp_fs=args.pdamp_fs,
+                 hydrostatic=not args.anisotropic, write_interval=args.write_interval,
+                 min_distance_A=args.min_distance_A, max_volume_ratio=args.max_volume_ratio,
+                 cutoff_A=args.cutoff_A, seed=args.seed)
+    md = run.md
+    log.info("MD steps %d..%d done, %d frames, %d labels by the gate", md.start_step,
+             md.last_step, md.n_frames, md.n_labels)
+    if run.labelled:
+        log.info("labelled %d selected frames into %s", len(run.labelled), run.label_store)
+    elif run.selected_steps:
+        log.info("selected steps %s (give --labels and --reference to label them)", run.selected_steps)
+    log.info("figure: %s", run.plot)
+    if md.stopped:
+        log.error("stopped at step %d: %s (outputs so far kept; offending structure in %s/%s)",
+                  md.last_step, md.stop_reason, args.out, UNPHYSICAL)
         return 3
     return 0
 

@@ -22,6 +22,11 @@ def emt_committee(cutoff=None):
                                 ASEMember(LinearCombinationCalculator([EMT()], [1.03]), cutoff=cutoff)])
 
 
+def emt_gate(cutoff=None):
+    """The committee-only evaluator MD takes."""
+    return Gate(emt_committee(cutoff))
+
+
 def cu(n=(1, 1, 2)):
     return bulk("Cu", cubic=True).repeat(n)
 
@@ -54,7 +59,7 @@ def test_pressure_converted_from_GPa():
 def test_csv_pressure_in_GPa(tmp_path):
     atoms = cu()
     atoms.rattle(0.02, seed=3)
-    md = CommitteeMD(atoms, emt_committee(), tmp_path, ensemble="mtk_iso", init_velocities=False)
+    md = CommitteeMD(atoms, emt_gate(), tmp_path, ensemble="mtk_iso", init_velocities=False)
     res = md.run(0)
     row = read_log(res.log)
     ref = atoms.copy()
@@ -66,7 +71,7 @@ def test_csv_pressure_in_GPa(tmp_path):
 
 def test_temperature_ramp_drives_thermostat(tmp_path):
     sched = TemperatureSchedule([100, 500], n_steps=160)
-    md = CommitteeMD(cu((2, 2, 2)), emt_committee(), tmp_path, ensemble="nvt", timestep_fs=2.0,
+    md = CommitteeMD(cu((2, 2, 2)), emt_gate(), tmp_path, ensemble="nvt", timestep_fs=2.0,
                      temperature=sched, tdamp_fs=20.0, write_interval=40)
     res = md.run(160)
     log = read_log(res.log)
@@ -79,7 +84,7 @@ def test_temperature_ramp_drives_thermostat(tmp_path):
 
 
 def test_nve_energy_conservation(tmp_path):
-    md = CommitteeMD(cu((2, 2, 1)), emt_committee(), tmp_path, ensemble="nve", timestep_fs=1.0,
+    md = CommitteeMD(cu((2, 2, 1)), emt_gate(), tmp_path, ensemble="nve", timestep_fs=1.0,
                      temperature=300.0, write_interval=50)
     res = md.run(200)
     log = read_log(res.log)
@@ -91,7 +96,7 @@ def test_nve_energy_conservation(tmp_path):
 
 
 def test_npt_short_run_holds_set_points(tmp_path):
-    md = CommitteeMD(cu((2, 2, 2)), emt_committee(), tmp_path, ensemble="mtk_iso", timestep_fs=2.0,
+    md = CommitteeMD(cu((2, 2, 2)), emt_gate(), tmp_path, ensemble="mtk_iso", timestep_fs=2.0,
                      temperature=300.0, pressure_GPa=0.0, tdamp_fs=40.0, pdamp_fs=200.0,
                      write_interval=100)
     res = md.run(300)
@@ -108,11 +113,11 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, ensemble):
     kw = dict(ensemble=ensemble, timestep_fs=2.0, temperature=TemperatureSchedule([300, 500], 40),
               write_interval=10)
     a, b = tmp_path / "a", tmp_path / "b"
-    CommitteeMD(cu(), emt_committee(), a, **kw).run(40)
-    killed = CommitteeMD(cu(), emt_committee(), b, **kw).run(40, stop_after=17)  # "kill" at step 17
+    CommitteeMD(cu(), emt_gate(), a, **kw).run(40)
+    killed = CommitteeMD(cu(), emt_gate(), b, **kw).run(40, stop_after=17)  # "kill" at step 17
     assert killed.last_step == 17
     # rows 11..17 were written after the last checkpoint (step 10): they are dropped and redone
-    resumed = CommitteeMD(cu(), emt_committee(), b, **kw).run(40)
+    resumed = CommitteeMD(cu(), emt_gate(), b, **kw).run(40)
     assert resumed.start_step == 10 and resumed.last_step == 40
     sa = json.loads((a / "md_state.json").read_text())
     sb = json.loads((b / "md_state.json").read_text())
@@ -128,15 +133,15 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, ensemble):
 
 
 def test_resume_rejects_other_system_and_settings(tmp_path):
-    CommitteeMD(cu(), emt_committee(), tmp_path, write_interval=5).run(5)
+    CommitteeMD(cu(), emt_gate(), tmp_path, write_interval=5).run(5)
     al = bulk("Al", cubic=True).repeat((1, 1, 3))
     with pytest.raises(ConfigError, match="different system"):
-        CommitteeMD(al, emt_committee(), tmp_path).run(10)
+        CommitteeMD(al, emt_gate(), tmp_path).run(10)
     with pytest.raises(ConfigError, match="timestep_fs"):
-        CommitteeMD(cu(), emt_committee(), tmp_path, timestep_fs=2.0).run(10)
+        CommitteeMD(cu(), emt_gate(), tmp_path, timestep_fs=2.0).run(10)
     (tmp_path / "md_state.json").unlink()  # a trajectory alone is still checked
     with pytest.raises(ConfigError, match="different system"):
-        CommitteeMD(al, emt_committee(), tmp_path).run(10)
+        CommitteeMD(al, emt_gate(), tmp_path).run(10)
 
 
 def test_bad_input(tmp_path):
@@ -144,23 +149,25 @@ def test_bad_input(tmp_path):
                {"timestep_fs": -1.0}, {"ensemble": "nph"}, {"write_interval": 0},
                {"max_volume_ratio": 0.5}):
         with pytest.raises(CommitteeError):
-            CommitteeMD(cu(), emt_committee(), tmp_path, **kw)
+            CommitteeMD(cu(), emt_gate(), tmp_path, **kw)
+    with pytest.raises(ConfigError, match="Gate"):  # one evaluator type: a bare committee is refused
+        CommitteeMD(cu(), emt_committee(), tmp_path)
     with pytest.raises(ConfigError, match="supercell"):
-        CommitteeMD(bulk("Cu", cubic=True), emt_committee(cutoff=5.0), tmp_path)
-    CommitteeMD(bulk("Cu", cubic=True).repeat(2), emt_committee(cutoff=5.0), tmp_path)  # 7.2 Å is fine
+        CommitteeMD(bulk("Cu", cubic=True), emt_gate(cutoff=5.0), tmp_path)
+    CommitteeMD(bulk("Cu", cubic=True).repeat(2), emt_gate(cutoff=5.0), tmp_path)  # 7.2 Å is fine
     with pytest.raises(ConfigError, match="3-D periodic"):
-        CommitteeMD(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), emt_committee(),
+        CommitteeMD(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]]), emt_gate(),
                     tmp_path / "x").run(1)
 
 
 def test_safety_stops_keep_outputs(tmp_path):
     close = cu()
     close.positions[1] = close.positions[0] + [0.4, 0, 0]
-    res = CommitteeMD(close, emt_committee(), tmp_path / "d", min_distance_A=0.6).run(10)
+    res = CommitteeMD(close, emt_gate(), tmp_path / "d", min_distance_A=0.6).run(10)
     assert res.stopped and "minimum distance" in res.stop_reason
     assert (tmp_path / "d" / "md_unphysical.extxyz").exists()
 
-    res = CommitteeMD(cu(), emt_committee(), tmp_path / "v", ensemble="mtk_iso", pdamp_fs=20.0,
+    res = CommitteeMD(cu(), emt_gate(), tmp_path / "v", ensemble="mtk_iso", pdamp_fs=20.0,
                       pressure_GPa=-20.0, max_volume_ratio=1.02, write_interval=5).run(400)
     assert res.stopped and "volume" in res.stop_reason
     log = read_log(tmp_path / "v" / "md_log.csv")
@@ -178,13 +185,13 @@ def test_safety_stops_keep_outputs(tmp_path):
                       tmp_path / "c0").run(5)
     assert res.stopped and res.last_step == 0 and "hard cap" in res.stop_reason
     with pytest.raises(TypeError):  # caps live on the gate only
-        CommitteeMD(cu(), emt_committee(), tmp_path / "x", hard_cap={"forces_std_max": 1e-3})
+        CommitteeMD(cu(), emt_gate(), tmp_path / "x", hard_cap={"forces_std_max": 1e-3})
 
 
 def test_user_atoms_untouched(tmp_path):
     atoms = cu()
     before = atoms.positions.copy()
-    CommitteeMD(atoms, emt_committee(), tmp_path).run(3)
+    CommitteeMD(atoms, emt_gate(), tmp_path).run(3)
     assert atoms.calc is None and np.array_equal(atoms.positions, before)
 
 
@@ -192,7 +199,7 @@ def test_user_atoms_untouched(tmp_path):
 def test_npt_ensemble_long_run(tmp_path):
     """Mean T and P within statistical error (block averages) of the set points."""
     T0, P0 = 400.0, 1.0
-    md = CommitteeMD(cu((2, 2, 2)), emt_committee(), tmp_path, ensemble="mtk_iso", timestep_fs=2.0,
+    md = CommitteeMD(cu((2, 2, 2)), emt_gate(), tmp_path, ensemble="mtk_iso", timestep_fs=2.0,
                      temperature=T0, pressure_GPa=P0, tdamp_fs=50.0, pdamp_fs=300.0, write_interval=500)
     res = md.run(4000)
     log = read_log(res.log)
@@ -210,7 +217,7 @@ def _ridge_online(out, retrain_calls, threshold=0.0012, every=2):
     from ase.io import read
 
     from committee_calc.labels import LabelStore
-    from committee_calc.members.ridge import PairRidgeCommittee
+    from committee_calc.train.ridge import PairRidgeCommittee
 
     train = []
     for i in range(4):

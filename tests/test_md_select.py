@@ -6,9 +6,10 @@ import pytest
 from ase.build import bulk
 from ase.io import read
 
+from committee_calc.labeller import Labeller
 from committee_calc.labels import LabelStore
 from committee_calc.md.dynamics import CSV_COLUMNS
-from committee_calc.md.select import label_frames, select_frames
+from committee_calc.md.select import Selection, label_frames, select_frames
 from drivers.npt_md import main
 
 COMMITTEE = """members:
@@ -52,14 +53,18 @@ def test_label_frames_appends_each_once(tmp_path):
 
     frames = frames_with([0.1, 0.2, 0.3])
     store = LabelStore(tmp_path / "labels.extxyz")
-    rec = tmp_path / "sel.json"
-    done = label_frames(frames, [2, 0], EMT(), store, rec, provenance={"driver": "md"})
-    assert done == {20: 0, 0: 1} and len(store) == 2
-    (tmp_path / "sel.json").unlink()  # a kill after the append, before the record was saved
-    again = label_frames(frames, [2, 0, 1], EMT(), store, rec)
+    first = Labeller(EMT(), store, provenance={"driver": "md"})
+    done = label_frames(frames, [2, 0], first, provenance={"mode": "record"})
+    assert done == {20: 0, 0: 1} and len(store) == 2 and first.n_reference_calls == 2
+    # a killed selection rerun by a new process: the labeller finds the labelled frames
+    rerun = Labeller(EMT(), LabelStore(tmp_path / "labels.extxyz"), provenance={"driver": "md"})
+    again = label_frames(frames, [2, 0, 1], rerun)
     assert again == {20: 0, 0: 1, 10: 2} and len(store) == 3
+    assert rerun.n_reference_calls == 1 and rerun.n_duplicates == 2  # only the new frame computed
     labels = store.read()
     assert [int(f.info["prov_step"]) for f in labels] == [20, 0, 10]
+    assert labels[0].info["prov_mode"] == "record" and labels[0].info["prov_driver"] == "md"
+    assert labels[0].info["committee_forces_std_max"] == pytest.approx(0.3)
     ref = frames[2].copy()
     ref.calc = EMT()
     assert labels[0].info["REF_energy"] == pytest.approx(ref.get_potential_energy())
@@ -88,9 +93,18 @@ def test_driver_record_select_label_plot(workdir, monkeypatch):
     assert sorted(sel["selected_steps"]) == top
     store = LabelStore("labels.extxyz")
     assert len(store) == 4
-    assert sorted(int(f.info["prov_step"]) for f in store.read()) == top
+    labels = store.read()
+    assert sorted(int(f.info["prov_step"]) for f in labels) == top
+    assert {int(k): v for k, v in sel["labelled"].items()} == {
+        int(f.info["prov_step"]): i for i, f in enumerate(labels)}
+    # labelled through the one labeller: reference name and settings hash travel with each label
+    assert all(f.info["prov_reference"] == "ase.calculators.emt.EMT" and f.info["prov_reference_hash"] for f in labels)
+    assert all(f.info["prov_mode"] == "record" and f.info["prov_selection"] == "highest"
+               for f in labels)
     assert main(args) == 0  # rerun: nothing new, no duplicated labels
     assert len(LabelStore("labels.extxyz")) == 4
+    (workdir / "run" / "md_selection.json").unlink()  # even without the record: de-duplicated
+    assert main(args) == 0 and len(LabelStore("labels.extxyz")) == 4
     header = (workdir / "run" / "md_log.csv").read_text().splitlines()[0].split(",")
     assert header == list(CSV_COLUMNS) and len((workdir / "run" / "md_log.csv").read_text().splitlines()) == 32
     png = workdir / "run" / "uncertainty_trace.png"
@@ -139,3 +153,43 @@ def test_driver_errors(workdir, monkeypatch, capsys):
     bulk("Al", cubic=True).repeat((2, 2, 1)).write(workdir / "al.xyz")
     assert main(["al.xyz", *base, "--select", "none"]) == 2
     assert "different system" in capsys.readouterr().err
+
+
+def test_driver_validates_before_writing(workdir, monkeypatch, capsys):
+    """Selection settings, --labels without --reference and unknown species fail before any output."""
+    monkeypatch.chdir(workdir)
+    base = ["cu.xyz", "--committee", "committee.yaml", "--steps", "5"]
+    for extra, msg in ((["--n-select", "0"], "n_max"),
+                       (["--lower-trust", "0.5", "--upper-trust", "0.1"], "upper trust"),
+                       (["--labels", "l.extxyz"], "--reference"),
+                       (["--mode", "online", "--retrain-every", "2"], "training")):
+        assert main([*base, *extra, "--out", "bad"]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (workdir / "bad").exists() and not (workdir / "l.extxyz").exists()
+    (workdir / "cu_only.yaml").write_text(COMMITTEE.replace("EMT}", "EMT, species: [Cu]}"))
+    bulk("Al", cubic=True).repeat((2, 2, 1)).write(workdir / "al.xyz")
+    assert main(["al.xyz", "--committee", "cu_only.yaml", "--steps", "5", "--out", "bad"]) == 2
+    assert "Al" in capsys.readouterr().err and not (workdir / "bad").exists()
+
+
+def test_run_md_takes_one_gate(tmp_path):
+    from ase.calculators.emt import EMT
+
+    from committee_calc.config import load_committee
+    from committee_calc.errors import ConfigError
+    from committee_calc.gate import Gate
+    from committee_calc.md.runner import run_md
+
+    (tmp_path / "c.yaml").write_text(COMMITTEE)
+    committee = load_committee(tmp_path / "c.yaml")
+    atoms = bulk("Cu", cubic=True).repeat((2, 2, 1))
+    with pytest.raises(ConfigError, match="Gate"):
+        run_md(atoms, committee, tmp_path / "x", 5)
+    online = Gate(committee, EMT(), thresholds={"forces_std_max": 0.1})
+    with pytest.raises(ConfigError, match="online only"):
+        run_md(atoms, online, tmp_path / "x", 5, mode="record")
+    assert not (tmp_path / "x").exists()
+    run = run_md(atoms, Gate(committee), tmp_path / "ok", 4, mode="record", write_interval=2,
+                 selection=Selection("highest", n_max=2))
+    assert not run.stopped and len(run.selected_steps) == 2 and run.labelled == {}
+    assert run.label_store is None and (tmp_path / "ok" / "uncertainty_trace.png").exists()

@@ -1,18 +1,17 @@
-"""NPT/NVT/NVE molecular dynamics on a committee (directly or through the gate), resumable.
+"""NPT/NVT/NVE molecular dynamics through the uncertainty gate, resumable.
 
 ::
 
-    md = CommitteeMD(atoms, gate, "out/", ensemble="mtk_iso", timestep_fs=1.0,
+    md = CommitteeMD(atoms, Gate(committee), "out/", ensemble="mtk_iso", timestep_fs=1.0,
                      temperature=TemperatureSchedule([100, 400], n_steps=5000),
                      pressure_GPa=0.0, write_interval=10)
     result = md.run(5000)          # reruns resume from out/md_state.json
 
-Every step is one force/stress evaluation through a :class:`committee_calc.gate.Gate`:
-``calc`` is a Gate (``online``: it may fall back to the reference and label;
-``record``: ``Gate(committee, None, hard_cap=...)`` answers with the committee
-and only enforces the hard cap), or a ``CommitteeCalculator``, which is wrapped
-in ``Gate(committee, None)``.  Caps, measures and non-finite output are thus
-handled by the gate alone.  Outputs in ``out_dir``:
+Every step is one force/stress evaluation through the one evaluator, a
+:class:`committee_calc.gate.Gate` (with thresholds and a reference it may fall
+back to the reference and label; ``Gate(committee, hard_cap=...)`` answers with
+the committee and only enforces the hard cap).  Caps, measures and non-finite
+output are handled by the gate alone.  Outputs in ``out_dir``:
 
 * ``md_trajectory.extxyz``: a frame every ``write_interval`` steps (and at every
   labelled step), with the committee uncertainties in ``info``/``arrays``
@@ -34,21 +33,31 @@ or the gate's hard cap raises ``GateStop``.
 """
 from __future__ import annotations
 
-import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ase.md import velocitydistribution as vd
+from ase.neighborlist import neighbor_list
+
+from .. import keys as K
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
-from ..fileio import CsvLog, atomic_write_text
+from ..fileio import CsvLog, append_frame, write_structures_atomic
+from ..gate import Gate
 from ..io import attach_uncertainties
-from .plots import read_log  # noqa: F401 (re-export)
-from .schedule import (ENSEMBLES, TemperatureSchedule, make_integrator, restore_atoms,
-                          restore_integrator_state, set_target_temperature)
-from .state import Checkpoint, inject_results, note_retrain, restore_gate
+from ..structures import cell_widths, is_bulk
 from ..units import check_positive, ev_per_a3_to_gpa
+from .io import LOG, STATE, TRAJECTORY, UNPHYSICAL, read_log
+from .schedule import (
+    ENSEMBLES,
+    TemperatureSchedule,
+    make_integrator,
+    restore_atoms,
+    restore_integrator_state,
+    set_target_temperature,
+)
+from .state import Checkpoint, RetrainSchedule, inject_results
 
 CSV_COLUMNS = (
     "step", "time_fs", "temperature_K", "temperature_target_K", "pressure_GPa", "volume_A3",
@@ -56,10 +65,6 @@ CSV_COLUMNS = (
     "energy_std_per_atom_eV", "forces_std_max_eVA", "force_uncertainty_relative",
     "gate_decision", "label_index",
 )
-TRAJECTORY = "md_trajectory.extxyz"
-LOG = "md_log.csv"
-STATE = "md_state.json"
-UNPHYSICAL = "md_unphysical.extxyz"
 
 
 @dataclass(frozen=True)
@@ -85,34 +90,33 @@ class MDResult:
         return self.stop_reason is not None
 
 
-def committee_of(calc):
-    """The CommitteeCalculator behind a gate (or the calculator itself)."""
-    return getattr(calc, "committee", calc)
+#: CSV column -> result key of the uncertainty columns
+_SPREAD_COLUMNS = (("energy_std_eV", K.ENERGY_STD), ("energy_std_per_atom_eV", K.ENERGY_STD_PER_ATOM),
+                   ("forces_std_max_eVA", K.FORCES_STD_MAX),
+                   ("force_uncertainty_relative", K.FORCE_UNCERTAINTY_RELATIVE))
 
 
-def committee_cutoff(calc) -> float | None:
-    cuts = [m.cutoff for m in getattr(committee_of(calc), "members", []) if m.cutoff]
+def committee_cutoff(gate) -> float | None:
+    """Largest member cutoff [Å] of the gate's committee (None if no member states one)."""
+    cuts = [m.cutoff for m in getattr(gate.committee, "members", []) if m.cutoff]
     return max(cuts) if cuts else None
-
-
-def cell_heights(cell) -> np.ndarray:
-    """Perpendicular widths of the cell [Å], shape (3,)."""
-    cell = np.asarray(cell, dtype=float)
-    vol = abs(np.linalg.det(cell))
-    return np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
 
 
 class CommitteeMD:
     """Committee MD with a temperature schedule, pressure in GPa and resumable outputs.
 
     ``atoms`` is copied (the caller's object and its ``calc`` are not touched);
-    ``calc`` is a Gate or a CommitteeCalculator (wrapped in ``Gate(calc, None)``;
-    give hard caps to the gate).  ``temperature`` is a number [K]
+    ``gate`` is the evaluator, a :class:`~committee_calc.gate.Gate` (``Gate(committee)``
+    for the committee alone; hard caps are the gate's).  ``temperature`` is a number [K]
     or a :class:`TemperatureSchedule`; it also sets the initial Maxwell-Boltzmann
-    velocities (seeded by ``seed``) when the structure has none.
+    velocities (seeded by ``seed``) when the structure has none.  ``pressure_GPa`` [GPa],
+    ``timestep_fs``/``tdamp_fs``/``pdamp_fs`` [fs], ``min_distance_A``/``cutoff_A`` [Å]
+    (cutoff default: the largest member cutoff), ``max_volume_ratio`` (V/V0 bound, > 1),
+    ``write_interval`` [steps]; ``provenance`` is merged into the gate's label provenance.
+    Raises ConfigError for any bad setting (nothing is written before :meth:`run`).
     """
 
-    def __init__(self, atoms, calc, out_dir, ensemble: str = "mtk_iso", timestep_fs: float = 1.0,
+    def __init__(self, atoms, gate, out_dir, ensemble: str = "mtk_iso", timestep_fs: float = 1.0,
                  temperature=300.0, pressure_GPa: float = 0.0, tdamp_fs=None, pdamp_fs=None,
                  hydrostatic: bool = True, compressibility_per_GPa: float = 1.0e-2,
                  write_interval: int = 10, min_distance_A: float = 0.6, max_volume_ratio: float = 2.0,
@@ -135,10 +139,12 @@ class CommitteeMD:
         self.max_volume_ratio = check_positive("max_volume_ratio", max_volume_ratio)
         if self.max_volume_ratio <= 1:
             raise ConfigError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
-        from ..gate import Gate
-
-        self.calc = calc if isinstance(calc, Gate) else Gate(calc, None)
-        self.cutoff_A = cutoff_A if cutoff_A is not None else committee_cutoff(calc)
+        if not isinstance(gate, Gate):
+            raise ConfigError(f"CommitteeMD evaluates through a Gate, got {type(gate).__name__}; "
+                              "wrap the committee: Gate(committee)")
+        self.gate = gate
+        self.retrain = RetrainSchedule(gate)
+        self.cutoff_A = cutoff_A if cutoff_A is not None else committee_cutoff(gate)
         self.seed = int(seed)
         self.provenance = dict(provenance or {})
         self.out_dir = Path(out_dir)
@@ -151,8 +157,6 @@ class CommitteeMD:
             raise ConfigError("the structure has no atoms")
         self._check_cell(self.atoms, at_start=True)
         if init_velocities and not np.any(self.atoms.get_momenta()):
-            from ase.md import velocitydistribution as vd
-
             thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
             thermalize(self.atoms, temperature_K=self.schedule(0), rng=np.random.default_rng(self.seed))
             vd.Stationary(self.atoms)
@@ -163,9 +167,9 @@ class CommitteeMD:
 
     # ------------------------------------------------------------------ checks
     def _check_cell(self, atoms, at_start=False) -> str | None:
-        if self.cutoff_A is None or not np.all(atoms.pbc):
+        if self.cutoff_A is None or not is_bulk(atoms):
             return None
-        h = cell_heights(atoms.cell)
+        h = cell_widths(atoms.cell)
         if np.min(h) < self.cutoff_A:
             msg = (f"cell height {np.min(h):.3f} Å is smaller than the committee cutoff "
                    f"{self.cutoff_A:.3f} Å")
@@ -177,12 +181,10 @@ class CommitteeMD:
 
     def safety_problem(self, atoms, results) -> str | None:
         """Why ``atoms`` is unphysical (a message) or None (the hard cap is the gate's)."""
-        e = results.get("energy")
-        if e is None or not np.isfinite(e) or not np.all(np.isfinite(results.get("forces", 0.0))):
+        e = results.get(K.ENERGY)
+        if e is None or not np.isfinite(e) or not np.all(np.isfinite(results.get(K.FORCES, 0.0))):
             return "non-finite energy or forces from the committee"
         if self.min_distance_A > 0 and len(atoms) > 1:
-            from ase.neighborlist import neighbor_list
-
             d = neighbor_list("d", atoms, self.min_distance_A)
             if len(d):
                 return (f"atoms closer than the minimum distance: {float(np.min(d)):.3f} Å < "
@@ -198,45 +200,38 @@ class CommitteeMD:
     def _row(self, step, dyn, results) -> dict:
         a = self.atoms
         row = {"step": step, "time_fs": step * self.timestep_fs, "temperature_K": float(a.get_temperature()),
-               "temperature_target_K": self.schedule(step), "energy_eV": float(results["energy"]),
-               "gate_decision": results.get("gate_decision", "committee"),
+               "temperature_target_K": self.schedule(step), "energy_eV": float(results[K.ENERGY]),
+               "gate_decision": results.get(K.GATE_DECISION, K.COMMITTEE),
                "label_index": "" if results.get("label_index") is None else int(results["label_index"])}
         if a.cell.rank == 3:
             row["volume_A3"] = float(a.get_volume())
             row["a_A"], row["b_A"], row["c_A"] = (float(x) for x in a.cell.lengths())
-        if "stress" in results:
+        if K.STRESS in results:
             s = a.get_stress(voigt=True, include_ideal_gas=True)
             row["pressure_GPa"] = ev_per_a3_to_gpa(-np.mean(s[:3]))
-        for col, key in (("energy_std_eV", "energy_std"), ("energy_std_per_atom_eV", "energy_std_per_atom"),
-                         ("forces_std_max_eVA", "forces_std_max"),
-                         ("force_uncertainty_relative", "force_uncertainty_relative")):
+        for col, key in _SPREAD_COLUMNS:
             if key in results:
                 row[col] = float(results[key])
         if hasattr(dyn, "get_conserved_energy"):
             row["conserved_energy_eV"] = float(dyn.get_conserved_energy())
         elif self.ensemble == "nve":
-            row["conserved_energy_eV"] = float(results["energy"] + a.get_kinetic_energy())
+            row["conserved_energy_eV"] = float(results[K.ENERGY] + a.get_kinetic_energy())
         return row
 
-    def _frame(self, step, results, extra=None):
-        from ase.io import write
-
+    def _frame(self, results):
+        """A copy of the current structure carrying the committee uncertainties (``committee_*``)."""
         frame = self.atoms.copy()
         frame.calc = None
-        attach_uncertainties(frame, results, members=False)
-        frame.info.update(step=int(step), time_fs=step * self.timestep_fs,
-                          temperature_target_K=self.schedule(step),
-                          gate_decision=str(results.get("gate_decision", "committee")))
-        frame.info.update(extra or {})
-        buf = io.StringIO()
-        write(buf, frame, format="extxyz")
-        return buf.getvalue()
+        if results:
+            attach_uncertainties(frame, results, members=False)
+        return frame
 
-    def _append_frame(self, text):
-        with open(self.paths["trajectory"], "a") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+    def _append_frame(self, step, results):
+        frame = self._frame(results)
+        frame.info.update({"step": int(step), "time_fs": step * self.timestep_fs,
+                           "temperature_target_K": self.schedule(step),
+                           K.GATE_DECISION: str(results.get(K.GATE_DECISION, K.COMMITTEE))})
+        append_frame(self.paths["trajectory"], frame)
 
     def _settings(self) -> dict:
         return {"ensemble": self.ensemble, "timestep_fs": self.timestep_fs,
@@ -244,16 +239,14 @@ class CommitteeMD:
                 "volume0": self.volume0}
 
     def _save_state(self, step, dyn, n_frames, results):
-        self.checkpoint.save(step, dyn, n_frames, results, self._settings(), calc=self.calc)
+        self.checkpoint.save(step, dyn, n_frames, results, self._settings(),
+                             gate_state=self.retrain.state())
 
     def _gate_context(self, step):
-        """Tell a gate which step it is evaluating (label provenance)."""
-        if hasattr(self.calc, "step"):
-            self.calc.step = int(step)
-        prov = getattr(self.calc, "provenance", None)
-        if isinstance(prov, dict):
-            prov.update(self.provenance)
-            prov["time_fs"] = step * self.timestep_fs
+        """Tell the gate which step it is evaluating (label provenance: step, time_fs)."""
+        self.gate.step = int(step)
+        if self.gate.labeller is not None:
+            self.gate.labeller.provenance.update(self.provenance, time_fs=step * self.timestep_fs)
 
     # ------------------------------------------------------------------ run
     def run(self, n_steps: int, stop_after: int | None = None) -> MDResult:
@@ -264,26 +257,26 @@ class CommitteeMD:
             raise ConfigError(f"n_steps must be >= 0, got {n_steps}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atoms = self.atoms
-        atoms.calc = self.calc
+        atoms.calc = self.gate
         state = self.checkpoint.load()
         if state is not None:
             self.checkpoint.check(state, self._settings())
-            restore_gate(self.calc, state.get("gate"), self.out_dir)
+            self.retrain.restore(state.get("gate"), self.out_dir)
             restore_atoms(atoms, state["integrator"])
-            inject_results(self.calc, atoms, state.get("results"))
+            inject_results(self.gate, atoms, state.get("results"))
         dyn = make_integrator(atoms, temperature_K=self.schedule(0), **self.dyn_kwargs)
         if state is None:
             self.checkpoint.fresh_start()
             start, n_frames = 0, 0
         else:
             restore_integrator_state(dyn, state["integrator"])
-            inject_results(self.calc, atoms, state.get("results"))
+            inject_results(self.gate, atoms, state.get("results"))
             self.volume0 = state.get("volume0", self.volume0)
             start = int(state["step"])
             n_frames = self.checkpoint.truncate(start)
         set_target_temperature(dyn, self.schedule(start))
         log = CsvLog(self.paths["log"], CSV_COLUMNS)
-        n_labels0 = getattr(self.calc, "n_labels", 0)
+        n_labels0 = self.gate.n_labels
         self._gate_context(start)
         if start == 0:
             results, problem = self._guarded(atoms, step_first=None)
@@ -293,7 +286,7 @@ class CommitteeMD:
             if problem:
                 return self._stop(start, start, n_frames, n_labels0, problem, results)
             log.append(self._row(0, dyn, results))
-            self._append_frame(self._frame(0, results))
+            self._append_frame(0, results)
             n_frames += 1
             self._save_state(0, dyn, n_frames, results)
         step = start
@@ -311,12 +304,12 @@ class CommitteeMD:
             log.append(row)
             if problem:
                 return self._stop(start, step, n_frames, n_labels0, problem, results)
-            labelled = results.get("gate_decision") == "reference"
+            labelled = results.get(K.GATE_DECISION) == K.REFERENCE
             if step % self.write_interval == 0 or labelled or step == n_steps:
-                self._append_frame(self._frame(step, results))
+                self._append_frame(step, results)
                 n_frames += 1
                 self._save_state(step, dyn, n_frames, results)
-        return MDResult(start, step, n_frames, getattr(self.calc, "n_labels", 0) - n_labels0, None,
+        return MDResult(start, step, n_frames, self.gate.n_labels - n_labels0, None,
                         *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
 
     def _guarded(self, atoms, step_first=None):
@@ -331,30 +324,21 @@ class CommitteeMD:
             return None, f"non-finite committee output: {exc}"
 
     def _evaluate(self, atoms) -> dict:
+        """The gate's results at ``atoms`` (stress included for bulk: ``Gate.want_stress``)
+        plus ``label_index`` of a label appended at this evaluation."""
         atoms.get_forces()
-        if "stress" in getattr(committee_of(self.calc), "implemented_properties", ()) \
-                and atoms.cell.rank == 3 and np.all(atoms.pbc):
-            atoms.get_stress()
-        note_retrain(self.calc)
-        res = dict(self.calc.results)
-        if "label_index" not in res:
-            last = getattr(self.calc, "last", None)
-            if last is not None and getattr(last, "label_index", None) is not None:
-                res["label_index"] = last.label_index
+        self.retrain.note()
+        res = dict(self.gate.results)
+        last = self.gate.last
+        if res.get(K.GATE_DECISION) == K.REFERENCE and last is not None:
+            res["label_index"] = last.label_index
         return res
 
     def _stop(self, start, step, n_frames, n_labels0, reason, results):
-        from ase.io import write
-
-        frame = self.atoms.copy()
-        frame.calc = None
-        if results:
-            attach_uncertainties(frame, results, members=False)
+        frame = self._frame(results)
         frame.info.update(step=int(step), stop_reason=reason)
-        buf = io.StringIO()
-        write(buf, frame, format="extxyz")
-        atomic_write_text(self.paths["unphysical"], buf.getvalue())
-        return MDResult(start, step, n_frames, getattr(self.calc, "n_labels", 0) - n_labels0, reason,
+        write_structures_atomic(self.paths["unphysical"], [frame])
+        return MDResult(start, step, n_frames, self.gate.n_labels - n_labels0, reason,
                         *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
 
 

@@ -8,49 +8,32 @@ to the reference marked (black crosses), and the thermostat target temperature
 """
 from __future__ import annotations
 
-import csv
+import io
 
 import numpy as np
 
-
-def read_log(path, columns=None) -> dict:
-    """The per-step MD CSV as ``{column: array}``; numeric columns as float arrays (NaN
-    for blanks), text columns as lists of str."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
-    out = {}
-    for col in cols:
-        vals = [r.get(col, "") or "" for r in rows]
-        try:
-            out[col] = np.array([float(v) if v != "" else np.nan for v in vals])
-        except ValueError:
-            out[col] = vals
-    return out
+from .. import keys as K
+from ..errors import ConfigError
+from ..fileio import atomic_write_bytes
+from .io import read_log
 
 
 def plot_uncertainty_trace(log_path, png_path, selected_steps=(), title=None, dpi=120) -> str:
     """Write the figure for the CSV at ``log_path`` to ``png_path`` (atomically); return the path."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..fileio import atomic_write_bytes
-
     log = read_log(log_path)
     if not log or len(log.get("step", [])) == 0:
-        from ..errors import ConfigError
-
         raise ConfigError(f"{log_path} has no MD steps to plot")
     t_ps = log["time_fs"] / 1000.0
     steps = log["step"].astype(int)
     index = {s: i for i, s in enumerate(steps)}
     sel = np.array([index[s] for s in selected_steps if s in index], dtype=int)
     decisions = log.get("gate_decision", [])
-    ref = np.array([i for i, d in enumerate(decisions) if d == "reference"], dtype=int)
+    ref = np.array([i for i, d in enumerate(decisions) if d == K.REFERENCE], dtype=int)
     panels = (("energy_std_per_atom_eV", 1000.0, "σ$_E$ (meV/atom)", "tab:blue"),
               ("forces_std_max_eVA", 1.0, "max σ$_F$ (eV/Å)", "tab:green"))
     fig, axes = plt.subplots(2, 1, sharex=True, figsize=(7.5, 5.5))

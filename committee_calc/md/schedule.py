@@ -29,6 +29,7 @@ import numpy as np
 from ase import units
 
 from ..errors import ConfigError
+from ..structures import is_bulk
 from ..units import check_positive, gpa_to_ev_per_a3
 
 ENSEMBLES = ("mtk_iso", "mtk", "langevin", "berendsen", "nvt", "nve")
@@ -65,7 +66,7 @@ class TemperatureSchedule:
         self.mode = mode
 
     @classmethod
-    def parse(cls, text, n_steps: int, mode: str = "ramp") -> "TemperatureSchedule":
+    def parse(cls, text, n_steps: int, mode: str = "ramp") -> TemperatureSchedule:
         """``"300"`` constant, ``"100:400"`` ramp, ``"100,200,300,400"`` set points."""
         s = str(text).strip()
         sep = ":" if ":" in s else ","
@@ -111,7 +112,7 @@ def make_integrator(atoms, ensemble: str, timestep_fs: float, temperature_K: flo
     tdamp = check_positive("tdamp_fs", tdamp_fs if tdamp_fs is not None else 100 * dt_fs) * units.fs
     pdamp = check_positive("pdamp_fs", pdamp_fs if pdamp_fs is not None else 1000 * dt_fs) * units.fs
     p_au = gpa_to_ev_per_a3(pressure_GPa)
-    if ensemble in NPT_ENSEMBLES and (not np.all(atoms.pbc) or atoms.cell.rank != 3):
+    if ensemble in NPT_ENSEMBLES and not is_bulk(atoms):
         raise ConfigError(f"ensemble {ensemble!r} changes the cell: the structure must be 3-D periodic")
     dt = dt_fs * units.fs
     if ensemble == "mtk_iso":

@@ -11,30 +11,36 @@
   ``"window"`` (all candidates, thinned evenly in time to ``n_max``);
 * at most ``n_max`` frames per generation.
 
-``label_frames`` runs the reference on the selected frames and appends each
-to the label store once: the done steps are saved atomically after every label
-(``md_selection.json``), and a structure whose ``label_hash`` is already in
-the store is never labelled again, so a killed and rerun selection appends no
-duplicates.
+:class:`Selection` holds and checks these settings up front.  ``label_frames``
+labels the selected frames through the one labeller
+(:meth:`committee_calc.labeller.Labeller.label`), which de-duplicates: a
+frame already labelled by the same reference is not recomputed nor appended
+again, so a killed and rerun selection appends each frame once.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .. import keys as K
+from ..analysis import select as sel
+from ..descriptors import structure_descriptors
 from ..errors import ConfigError
-from ..fileio import load_json, save_json_atomic
 from ..io import read_uncertainties
 
-MEASURES = ("energy_std_per_atom", "energy_std", "energy_std_per_molecule", "forces_std_max",
-            "force_uncertainty_relative")
+#: measures a recorded frame carries (``committee_<measure>`` in ``info``), internal units
+MEASURES = (K.ENERGY_STD_PER_ATOM, K.ENERGY_STD, K.ENERGY_STD_PER_MOLECULE, K.FORCES_STD_MAX,
+            K.FORCE_UNCERTAINTY_RELATIVE)
 METHODS = ("highest", "fps", "random", "window")
+PREFIX = "committee_"
 
 
 def frame_sigma(frames, measure: str) -> np.ndarray:
     """σ of ``measure`` for each frame, shape (n,), internal units (eV, eV/atom, eV/Å, 1); NaN -> inf."""
     if measure not in MEASURES:
         raise ConfigError(f"unknown uncertainty measure {measure!r}; use one of {MEASURES}")
-    key = "committee_" + measure
+    key = PREFIX + measure
     missing = [i for i, f in enumerate(frames) if key not in f.info]
     if missing:
         raise ConfigError(f"frames {missing[:5]} carry no {key!r}; record the trajectory with a "
@@ -43,24 +49,34 @@ def frame_sigma(frames, measure: str) -> np.ndarray:
     return np.where(np.isfinite(s), s, np.inf)
 
 
-def select_frames(frames, measure: str = "forces_std_max", method: str = "highest", n_max: int = 10,
-                  lower: float | None = None, upper: float | None = None, seed: int = 0,
-                  committee=None, descriptors=None) -> list:
-    """Indices into ``frames`` chosen by ``method`` within the trust window (see module doc)."""
-    from ..analysis import select as sel
-
+def check_selection(measure, method, n_max, lower=None, upper=None) -> int:
+    """Validate selection settings (ConfigError); returns ``n_max`` as int."""
+    if measure not in MEASURES:
+        raise ConfigError(f"unknown uncertainty measure {measure!r}; use one of {MEASURES}")
     if method not in METHODS:
         raise ConfigError(f"unknown selection method {method!r}; use one of {METHODS}")
-    if isinstance(n_max, bool) or int(n_max) < 1:
-        raise ConfigError(f"n_max (frames per generation) must be >= 1, got {n_max!r}")
-    n_max = int(n_max)
+    if isinstance(n_max, bool) or int(n_max) != n_max or int(n_max) < 1:
+        raise ConfigError(f"n_max (frames per generation) must be an integer >= 1, got {n_max!r}")
     if lower is not None and upper is not None and upper <= lower:
         raise ConfigError(f"upper trust level {upper} must be above the lower one {lower}")
+    return int(n_max)
+
+
+def select_frames(frames, measure: str = K.FORCES_STD_MAX, method: str = "highest", n_max: int = 10,
+                  lower: float | None = None, upper: float | None = None, seed: int = 0,
+                  committee=None, descriptors=None) -> list:
+    """Indices into ``frames`` chosen by ``method`` within the trust window (see module doc).
+
+    ``lower``/``upper`` are in the internal unit of ``measure``; ``descriptors``
+    (n, d) for ``fps`` default to :func:`committee_calc.descriptors.structure_descriptors`
+    (with ``committee``'s features when its members offer them).
+    """
+    n_max = check_selection(measure, method, n_max, lower, upper)
     frames = list(frames)
     if not frames:
         return []
     s = frame_sigma(frames, measure)
-    ok = np.array([f.info.get("gate_decision", "committee") != "reference" for f in frames])
+    ok = np.array([f.info.get(K.GATE_DECISION, K.COMMITTEE) != K.REFERENCE for f in frames])
     if lower is not None:
         ok &= s > float(lower)
     if upper is not None:
@@ -78,48 +94,64 @@ def select_frames(frames, measure: str = "forces_std_max", method: str = "highes
         pick = np.unique(np.round(np.linspace(0, cand.size - 1, n_max)).astype(int))
         return cand[pick].tolist()
     if descriptors is None:
-        from ..descriptors import structure_descriptors
-
         descriptors = structure_descriptors(frames, committee=committee)
     X = np.asarray(descriptors, dtype=float)
     start = int(cand[np.argmax(s[cand])])
     return sel.farthest_point_sampling(X, n_max, start=start, candidates=cand)
 
 
-def label_frames(frames, indices, reference, store, record_path, provenance=None) -> dict:
-    """Label ``frames[i]`` for i in ``indices`` with ``reference``; append each to ``store`` once.
+@dataclass(frozen=True)
+class Selection:
+    """Settings of a record-then-select generation, checked on construction (ConfigError).
 
-    Returns ``{step: label index}`` for every selected frame (including ones
-    labelled by an earlier, interrupted call).  ``record_path``: JSON file that
-    remembers which steps are done.
+    method: one of :data:`METHODS`; measure: one of :data:`MEASURES`; n_max: frames
+    per generation; lower/upper: trust window in the measure's internal unit; seed: for
+    ``random``.
     """
-    from ..structures import structure_hash
-    from ..reference import as_reference
 
-    record = load_json(record_path, default={}) or {}
-    done = {int(k): v for k, v in (record.get("labelled") or {}).items()}
-    known = {f.info.get("label_hash"): i for i, f in enumerate(store.read())}
-    ref = as_reference(reference) if reference is not None else None
+    method: str = "highest"
+    measure: str = K.FORCES_STD_MAX
+    n_max: int = 10
+    lower: float | None = None
+    upper: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_selection(self.measure, self.method, self.n_max, self.lower, self.upper)
+
+    def params(self, n_frames: int) -> dict:
+        """What a stored selection must match to be reused (``md_selection.json`` ``params``)."""
+        return {"method": self.method, "measure": self.measure, "n_max": self.n_max,
+                "lower": self.lower, "upper": self.upper, "seed": self.seed, "n_frames": int(n_frames)}
+
+    def select(self, frames, committee=None) -> list:
+        """Indices into ``frames`` (:func:`select_frames`)."""
+        return select_frames(frames, self.measure, self.method, self.n_max, self.lower, self.upper,
+                             seed=self.seed, committee=committee)
+
+
+def label_frames(frames, indices, labeller, provenance=None) -> dict:
+    """Label ``frames[i]`` for i in ``indices`` through ``labeller`` (a
+    :class:`~committee_calc.labeller.Labeller` with a store).
+
+    Each label carries the frame's committee uncertainties and provenance
+    ``step``, ``time_fs`` [fs] plus ``provenance``.  A frame already labelled by
+    the same reference (an earlier, interrupted call) is not recomputed nor
+    appended again.  Returns ``{step: label index}`` for every selected frame.
+    Raises ReferenceCalculationError when the reference fails.
+    """
+    done = {}
     for i in indices:
         frame = frames[i]
         step = int(frame.info.get("step", i))
-        if step in done:
-            continue
         atoms = frame.copy()
         atoms.calc = None
-        h = structure_hash(atoms)
-        if h in known:  # appended before a kill, not yet recorded
-            done[step] = known[h]
-        else:
-            if ref is None:
-                raise ConfigError("frames were selected for labelling but no reference calculator was given")
-            props = ["energy", "forces"] + (["stress"] if np.all(atoms.pbc) and atoms.cell.rank == 3 else [])
-            res = ref.compute(atoms, props)
-            prov = dict(provenance or {})
-            prov.update(step=step, time_fs=frame.info.get("time_fs"))
-            done[step] = store.append(atoms, res, committee_results=read_uncertainties(frame),
-                                      provenance=prov)
-            known[h] = done[step]
-        record["labelled"] = {str(k): int(v) for k, v in sorted(done.items())}
-        save_json_atomic(record_path, record)
+        prov = dict(provenance or {}, step=step, time_fs=frame.info.get("time_fs"))
+        label = labeller.label(atoms, committee_results=read_uncertainties(frame, PREFIX),
+                               provenance=prov)
+        done[step] = label.index
     return done
+
+
+__all__ = ["MEASURES", "METHODS", "Selection", "check_selection", "frame_sigma", "label_frames",
+           "select_frames"]

@@ -8,13 +8,14 @@
 * ``integrator``: positions (N,3) [Å], momenta (N,3) [eV fs/Å in ASE units],
   cell (3,3) [Å], thermostat/barostat chain variables and RNG state
   (:func:`committee_calc.md.schedule.integrator_state`);
-* ``results``: the calculator results at the saved positions (:data:`CACHED`),
-  handed back to the calculator on resume so nothing is recomputed (a gate
+* ``results``: the gate's results at the saved positions (:data:`CACHED`),
+  handed back to the gate on resume so nothing is recomputed (the gate
   neither repeats a reference call nor labels the frame twice);
-* ``gate``: the retraining bookkeeping of a gate (``n_labels``, ``n_retrains``,
-  ``labels_since_retrain``, ``retrain_n_labels`` = label-store length when the
-  last retraining ran), so a resumed run retrains after the same labels and
-  continues on the same committee (:func:`restore_gate`).
+* ``gate``: the retraining bookkeeping of a gate with a retrain callback
+  (``n_labels``, ``n_retrains``, ``labels_since_retrain``, ``retrain_n_labels``
+  = label-store length when the last retraining ran), so a resumed run
+  retrains after the same labels and continues on the same committee
+  (:class:`RetrainSchedule`).
 
 A resumed run drops every frame / CSV row written after the saved step
 (:meth:`Checkpoint.truncate`) and repeats those steps exactly.
@@ -25,16 +26,18 @@ import csv
 import io
 
 import numpy as np
+from ase.io import read
 
+from .. import keys as K
 from ..errors import ConfigError
-from ..fileio import (atomic_write_text, load_json, read_frames_repair, save_json_atomic,
-                     write_structures_atomic)
+from ..fileio import atomic_write_text, load_json, read_frames_repair, save_json_atomic, write_structures_atomic
 from .schedule import integrator_state
 
 STATE_VERSION = 1
-#: calculator results kept (full precision) with the state, re-used on resume without recomputing
-CACHED = ("energy", "free_energy", "forces", "stress", "energy_std", "energy_std_per_atom",
-          "energy_std_per_molecule", "forces_std_max", "force_uncertainty_relative", "gate_decision")
+#: gate results kept (full precision) with the state, re-used on resume without recomputing
+CACHED = (K.ENERGY, K.FREE_ENERGY, K.FORCES, K.STRESS, K.ENERGY_STD, K.ENERGY_STD_PER_ATOM,
+          K.ENERGY_STD_PER_MOLECULE, K.FORCES_STD_MAX, K.FORCE_UNCERTAINTY_RELATIVE,
+          K.GATE_DECISION)
 #: settings that must match between the saved state and the resuming run
 SETTINGS = ("ensemble", "timestep_fs", "pressure_GPa")
 RETRAIN_LABELS = "md_retrain_labels.extxyz"
@@ -55,8 +58,9 @@ class Checkpoint:
     def load(self) -> dict | None:
         return load_json(self.paths["state"])
 
-    def save(self, step, dyn, n_frames, results, settings: dict, calc=None) -> None:
-        """Write the state after ``step`` (``settings``: SETTINGS + schedule, timestep, volume0)."""
+    def save(self, step, dyn, n_frames, results, settings: dict, gate_state=None) -> None:
+        """Write the state after ``step`` (``settings``: SETTINGS + schedule, timestep, volume0;
+        ``gate_state``: :meth:`RetrainSchedule.state`, stored when not empty)."""
         cached = {k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
                   for k, v in results.items() if k in CACHED}
         atoms = dyn.atoms
@@ -65,9 +69,8 @@ class Checkpoint:
                  "pbc": atoms.pbc.tolist(), "n_frames": int(n_frames),
                  "integrator": integrator_state(dyn)}
         state.update(settings)
-        gate = gate_state(calc)
-        if gate:
-            state["gate"] = gate
+        if gate_state:
+            state["gate"] = gate_state
         save_json_atomic(self.paths["state"], state)
 
     def check_same_system(self, numbers, what) -> None:
@@ -112,8 +115,6 @@ class Checkpoint:
         """No saved state: refuse another system's trajectory, else remove leftovers."""
         traj = self.paths["trajectory"]
         if traj.exists() and traj.stat().st_size:
-            from ase.io import read
-
             try:
                 first = read(str(traj), index=0, format="extxyz")
             except Exception:  # noqa: BLE001 - unreadable leftovers of a killed first step
@@ -125,68 +126,82 @@ class Checkpoint:
                 p.unlink()
 
 
-def inject_results(calc, atoms, results) -> None:
-    """Hand the saved ``results`` at the saved positions of ``atoms`` to ``calc``."""
+def inject_results(gate, atoms, results) -> None:
+    """Hand the saved ``results`` at the saved positions of ``atoms`` to ``gate``."""
     if not results:
         return
-    calc.reset()
-    calc.atoms = atoms.copy()
-    calc.results = {k: np.array(v, dtype=float) if isinstance(v, list) else v
+    gate.reset()
+    gate.atoms = atoms.copy()
+    gate.results = {k: np.array(v, dtype=float) if isinstance(v, list) else v
                     for k, v in results.items()}
 
 
-def gate_state(calc) -> dict:
-    """Retraining bookkeeping of a gate with a retrain callback ({} otherwise)."""
-    if getattr(calc, "retrain", None) is None or getattr(calc, "label_store", None) is None:
-        return {}
-    return {"n_labels": int(calc.n_labels), "n_retrains": int(calc.n_retrains),
-            "labels_since_retrain": int(calc._labels_since_retrain),
-            "retrain_n_labels": getattr(calc, "_md_retrain_n_labels", None)}
+class RetrainSchedule:
+    """The retraining bookkeeping of a :class:`~committee_calc.gate.Gate` across a resume.
 
-
-def note_retrain(calc) -> None:
-    """Remember the label-store length after a retraining (call after every evaluation)."""
-    if getattr(calc, "retrain", None) is None or getattr(calc, "label_store", None) is None:
-        return
-    if calc.n_retrains != getattr(calc, "_md_seen_retrains", 0):
-        calc._md_seen_retrains = calc.n_retrains
-        calc._md_retrain_n_labels = len(calc.label_store)
-
-
-def restore_gate(calc, saved: dict | None, out_dir) -> None:
-    """Put a fresh gate back on the saved retraining schedule.
-
-    The counters are restored; if the saved run had retrained, the retrain
-    callback is called once on the first ``retrain_n_labels`` labels of the store
-    (written to ``out_dir/md_retrain_labels.extxyz``), i.e. on exactly the labels
-    the last retraining saw, and its committee replaces ``calc.committee``.
+    Inactive (every method a no-op, :meth:`state` empty) unless the gate has a
+    retrain callback and a label store.  :meth:`note` after every evaluation
+    remembers the label-store length when the gate last retrained;
+    :meth:`state` is saved with the checkpoint; :meth:`restore` puts a fresh
+    gate back on the saved schedule.
     """
-    if not saved or getattr(calc, "retrain", None) is None:
-        return
-    calc._labels_since_retrain = int(saved.get("labels_since_retrain", 0))
-    n_retrains = int(saved.get("n_retrains", 0))
-    n_train = saved.get("retrain_n_labels")
-    if n_retrains <= calc.n_retrains or not n_train:
-        return
-    from ase.io import write
 
-    frames = calc.label_store.read()
-    if len(frames) < n_train:
-        raise ConfigError(f"the saved MD state retrained on {n_train} labels but the label store "
-                          f"{str(calc.label_store.path)!r} holds {len(frames)}; resume with the same "
-                          "label store or start a new output folder")
-    path = out_dir / RETRAIN_LABELS
-    buf = io.StringIO()
-    write(buf, frames[:n_train], format="extxyz")
-    atomic_write_text(path, buf.getvalue())
-    new = calc.retrain(str(path))
-    if not hasattr(new, "calculate") or not hasattr(new, "results"):
-        raise ConfigError(f"retrain callback returned {new!r}, not a committee calculator")
-    calc.committee = new
-    calc.n_retrains = n_retrains
-    calc._md_seen_retrains = n_retrains
-    calc._md_retrain_n_labels = int(n_train)
+    def __init__(self, gate):
+        self.gate = gate
+        self.active = gate.retrain is not None and gate.label_store is not None
+        self.seen_retrains = gate.n_retrains
+        self.retrain_n_labels = None  # label-store length at the last retraining
+
+    @property
+    def labels_since_retrain(self) -> int:
+        return self.gate.labels_since_retrain
+
+    def note(self) -> None:
+        """Call after every evaluation: a new retraining saw the whole store as it is now."""
+        if self.active and self.gate.n_retrains != self.seen_retrains:
+            self.seen_retrains = self.gate.n_retrains
+            self.retrain_n_labels = len(self.gate.label_store)
+
+    def state(self) -> dict:
+        """JSON-able bookkeeping ({} when inactive)."""
+        if not self.active:
+            return {}
+        return {"n_labels": int(self.gate.n_labels), "n_retrains": int(self.gate.n_retrains),
+                "labels_since_retrain": self.labels_since_retrain,
+                "retrain_n_labels": self.retrain_n_labels}
+
+    def restore(self, saved: dict | None, out_dir) -> None:
+        """Put the gate back on the saved schedule.
+
+        The labels counted toward the next retraining are restored; if the saved
+        run had retrained, the retrain callback is called once on the first
+        ``retrain_n_labels`` labels of the store (written to
+        ``out_dir/md_retrain_labels.extxyz``), i.e. on exactly the labels the last
+        retraining saw, and its committee replaces ``gate.committee``.
+        Raises ConfigError when the store holds fewer labels than that, or the
+        callback returns no committee.
+        """
+        gate = self.gate
+        if not saved or not self.active:
+            return
+        gate.restore_retrain_state(int(saved.get("labels_since_retrain", 0)))
+        n_retrains = int(saved.get("n_retrains", 0))
+        n_train = saved.get("retrain_n_labels")
+        if n_retrains <= gate.n_retrains or not n_train:
+            return
+        frames = gate.label_store.read()
+        if len(frames) < n_train:
+            raise ConfigError(f"the saved MD state retrained on {n_train} labels but the label store "
+                              f"{str(gate.label_store.path)!r} holds {len(frames)}; resume with the "
+                              "same label store or start a new output folder")
+        path = out_dir / RETRAIN_LABELS
+        write_structures_atomic(path, frames[:n_train])
+        new = gate.retrain(str(path))
+        if not hasattr(new, "calculate") or not hasattr(new, "results"):
+            raise ConfigError(f"retrain callback returned {new!r}, not a committee calculator")
+        gate.committee = new
+        gate.n_retrains = self.seen_retrains = n_retrains
+        self.retrain_n_labels = int(n_train)
 
 
-__all__ = ["Checkpoint", "CACHED", "STATE_VERSION", "inject_results", "gate_state", "note_retrain",
-           "restore_gate"]
+__all__ = ["Checkpoint", "CACHED", "STATE_VERSION", "RetrainSchedule", "inject_results"]

@@ -1,0 +1,61 @@
+"""File names and small file I/O of a committee MD run folder.
+
+* :data:`TRAJECTORY`, :data:`LOG`, :data:`STATE`, :data:`UNPHYSICAL`: written by
+  :class:`committee_calc.md.dynamics.CommitteeMD`;
+* :data:`SELECTION` (``md_selection.json``, record mode): ``params`` of the
+  selection (method, measure, n_max, lower, upper, seed, n_frames),
+  ``selected_steps`` (list of MD steps) and ``labelled`` ({step: label-store
+  index}, steps as strings); a rerun with the same params reuses the steps;
+* :data:`PLOT` (``uncertainty_trace.png``): :mod:`committee_calc.md.plots`.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import load_json, save_json_atomic
+
+TRAJECTORY = "md_trajectory.extxyz"
+LOG = "md_log.csv"
+STATE = "md_state.json"
+UNPHYSICAL = "md_unphysical.extxyz"
+SELECTION = "md_selection.json"
+PLOT = "uncertainty_trace.png"
+
+
+def read_log(path, columns=None) -> dict:
+    """The per-step MD CSV as ``{column: array}``; numeric columns as float arrays (NaN
+    for blanks), text columns as lists of str."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    out = {}
+    for col in cols:
+        vals = [r.get(col, "") or "" for r in rows]
+        try:
+            out[col] = np.array([float(v) if v != "" else np.nan for v in vals])
+        except ValueError:
+            out[col] = vals
+    return out
+
+
+def load_selection(out_dir, params: dict) -> list | None:
+    """The steps selected earlier in ``out_dir`` with the same ``params``, else None."""
+    record = load_json(Path(out_dir) / SELECTION, default=None)
+    if record and record.get("params") == params:
+        return [int(s) for s in record["selected_steps"]]
+    return None
+
+
+def save_selection(out_dir, params: dict, steps, labelled=None) -> str:
+    """Write ``md_selection.json`` atomically; ``labelled``: {step: label index}."""
+    path = Path(out_dir) / SELECTION
+    save_json_atomic(path, {"params": params, "selected_steps": [int(s) for s in steps],
+                            "labelled": {str(k): int(v) for k, v in sorted((labelled or {}).items())}})
+    return str(path)
+
+
+__all__ = ["TRAJECTORY", "LOG", "STATE", "UNPHYSICAL", "SELECTION", "PLOT", "read_log",
+           "load_selection", "save_selection"]
