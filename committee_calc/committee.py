@@ -19,8 +19,8 @@ from .members.ase_member import ASEMember
 from .members.base import Member
 from .molecules import count_molecules
 from .progress import progress_iter
+from .structures import check_cell, is_bulk
 from .uncertainty import aggregate
-from .structures import is_bulk
 
 _BASE = (
     K.ENERGY, K.FREE_ENERGY, K.FORCES, K.ENERGY_MEMBERS, K.FORCES_MEMBERS, K.ENERGY_STD,
@@ -130,7 +130,7 @@ class CommitteeCalculator(Calculator):
 
     # ------------------------------------------------------------------
     def _make_groups(self):
-        groups: "OrderedDict" = OrderedDict()
+        groups: OrderedDict = OrderedDict()
         for i, m in enumerate(self.members):
             key = m.group_key()
             groups.setdefault((type(m), key) if key is not None else ("solo", i), []).append(i)
@@ -162,6 +162,7 @@ class CommitteeCalculator(Calculator):
 
     def evaluate_members(self, atoms, properties=("energy", "forces")) -> list:
         """Raw per-member predictions (list of M dicts) for ``atoms``."""
+        check_cell(atoms)
         for m in self.members:
             m.check_atoms(atoms)
         preds = [None] * len(self.members)
@@ -243,6 +244,7 @@ class CommitteeCalculator(Calculator):
             if "energies" in self.member_properties:
                 p.append("energies")
             props.append(p)
+            check_cell(atoms)
             for m in self.members:
                 m.check_atoms(atoms)
         union = sorted(set().union(*props)) if props else []
@@ -274,7 +276,7 @@ class CommitteeCalculator(Calculator):
             return type(group[0]).predict_group(group, copy, properties)
         return [group[0].predict(copy, properties)]
 
-    def with_calibration(self, calibration) -> "CommitteeCalculator":
+    def with_calibration(self, calibration) -> CommitteeCalculator:
         """Same members, new α factors (a new calculator; members shared)."""
         new = CommitteeCalculator.__new__(CommitteeCalculator)
         new.__dict__.update(self.__dict__)

@@ -52,6 +52,10 @@ class StructureReadError(CommitteeError, OSError):
     """An input structure file cannot be read or holds no structures."""
 
 
+class CellError(CommitteeError, ValueError):
+    """A periodic structure without a usable cell (missing or degenerate lattice vectors)."""
+
+
 class ReferenceCalculationError(CommitteeError):
     """The reference (e.g. DFT) calculation failed, crashed or timed out."""
 

@@ -33,7 +33,8 @@ def attach_uncertainties(atoms, results: dict, prefix: str = "committee_", membe
         atoms.info[prefix + K.STRESS_MEMBERS] = np.asarray(results[K.STRESS_MEMBERS], float).reshape(-1)
     for k in PER_ATOM:
         if k in results:
-            atoms.arrays[prefix + k] = np.asarray(results[k], dtype=float).reshape(n, -1).squeeze()
+            a = np.asarray(results[k], dtype=float).reshape(n, -1)
+            atoms.arrays[prefix + k] = a[:, 0].copy() if a.shape[1] == 1 else a  # (N,) or (N, 3)
     if members:
         for k in PER_ATOM_MEMBERS:
             if k in results:
@@ -51,7 +52,11 @@ def read_uncertainties(atoms, prefix: str = "committee_") -> dict:
             out[key] = v if np.ndim(v) else (int(v) if key.startswith("n_") else float(v))
     for k, v in atoms.arrays.items():
         if k.startswith(prefix):
-            out[k[len(prefix):]] = np.array(v, dtype=float)
+            key = k[len(prefix):]
+            v = np.array(v, dtype=float)
+            if key in (K.FORCES, K.FORCES_STD) or key == K.FORCES_MEMBERS:
+                v = v.reshape(len(atoms), -1)  # a one-atom frame reads back as (3,)
+            out[key] = v
     m = len(np.atleast_1d(out[K.ENERGY_MEMBERS])) if K.ENERGY_MEMBERS in out else None
     n = len(atoms)
     if m:

@@ -1,6 +1,7 @@
 """Structure helpers used across the package, each defined once.
 
 * :func:`is_bulk` — 3-D periodic with a full-rank cell (stress is defined).
+* :func:`check_cell` — periodic directions have independent lattice vectors (CellError).
 * :func:`structure_hash` — identity of a geometry for de-duplication.
 * :func:`read_structures` — every structure of a file or folder, with clear errors.
 * :func:`cell_widths` — perpendicular widths of a cell [Å].
@@ -16,13 +17,37 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from .errors import StructureReadError
+from .errors import CellError, StructureReadError
 from .units import AMU_PER_A3_TO_GCM3
 
 
 def is_bulk(atoms) -> bool:
     """True for a 3-D periodic structure with a full-rank cell (stress is defined)."""
     return bool(np.all(atoms.pbc)) and atoms.cell.rank == 3
+
+
+def check_cell(atoms, what: str = "structure") -> None:
+    """Raise :class:`~committee_calc.errors.CellError` when a periodic direction has no lattice
+    vector or the periodic vectors are linearly dependent (a degenerate cell).
+
+    A fully periodic structure needs a full-rank cell (positive volume); a partly periodic one
+    needs independent, non-zero vectors along its periodic directions.
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    vecs = cell[pbc]
+    lengths = np.linalg.norm(vecs, axis=1)
+    if np.any(lengths < 1e-8):
+        axes = "".join("abc"[i] for i in np.flatnonzero(pbc) if np.linalg.norm(cell[i]) < 1e-8)
+        raise CellError(f"{what} is periodic along {axes} but has no lattice vector there "
+                        f"(cell {cell.tolist()}); give the cell (extxyz: Lattice=\"…\") or set "
+                        "pbc=False along those directions")
+    s = np.linalg.svd(vecs / lengths[:, None], compute_uv=False)
+    if s.min() < 1e-6:
+        raise CellError(f"{what} has a degenerate periodic cell (lattice vectors {vecs.tolist()} are "
+                        "linearly dependent, volume ~0); fix the lattice vectors")
 
 
 def structure_hash(atoms, decimals: int = 6) -> str:
@@ -89,7 +114,10 @@ def read_structures(path, index=":") -> list:
                 f"cannot read structures from {str(f)!r}: {type(exc).__name__}: {exc}. "
                 "Check the file format (extxyz, cif, POSCAR, ASE db...)"
             ) from exc
-        images.extend(got if isinstance(got, list) else [got])
+        got = got if isinstance(got, list) else [got]
+        for i, atoms in enumerate(got):
+            check_cell(atoms, f"structure {i} of {str(f)!r}")
+        images.extend(got)
     if not images:
         raise StructureReadError(f"{str(p)!r} holds no structures")
     return images
