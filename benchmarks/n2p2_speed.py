@@ -4,8 +4,8 @@ Usage: python benchmarks/n2p2_speed.py [--sizes 192 1536 12288] [--threads 1] [-
 
 Builds 1x1x1, 2x2x2 and 4x4x4 supercells of the 192-atom water box of the test
 fixture, prints the best wall time (and process CPU time, a steadier figure on
-a shared machine) per call and the scaling exponent (slope of log t vs log N).  Set COMMITTEE_CALC_N2P2_KERNEL=torch to time the
-PyTorch autograd fallback instead of the compiled (numba) kernels.
+a shared machine) per call and the scaling exponent (slope of log t vs log N).
+Set COMMITTEE_CALC_N2P2_KERNEL=torch to time the PyTorch autograd fallback instead of the compiled (numba) kernels.
 """
 import argparse
 import os

@@ -30,11 +30,11 @@ def main(argv=None) -> int:
 
     from ase.calculators.emt import EMT
     from ase.optimize import FIRE
-    from test_relax_members import MEMBER_EPS, PerturbedEMT, cu_pool
 
     from committee_calc import CommitteeCalculator
     from committee_calc.gate import Gate
     from committee_calc.relax.gated import GatedRelaxer
+    from test_relax_members import MEMBER_EPS, PerturbedEMT, cu_pool
 
     t0 = time.time()
     print(f"{'id':6s} {'ref-only':>8s} {'gated':>6s} {'ref calls':>9s} {'dE meV/at':>10s} {'E(EMT) meV/at':>14s}")

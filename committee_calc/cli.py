@@ -77,8 +77,9 @@ def molecules_from_args(args):
     return check_molecules(getattr(args, "molecules", None))
 
 
-def load_committee_from_args(args):
-    molecules = molecules_from_args(args)
+def load_committee_from_args(args, molecules=None):
+    """The committee of ``--committee``; ``molecules`` (int or "auto") overrides ``--molecules``."""
+    molecules = check_molecules(molecules) if molecules is not None else molecules_from_args(args)
     return load_committee(args.committee, **({"molecules": molecules} if molecules is not None else {}))
 
 
@@ -127,8 +128,8 @@ def build_gate(args, driver: str, committee=None, molecules=None, thresholds=Non
     thresholds: overrides the ``--threshold-…`` options (internal units), e.g. for a policy.
     label_store: False to ignore ``--labels``.
     """
-    committee = committee or load_committee_from_args(args)
-    mol = molecules if molecules is not None else molecules_from_args(args)
+    mol = check_molecules(molecules) if molecules is not None else molecules_from_args(args)
+    committee = committee or load_committee_from_args(args, molecules=mol)
     th = limits_from_args(args, "threshold") if thresholds is None else thresholds
     caps = limits_from_args(args, "cap")
     reference = load_reference_from_args(args)

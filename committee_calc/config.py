@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError, ModelFileError
 from .committee import CommitteeCalculator
 from .delta import build_delta
+from .errors import ConfigError, ModelFileError
 from .fileio import atomic_write_text
 from .members import build_members
 

@@ -38,9 +38,9 @@ from .errors import ConfigError, MemberPropertyError
 from .members import build_members
 from .members.ase_member import ASEMember
 from .members.base import Member
+from .structures import is_bulk
 from .uncertainty import force_uncertainty_relative
 from .units import check_positive
-from .structures import is_bulk
 
 DELTA_OPTIONS = {"damping_sigma_eV"}
 

@@ -113,8 +113,9 @@ def read_frames_repair(path) -> list:
             break
         pos = good_end = end + 1
     if good_end < len(data):
-        logging.getLogger("committee_calc").warning("%s: cut a torn trailing frame (%d bytes) left by an interrupted run",
-                    path, len(data) - good_end)
+        logging.getLogger("committee_calc").warning(
+            "%s: cut a torn trailing frame (%d bytes) left by an interrupted run",
+            path, len(data) - good_end)
         atomic_write_bytes(path, data[:good_end])
     return frames
 

@@ -48,7 +48,7 @@ from .errors import ConfigError, GateStop, NonFiniteOutputError
 from .labeller import Labeller
 from .measures import check_limits, check_molecules, compute_measures, decide, parse_limits
 from .molecules import count_molecules
-from .structures import is_bulk
+from .structures import is_bulk, structure_hash
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class Gate(Calculator):
         mol = self.molecules if self.molecules is not None else getattr(self.committee, "molecules", None)
         if mol != "auto":
             return mol
-        key = tuple(atoms.numbers)
+        key = structure_hash(atoms, decimals=2)  # connectivity can change with the geometry
         if self._nmol_cache[0] != key:
             self._nmol_cache = (key, count_molecules(atoms))
         return self._nmol_cache[1]
@@ -237,8 +237,11 @@ class Gate(Calculator):
         self.n_calls += 1
         finite = _finite(com)
         measures = compute_measures(com, len(atoms), self.n_molecules(atoms)) if com else {}
-        if com is not None and self.n_molecules(atoms):
-            com.setdefault(K.N_MOLECULES, self.n_molecules(atoms))
+        nmol = self.n_molecules(atoms)
+        if com is not None and nmol:
+            com.setdefault(K.N_MOLECULES, nmol)
+            if K.ENERGY_STD_PER_MOLECULE in measures:
+                com.setdefault(K.ENERGY_STD_PER_MOLECULE, measures[K.ENERGY_STD_PER_MOLECULE])
         d = decide(measures, self.thresholds, self.hard_cap, self.logic, finite=finite)
         if d.stop:
             raise GateStop(d.reason + "; the structure is too far from the training data to "

@@ -163,7 +163,7 @@ class LabelStore:
             pos = end + 1
         if new and torn_at is None and not self._parses(buf[new[-1][0]:new[-1][1]]):
             torn_at = new.pop()[0]
-        for start, stop in new:
+        for start, _end in new:
             idx = len(self._offsets)
             self._offsets.append(base + start)
             m = _HASH_RE.search(buf, start, buf.find(b"\n", buf.find(b"\n", start) + 1))

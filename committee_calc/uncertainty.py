@@ -71,7 +71,7 @@ def aggregate(predictions: list, calibration: dict | None = None) -> dict:
     stacks = {q: np.array([p[q] for p in predictions], dtype=float) for q in keys}
 
     finite = np.ones(m, dtype=bool)
-    for q, s in stacks.items():
+    for s in stacks.values():
         finite &= np.isfinite(s.reshape(m, -1)).all(axis=1)
     n_bad = int(m - finite.sum())
     if finite.sum() == 0:

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 
-from committee_calc.errors import (BackendUnavailableError, ConfigError, ModelFileError,
-                                   UnknownSpeciesError)
+from committee_calc.errors import BackendUnavailableError, ConfigError, ModelFileError, UnknownSpeciesError
 
 try:
     from committee_calc.members.lammps import LAMMPSMember, import_lammps
@@ -58,8 +57,9 @@ def test_si_committee_relax_md_fd():
 
 
 def test_glob_parameter_files_and_per_atom_energies(tmp_path):
-    from committee_calc.members.lammps import import_lammps as _il
     import os
+
+    from committee_calc.members.lammps import import_lammps as _il
 
     _il()
     src = os.path.join(os.environ["LAMMPS_POTENTIALS"], "Si.sw")

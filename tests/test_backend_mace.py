@@ -12,8 +12,7 @@ from ase.build import bulk  # noqa: E402
 
 from committee_calc.committee import CommitteeCalculator  # noqa: E402
 from committee_calc.config import build_committee  # noqa: E402
-from committee_calc.errors import (ConfigError, CutoffMismatchError, ModelFileError,  # noqa: E402
-                                   UnknownSpeciesError)
+from committee_calc.errors import ConfigError, CutoffMismatchError, ModelFileError, UnknownSpeciesError  # noqa: E402
 from committee_calc.members.mace import MACEMember  # noqa: E402
 from tiny_models import fd_force_error, rattled_si, relax_and_md  # noqa: E402
 

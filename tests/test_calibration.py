@@ -4,7 +4,12 @@ import pytest
 import yaml
 
 from committee_calc.calibration import (
-    GAUSS_1SIGMA, alpha_nll, alpha_resampling, calibrate, fit_alpha, save_calibration,
+    GAUSS_1SIGMA,
+    alpha_nll,
+    alpha_resampling,
+    calibrate,
+    fit_alpha,
+    save_calibration,
 )
 from committee_calc.errors import CalibrationError
 

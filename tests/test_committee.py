@@ -1,6 +1,7 @@
 """CommitteeCalculator: drop-in use, consistency with finite differences, exact spreads."""
 import numpy as np
 import pytest
+from ase import units
 from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.filters import FrechetCellFilter
@@ -8,7 +9,6 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
-from ase import units
 
 from committee_calc import CommitteeCalculator
 from committee_calc.uncertainty import FORCE_FLOOR
@@ -162,6 +162,7 @@ def test_relative_uncertainty_floor_at_zero_force():
 def test_per_molecule_uncertainty_from_connectivity():
     from ase.build import molecule
     from ase.calculators.lj import LennardJones
+
     from committee_calc.units import ev_to_kjmol
 
     atoms = molecule("H2O")

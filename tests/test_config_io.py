@@ -6,8 +6,7 @@ from ase.calculators.calculator import Calculator, CalculatorError
 from ase.calculators.emt import EMT
 from ase.io import read, write
 
-from committee_calc import (CommitteeCalculator, attach_uncertainties, load_committee,
-                            read_uncertainties)
+from committee_calc import CommitteeCalculator, attach_uncertainties, load_committee, read_uncertainties
 from committee_calc import errors as E
 from committee_calc.members.ase_member import ASEMember
 from helpers import cu_cell, emt_members

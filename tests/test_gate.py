@@ -13,8 +13,8 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from committee_calc import CommitteeCalculator
 from committee_calc.errors import ConfigError, GateStop, UnitError
 from committee_calc.gate import Gate, GateResult
-from committee_calc.measures import parse_limits
 from committee_calc.labels import LabelStore
+from committee_calc.measures import parse_limits
 from committee_calc.units import KJMOL
 
 

@@ -13,8 +13,7 @@ from committee_calc import CommitteeCalculator
 from committee_calc.errors import ConfigError, ReferenceCalculationError
 from committee_calc.gate import Gate
 from committee_calc.labels import LabelStore
-from committee_calc.reference import (Reference, default_reference, load_reference,
-                                      reference_from_dict)
+from committee_calc.reference import Reference, default_reference, load_reference, reference_from_dict
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 

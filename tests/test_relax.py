@@ -13,12 +13,12 @@ from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.io import read
 from ase.optimize import FIRE
-from test_relax_members import MEMBER_EPS, Harmonic, PerturbedEMT, cu_pool, perturbed_members, write_inputs
 
 from committee_calc import CommitteeCalculator
 from committee_calc.errors import ConfigError
 from committee_calc.gate import Gate
 from committee_calc.relax.gated import GatedRelaxer
+from test_relax_members import MEMBER_EPS, Harmonic, PerturbedEMT, cu_pool, perturbed_members, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = ["--threshold-energy-std-per-atom-meV", "4", "--threshold-forces-std-max-eVA", "0.2"]

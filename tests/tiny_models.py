@@ -100,7 +100,7 @@ def build_mace(path, frames, seed=0, r_max=4.0, channels=8, steps=8, dtype="floa
             cutoff=r_max) for a in frames]
         loader = torch_geometric.dataloader.DataLoader(graphs, batch_size=10, shuffle=True)
         opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-        for step in range(steps):
+        for _ in range(steps):
             for batch in loader:
                 out = model(batch.to_dict(), training=True)
                 n = (batch["ptr"][1:] - batch["ptr"][:-1]).to(out["energy"].dtype)
@@ -147,13 +147,13 @@ def mace_models(tmp_path_factory, si_train_frames):
 def build_nequip(path, frames, seed=0, r_max=4.0, steps=5):
     import torch
     import yaml
-    from nequip.model import model_from_config
-    from nequip.utils import Config
-    from nequip.scripts.train import default_config
-    from nequip.scripts import deploy
     from nequip.data import AtomicData
-    from nequip.utils.torch_geometric import Batch
     from nequip.data.transforms import TypeMapper
+    from nequip.model import model_from_config
+    from nequip.scripts import deploy
+    from nequip.scripts.train import default_config
+    from nequip.utils import Config
+    from nequip.utils.torch_geometric import Batch
     from nequip.utils.versions import get_current_code_versions
     e_per_atom = float(np.mean([a.info["REF_energy"] / len(a) for a in frames]))
     cfg = Config.from_dict(dict(default_config))
@@ -172,7 +172,8 @@ def build_nequip(path, frames, seed=0, r_max=4.0, steps=5):
     try:
         deploy._current_metadata = {}
         model = model_from_config(cfg, initialize=True, dataset=None, deploy=True)
-        extra = deploy._current_metadata; deploy._current_metadata = None
+        extra = deploy._current_metadata
+        deploy._current_metadata = None
         tm = TypeMapper(chemical_symbol_to_type={"Si": 0})
         datas = []
         for a in frames:
@@ -180,28 +181,38 @@ def build_nequip(path, frames, seed=0, r_max=4.0, steps=5):
             datas.append(tm(d))
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-        for s in range(steps):
+        for _ in range(steps):
             for i in range(0, len(datas), 10):
                 b = AtomicData.to_AtomicDataDict(Batch.from_data_list(datas[i:i+10]))
-                ref_e = b["total_energy"].reshape(-1).clone(); ref_f = b["forces"].clone()
+                ref_e = b["total_energy"].reshape(-1).clone()
+                ref_f = b["forces"].clone()
                 inp = {k: v for k, v in b.items() if k not in ("total_energy", "forces")}
                 out = model(inp)
                 n = torch.bincount(b["batch"]).to(ref_e.dtype)
-                loss = (((out["total_energy"].reshape(-1) - ref_e) / n) ** 2).mean() + 10 * ((out["forces"] - ref_f) ** 2).mean()
-                opt.zero_grad(); loss.backward(); opt.step()
+                loss = (((out["total_energy"].reshape(-1) - ref_e) / n) ** 2).mean() \
+                    + 10 * ((out["forces"] - ref_f) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         model.eval()
         sm = deploy._compile_for_deploy(model)
     finally:
         torch.set_default_dtype(old)
     md = {}
     versions, _ = get_current_code_versions(cfg)
-    for code, v in versions.items(): md[code + "_version"] = v
-    md[deploy.R_MAX_KEY] = str(float(r_max)); md[deploy.N_SPECIES_KEY] = "1"; md[deploy.TYPE_NAMES_KEY] = "Si"
+    for code, v in versions.items():
+        md[code + "_version"] = v
+    md[deploy.R_MAX_KEY] = str(float(r_max))
+    md[deploy.N_SPECIES_KEY] = "1"
+    md[deploy.TYPE_NAMES_KEY] = "Si"
     md[deploy.JIT_BAILOUT_KEY] = str(cfg[deploy.JIT_BAILOUT_KEY])
     if deploy.JIT_FUSION_STRATEGY in cfg:
-        md[deploy.JIT_FUSION_STRATEGY] = ";".join("%s,%i" % e for e in cfg[deploy.JIT_FUSION_STRATEGY])
-    md[deploy.TF32_KEY] = "0"; md[deploy.DEFAULT_DTYPE_KEY] = "float64"; md[deploy.MODEL_DTYPE_KEY] = "float64"
-    md[deploy.CONFIG_KEY] = yaml.dump(Config.as_dict(cfg)); md.update(extra or {})
+        md[deploy.JIT_FUSION_STRATEGY] = ";".join(f"{e[0]},{int(e[1])}" for e in cfg[deploy.JIT_FUSION_STRATEGY])
+    md[deploy.TF32_KEY] = "0"
+    md[deploy.DEFAULT_DTYPE_KEY] = "float64"
+    md[deploy.MODEL_DTYPE_KEY] = "float64"
+    md[deploy.CONFIG_KEY] = yaml.dump(Config.as_dict(cfg))
+    md.update(extra or {})
     torch.jit.save(sm, str(path), _extra_files={k: v.encode("ascii") for k, v in md.items()})
     return str(path)
 
@@ -223,9 +234,9 @@ def nequip_models(tmp_path_factory, si_train_frames):
 # ----------------------------------------------------------------------------
 # SchNetPack 2.x: a tiny PaiNN NeuralNetworkPotential, a few optimiser steps
 def build_schnetpack(path, frames, seed=0, cutoff=4.0, steps=5, n_atom_basis=8):
-    import torch
     import schnetpack as spk
     import schnetpack.transform as trn
+    import torch
     from schnetpack.interfaces import AtomsConverter
 
     torch.manual_seed(seed)
@@ -245,7 +256,7 @@ def build_schnetpack(path, frames, seed=0, cutoff=4.0, steps=5, n_atom_basis=8):
     conv = AtomsConverter(neighbor_list=trn.MatScipyNeighborList(cutoff=cutoff), dtype=torch.float64)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
-    for s in range(steps):
+    for _ in range(steps):
         for i in range(0, len(frames), 10):
             chunk = frames[i:i + 10]
             inp = conv([a.copy() for a in chunk])
@@ -254,7 +265,9 @@ def build_schnetpack(path, frames, seed=0, cutoff=4.0, steps=5, n_atom_basis=8):
             out = model(inp)  # in training mode, postprocessors are skipped
             n = inp["_n_atoms"].to(ref_e.dtype)
             loss = (((out["energy"] - ref_e) / n) ** 2).mean() + 10 * ((out["forces"] - ref_f) ** 2).mean()
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     model.eval()
     torch.save(model, str(path))
     return str(path)
@@ -305,8 +318,8 @@ def relax_and_md(committee, atoms, relax_steps=5, md_steps=20):
     """BFGS + FrechetCellFilter, then NVE MD; returns (E0, E_relaxed, energies_md)."""
     from ase import units
     from ase.filters import FrechetCellFilter
-    from ase.md.verlet import VelocityVerlet
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
     from ase.optimize import BFGS
 
     a = atoms.copy()

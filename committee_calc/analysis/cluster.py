@@ -17,7 +17,9 @@ import math
 
 import numpy as np
 
+from ..descriptors import standardise, structure_descriptors
 from ..errors import BackendUnavailableError, ConfigError
+from ..fileio import atomic_write_bytes
 from ..units import check_positive
 
 CLUSTER_COLUMNS = ("rank", "cluster", "n_members", "id", "energy_per_atom_eV",
@@ -35,8 +37,6 @@ def cluster_structures(structures, committee=None, eps=0.5, min_samples=1,
         appended as one more column, so structures with equal descriptors but
         energies further apart than ~eps·scale are kept apart.
     """
-    from ..descriptors import standardise, structure_descriptors
-
     try:
         from sklearn.cluster import DBSCAN
     except ImportError as exc:  # pragma: no cover - sklearn is in the analysis extra
@@ -92,8 +92,6 @@ def plot_landscape(rows, path, labels=None, title="energy landscape") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_write_bytes
 
     rows = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)

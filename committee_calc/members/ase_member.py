@@ -1,12 +1,10 @@
 """The generic member: any ASE calculator instance (or import path + parameters)."""
 from __future__ import annotations
 
-import importlib
-
 from ase.calculators.calculator import Calculator
 
+from ..errors import ConfigError
 from ..imports import import_object
-from ..errors import BackendUnavailableError, ConfigError
 from .base import MEMBER_PROPERTIES, Member, as_prediction
 
 
@@ -34,7 +32,7 @@ class ASEMember(Member):
         self.implemented_properties = tuple(p for p in MEMBER_PROPERTIES if p in props)
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir=None) -> "ASEMember":
+    def from_spec(cls, spec: dict, base_dir=None) -> ASEMember:
         path = spec.get("calculator")
         if path is None:
             raise ConfigError("an 'ase' member needs 'calculator: <import path>'")

@@ -15,7 +15,7 @@ non-``None`` :meth:`Member.group_key` and hands each group to
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Member:
         return None
 
     @classmethod
-    def predict_group(cls, members: Sequence["Member"], atoms, properties) -> list:
+    def predict_group(cls, members: Sequence[Member], atoms, properties) -> list:
         return [m.predict(atoms, properties) for m in members]
 
     def describe(self) -> dict:

@@ -122,7 +122,7 @@ class LAMMPSMember(Member):
         self._check_style()
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir=None) -> "LAMMPSMember":
+    def from_spec(cls, spec: dict, base_dir=None) -> LAMMPSMember:
         known = {"backend", "name", "path", "pair_style", "pair_coeff", "elements", "cutoff",
                  "masses", "commands"}
         unknown = set(spec) - known

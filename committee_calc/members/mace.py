@@ -25,10 +25,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from ._torch_common import (check_device, check_dtype, dtype_name, import_framework,
-                            torch_dtype, torch_env, torch_load, voigt)
-from .base import BatchedMember
 from ..structures import is_bulk
+from ._torch_common import (
+    check_device,
+    check_dtype,
+    dtype_name,
+    import_framework,
+    torch_dtype,
+    torch_env,
+    torch_load,
+    voigt,
+)
+from .base import BatchedMember
 
 #: atoms.info keys MACE's own calculator reads (kept identical for equal graphs)
 _INFO_KEYS = {"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"}
@@ -120,17 +128,17 @@ class MACEMember(BatchedMember):
             except Exception as exc:  # pragma: no cover - model dependent
                 import warnings
 
-                warnings.warn(f"MACE model {path!r} could not be scripted ({exc}); running eagerly")
+                warnings.warn(f"MACE model {path!r} could not be scripted ({exc}); running eagerly", stacklevel=2)
 
     @classmethod
-    def from_file(cls, path, **kwargs) -> "MACEMember":
+    def from_file(cls, path, **kwargs) -> MACEMember:
         torch_env()
         _mace()
         model = torch_load(path, "mace", device=kwargs.get("device", "cpu"))
         return cls(model, path=str(path), **kwargs)
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir=None) -> "MACEMember":
+    def from_spec(cls, spec: dict, base_dir=None) -> MACEMember:
         known = {"backend", "path", "name", "device", "dtype", "head", "jit", "skin"}
         unknown = set(spec) - known
         if unknown:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
+from ..structures import is_bulk
 from ._torch_common import check_device, check_model_file, import_framework, torch_env, voigt
 from .base import BatchedMember
-from ..structures import is_bulk
 
 
 def _nequip():
@@ -103,7 +103,7 @@ class NequIPMember(BatchedMember):
             (("stress",) if self.has_stress else ())
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir=None) -> "NequIPMember":
+    def from_spec(cls, spec: dict, base_dir=None) -> NequIPMember:
         known = {"backend", "path", "name", "device", "species_to_type_name"}
         unknown = set(spec) - known
         if unknown:

@@ -22,10 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from ._torch_common import (check_device, check_dtype, import_framework, torch_dtype, torch_env,
-                            torch_load, voigt)
-from .base import BatchedMember
 from ..structures import is_bulk
+from ._torch_common import check_device, check_dtype, import_framework, torch_dtype, torch_env, torch_load, voigt
+from .base import BatchedMember
 
 
 def _spk():
@@ -93,13 +92,13 @@ class SchNetPackMember(BatchedMember):
         self._converter = None
 
     @classmethod
-    def from_file(cls, path, **kwargs) -> "SchNetPackMember":
+    def from_file(cls, path, **kwargs) -> SchNetPackMember:
         _spk()
         model = torch_load(path, "schnetpack", device=kwargs.get("device", "cpu"))
         return cls(model, path=str(path), **kwargs)
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir=None) -> "SchNetPackMember":
+    def from_spec(cls, spec: dict, base_dir=None) -> SchNetPackMember:
         opts = {"cutoff", "energy_key", "forces_key", "stress_key", "energy_unit",
                 "position_unit", "dtype", "device", "species", "name"}
         unknown = set(spec) - opts - {"backend", "path"}

@@ -38,8 +38,7 @@ directory's files into a new folder under ``failed_dir``.  Nothing is ever
 returned (so nothing can be labelled) from a failed call.
 """
 from .calls import Reference, as_reference
-from .spec import (GPAW_DEFAULT, SPEC_KEYS, ReferenceSpec, default_reference, load_reference,
-                   reference_from_dict)
+from .spec import GPAW_DEFAULT, SPEC_KEYS, ReferenceSpec, default_reference, load_reference, reference_from_dict
 
 __all__ = ["Reference", "as_reference", "ReferenceSpec", "load_reference", "reference_from_dict",
            "default_reference", "GPAW_DEFAULT", "SPEC_KEYS"]

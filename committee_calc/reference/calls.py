@@ -1,4 +1,7 @@
-"""Running a reference safely: fresh instance per call, timeout, failure capture (see :mod:`committee_calc.reference`)."""
+"""Running a reference safely: fresh instance per call, timeout, failure capture.
+
+See :mod:`committee_calc.reference` for the strategies.
+"""
 from __future__ import annotations
 
 import copy

@@ -12,13 +12,13 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from ...errors import ConfigError, MemberPropertyError
+from ...structures import is_bulk
 from ...units import energy_factor, length_factor
 from .. import expand_paths
 from ..base import Member
 from .descriptors import SFEngine
 from .network import ElementNet
 from .reader import N2P2Model, load_model
-from ...structures import is_bulk
 
 
 def neighbour_pairs(positions, cell, pbc, cutoff):
@@ -78,7 +78,7 @@ class N2P2Member(Member):
         self._engine = None
 
     @classmethod
-    def from_spec(cls, spec: dict, base_dir=None) -> "N2P2Member":
+    def from_spec(cls, spec: dict, base_dir=None) -> N2P2Member:
         unknown = set(spec) - {"backend", "path", "name", "length_unit", "energy_unit"}
         if unknown:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} for an n2p2 member; allowed: "
@@ -106,7 +106,7 @@ class N2P2Member(Member):
         return {"backend": "n2p2", "name": self.name, "path": self.model.folder,
                 "length_unit": self.length_unit, "energy_unit": self.energy_unit}
 
-    def as_calculator(self) -> "N2P2Calculator":
+    def as_calculator(self) -> N2P2Calculator:
         """A standalone ASE calculator over this member."""
         return N2P2Calculator(self)
 

@@ -20,7 +20,7 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from ...errors import ModelFileError
-from .symfuncs import SymFunc, parse_symfunction, sort_key
+from .symfuncs import parse_symfunction, sort_key
 
 #: keywords that change the prediction and that this evaluator does not implement
 UNSUPPORTED_KEYWORDS = {
@@ -172,8 +172,8 @@ def read_scaling(path: str, counts: dict, elements: tuple) -> dict:
 
 def read_weights(path: str, layer_sizes: list, activations: str, normalize: bool) -> Network:
     """Read one ``weights.ZZZ.data`` file for the topology ``layer_sizes``."""
-    W = [np.full((layer_sizes[l + 1], layer_sizes[l]), np.nan) for l in range(len(layer_sizes) - 1)]
-    b = [np.full(layer_sizes[l + 1], np.nan) for l in range(len(layer_sizes) - 1)]
+    W = [np.full((layer_sizes[k + 1], layer_sizes[k]), np.nan) for k in range(len(layer_sizes) - 1)]
+    b = [np.full(layer_sizes[k + 1], np.nan) for k in range(len(layer_sizes) - 1)]
     n_read = 0
     for lineno, raw in enumerate(_read_lines(path), 1):
         s = raw.strip()

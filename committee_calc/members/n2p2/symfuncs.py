@@ -6,7 +6,7 @@ Supported (``symfunction_short`` lines, parameters in the model's length unit):
 type   line                                                            G_i
 =====  ==============================================================  ==========================
 2      ``ec 2 e1 eta rs rc``                                           Σ_j e^{-η(r_ij-rs)²} f_c(r_ij)
-3      ``ec 3 e1 e2 eta lambda zeta rc [rs]``                          2^{1-ζ} Σ_{j<k} (1+λcosθ)^ζ e^{-η Σ(r-rs)²} f_c f_c f_c (ij, ik, jk)
+3      ``ec 3 e1 e2 eta lambda zeta rc [rs]``                          2^{1-ζ} Σ_{j<k} (1+λcosθ)^ζ e^{-η Σ(r-rs)²} f_c³ (ij,ik,jk)
 9      ``ec 9 e1 e2 eta lambda zeta rc [rs]``                          as 3 without the jk terms
 20     ``ec 20 e1 rl rc subtype``                                      Σ_j p(r_ij), rl < r_ij < rc
 22     ``ec 22 e1 e2 rl rc angle_left angle_right subtype``            Σ_{j<k} p(r_ij) p(r_ik) p_θ(θ_ijk)
