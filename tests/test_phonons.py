@@ -12,11 +12,13 @@ from ase.spacegroup import crystal
 
 from committee_calc.committee import CommitteeCalculator
 from committee_calc.errors import ConfigError
-from committee_calc.units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from committee_calc.gate import Gate
 from committee_calc.members.ase_member import ASEMember
-from committee_calc.phonons.harmonic import (PhononSettings, PhononWarning, compute_forces,
-                                    harmonic_from_forces, make_phonopy, report_imaginary,
-                                    run_phonons)
+from committee_calc.phonons.forces import compute_forces
+from committee_calc.phonons.harmonic import harmonic_from_forces, report_imaginary, run_phonons
+from committee_calc.phonons.settings import PhononSettings, PhononWarning
+from committee_calc.phonons.supercell import make_phonopy
+from committee_calc.units import PHONOPY_EV_TO_KJMOL
 
 DATA = Path(__file__).parent / "data" / "qha"
 pytestmark = pytest.mark.filterwarnings("ignore:Half-grid shift")
@@ -75,17 +77,17 @@ def test_supercell_smaller_than_twice_cutoff_warns():
     com = CommitteeCalculator([ASEMember(EMT(), cutoff=5.0), ASEMember(EMT(), cutoff=5.0)])
     at = bulk("Cu", "fcc", a=3.59)
     with pytest.warns(PhononWarning, match="less than twice the committee cutoff"):
-        run_phonons(at, com, PhononSettings(supercell_matrix=2, mesh=(4, 4, 4), t_max_K=100))
+        run_phonons(at, Gate(com), PhononSettings(supercell_matrix=2, mesh=(4, 4, 4), t_max_K=100))
     with warnings.catch_warnings():
         warnings.simplefilter("error", PhononWarning)
-        run_phonons(at, com, PhononSettings(supercell_matrix=5, mesh=(4, 4, 4), t_max_K=100))
+        run_phonons(at, Gate(com), PhononSettings(supercell_matrix=5, mesh=(4, 4, 4), t_max_K=100))
 
 
 def test_imaginary_modes_are_reported_with_qpoint():
     at = bulk("Cu", "fcc", a=3.59)
     s = PhononSettings(mesh=(4, 4, 4), t_max_K=100)
     ph = make_phonopy(at, s)
-    fs = compute_forces(ph, EMT())
+    fs = compute_forces(ph, Gate(EMT()))
     res = harmonic_from_forces(ph, -fs.forces, s)   # an unstable (inverted) force field
     assert res.imaginary_modes and all(f < -0.05 for _, f in res.imaginary_modes)
     assert all(len(q) == 3 for q, _ in res.imaginary_modes)
@@ -97,12 +99,12 @@ def test_committee_members_and_mean_potential():
     """Identical members: zero spread; scaled members: frequencies scale with sqrt(w)."""
     at = bulk("Cu", "fcc", a=3.59)
     s = PhononSettings(mesh=(6, 6, 6), t_max_K=200)
-    single = run_phonons(at, EMT(), s)
-    same = run_phonons(at, CommitteeCalculator([EMT(), EMT()]), s)
+    single = run_phonons(at, Gate(EMT()), s)
+    same = run_phonons(at, Gate(CommitteeCalculator([EMT(), EMT()])), s)
     np.testing.assert_array_equal(same.mean.free_energy_eV, single.mean.free_energy_eV)
     assert np.all(same.spread("free_energy_eV") == 0)
     com = CommitteeCalculator([LinearCombinationCalculator([EMT()], [w]) for w in (0.97, 1.0, 1.03)])
-    r = run_phonons(at, com, s)
+    r = run_phonons(at, Gate(com), s)
     assert len(r.members) == 3
     np.testing.assert_allclose(r.members[0].frequencies_THz, single.mean.frequencies_THz * np.sqrt(0.97),
                                rtol=1e-9, atol=1e-9)
@@ -113,25 +115,24 @@ def test_committee_members_and_mean_potential():
 def test_gate_fallback_recomputes_exactly_uncertain_supercells(tmp_path):
     """One deliberately wrong member: only supercells above the force threshold go to the
     reference, and exactly those are appended to the label store."""
-    from committee_calc.gate import Gate
     from committee_calc.labels import LabelStore
 
     at = crystal(["Au", "Cu"], [(0, 0, 0), (0, 0.5, 0.5)], spacegroup=221, cellpar=3.75)
     s = PhononSettings(supercell_matrix=2, mesh=(6, 6, 6), t_max_K=200)
     com = CommitteeCalculator([EMT(), EMT(), LinearCombinationCalculator([EMT()], [2.0])])
     ph = make_phonopy(at, s)
-    std = compute_forces(ph, com).forces_std_max
+    std = compute_forces(ph, Gate(com)).forces_std_max
     assert len(std) == 2 and abs(std[0] - std[1]) > 1e-3
     threshold = float(np.mean(std))
     above = [i for i, v in enumerate(std) if v > threshold]
     store = LabelStore(tmp_path / "labels.extxyz")
     gate = Gate(com, EMT(), thresholds={"forces_std_max": threshold}, label_store=store,
                 provenance={"driver": "qha"})
-    res = run_phonons(at, com, s, gate=gate)
+    res = run_phonons(at, gate, s)
     fs = res.forces
     assert [i for i, d in enumerate(fs.decisions) if d == "reference"] == above
     assert len(store) == len(above) == gate.n_reference_calls
-    ref = compute_forces(ph, EMT()).forces
+    ref = compute_forces(ph, Gate(EMT())).forces
     for i in above:  # reference forces used for the mean and every member
         np.testing.assert_allclose(fs.forces[i], ref[i], atol=1e-12)
         for k in range(3):
@@ -141,3 +142,45 @@ def test_gate_fallback_recomputes_exactly_uncertain_supercells(tmp_path):
         assert not np.allclose(fs.forces_members[2, i], ref[i])
     labels = store.read()
     np.testing.assert_allclose(labels[0].arrays["REF_forces"], ref[above[0]], atol=1e-8)
+    # provenance names the displaced supercell (batched evaluation keeps step = its index)
+    assert labels[0].info["prov_step"] == above[0] == labels[0].info["prov_displacement"]
+    assert labels[0].info["prov_driver"] == "qha"
+
+
+def test_only_a_gate_is_accepted_as_evaluator():
+    """Behaviour change (issue 13): science functions take exactly one evaluator, a Gate; a
+    bare calculator or committee is a ConfigError that says how to wrap it."""
+    from committee_calc.phonons.volumes import relax_structure, run_volume_point, static_energies
+
+    at = bulk("Cu", "fcc", a=3.59)
+    s = PhononSettings(mesh=(4, 4, 4), t_max_K=100)
+    com = CommitteeCalculator([EMT(), EMT()])
+    for call in (lambda: compute_forces(make_phonopy(at, s), EMT()),
+                 lambda: run_phonons(at, com, s),
+                 lambda: run_volume_point(at, com, s),
+                 lambda: relax_structure(at, EMT()),
+                 lambda: static_energies(at, com)):
+        with pytest.raises(ConfigError, match=r"Gate\(committee\)"):
+            call()
+
+
+def test_displaced_supercells_are_one_batched_gate_call(monkeypatch):
+    """All displaced supercells go to the committee in one ``predict`` call; a plain
+    calculator behind ``Gate(calc)`` gives decision "committee" (formerly "calculator"),
+    no members and no spread."""
+    at = crystal(["Au", "Cu"], [(0, 0, 0), (0, 0.5, 0.5)], spacegroup=221, cellpar=3.75)
+    s = PhononSettings(supercell_matrix=2, mesh=(4, 4, 4), t_max_K=100)
+    ph = make_phonopy(at, s)
+    com = CommitteeCalculator([EMT(), EMT()])
+    calls = []
+    predict = com.predict
+    monkeypatch.setattr(com, "predict", lambda images, **kw: calls.append(len(images)) or predict(images, **kw))
+    gate = Gate(com)
+    fs = compute_forces(ph, gate)
+    n = len(ph.supercells_with_displacements)
+    assert calls == [n] and gate.n_committee_calls == n
+    assert fs.forces_members.shape == (2, n, len(ph.supercell), 3)
+    plain = compute_forces(ph, Gate(EMT()))
+    assert plain.decisions == ("committee",) * n and plain.n_reference == 0
+    assert plain.forces_members is None and plain.forces_std_max is None
+    np.testing.assert_array_equal(plain.forces, fs.forces)

@@ -11,12 +11,12 @@ from ase.calculators.mixing import LinearCombinationCalculator
 
 from committee_calc.committee import CommitteeCalculator
 from committee_calc.errors import ConfigError
-from committee_calc.units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
-from committee_calc.phonons.harmonic import PhononSettings
-from committee_calc.phonons.qha import (QHAInputs, QHAWarning,
-                                inputs_from_points, run_committee_qha, run_qha_arrays)
+from committee_calc.gate import Gate
+from committee_calc.phonons.qha import QHAInputs, QHAWarning, inputs_from_points, run_committee_qha, run_qha_arrays
 from committee_calc.phonons.qha_io import inputs_from_phonopy_files, read_qha_csv
+from committee_calc.phonons.settings import PhononSettings
 from committee_calc.phonons.volumes import run_volume_point, scaled_structures
+from committee_calc.units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
 
 DATA = Path(__file__).parent / "data" / "qha"
 SCALES = [0.99, 0.995, 1.0, 1.005, 1.01, 1.015, 1.02, 1.025, 1.03]
@@ -92,7 +92,7 @@ def committee_qha():
                               t_min_K=0, t_max_K=800, t_step_K=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pts = [run_volume_point(a, com, settings, relax="none")
+        pts = [run_volume_point(a, Gate(com), settings, relax="none")
                for a in scaled_structures(bulk("Cu", "fcc", a=3.59), linear_scales=SCALES)]
     inputs = inputs_from_points([(p.energy_eV, p.phonons) for p in pts],
                                 np.array([p.energies_members_eV for p in pts]).T)
@@ -129,7 +129,7 @@ def test_fixed_volume_relaxation_keeps_volume_and_caller_atoms():
     at.rattle(0.05, seed=1)
     at.set_cell(at.cell * [1.02, 1.0, 0.98], scale_atoms=True)
     before = at.positions.copy()
-    calc = EMT()
+    calc = Gate(EMT())
     for mode in ("internal", "shape"):
         r = relax_structure(at, calc, mode, fmax_eVA=0.01)
         r.calc = EMT()
@@ -139,3 +139,75 @@ def test_fixed_volume_relaxation_keeps_volume_and_caller_atoms():
     assert at.calc is None
     with pytest.raises(ConfigError, match="relax mode"):
         relax_structure(at, calc, "full")
+
+
+def _spread_committee():
+    return CommitteeCalculator([LinearCombinationCalculator([EMT()], [w]) for w in (0.97, 1.0, 1.03)])
+
+
+def test_volume_point_relaxes_and_weighs_on_the_committee_alone(tmp_path):
+    """With a reference behind the gate, the relaxation and the static E(V) stay on the
+    committee (one potential-energy surface for the EOS); only displaced supercells fall
+    back and are labelled.  static_energies on that gate directly uses what the gate used."""
+    from committee_calc.labels import LabelStore
+    from committee_calc.phonons.volumes import relax_structure, static_energies
+
+    at = bulk("Cu", "fcc", a=3.6, cubic=True)
+    at.rattle(0.02, seed=3)  # forces on the atoms: relaxation needed
+    s = PhononSettings(supercell_matrix=1, mesh=(4, 4, 4), t_max_K=100)
+    com = _spread_committee()
+    ref = LinearCombinationCalculator([EMT()], [2.0])
+    gate = Gate(com, ref, thresholds={"forces_std_max_eVA": 1e-9},
+                label_store=LabelStore(tmp_path / "labels.extxyz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = run_volume_point(at, gate, s, relax="internal", fmax_eVA=0.01)
+        alone = run_volume_point(at, Gate(com), s, relax="internal", fmax_eVA=0.01)
+    np.testing.assert_array_equal(p.atoms.positions, alone.atoms.positions)
+    assert p.energy_eV == alone.energy_eV
+    np.testing.assert_array_equal(p.energies_members_eV, alone.energies_members_eV)
+    n = len(p.phonons.forces.decisions)
+    assert set(p.phonons.forces.decisions) == {"reference"} and gate.n_labels == n
+    assert relax_structure(at, gate, "none").calc is None
+    e, em = static_energies(at, gate)  # untrusted: the reference energy for mean and members
+    b = at.copy()
+    b.calc = ref
+    assert e == pytest.approx(b.get_potential_energy()) and np.all(em == e) and em.shape == (3,)
+
+
+def test_hard_cap_stops_relaxation_and_supercells():
+    """Hard caps of the gate stop the volume (GateStop) in the relaxation and, without
+    relaxation, at the displaced supercells; formerly ignored without --reference."""
+    from committee_calc.errors import GateStop
+
+    at = bulk("Cu", "fcc", a=3.6, cubic=True)
+    at.rattle(0.02, seed=3)
+    s = PhononSettings(supercell_matrix=2, mesh=(4, 4, 4), t_max_K=100)
+    gate = Gate(_spread_committee(), hard_cap={"forces_std_max_eVA": 1e-9})
+    with pytest.raises(GateStop, match="relaxation stopped"):
+        run_volume_point(at, gate, s, relax="internal")
+    with pytest.raises(GateStop):
+        run_volume_point(bulk("Cu", "fcc", a=3.6), gate, s, relax="none")
+
+
+def test_scan_and_options_validated_before_any_output():
+    from committee_calc.phonons.qha_run import QHAOptions, VolumeScan
+
+    assert VolumeScan(scale_range=(0.98, 1.02, 5)).n_volumes == 5
+    s = VolumeScan(pressures_GPa=[0, 1, 2, 3, 4], relax="none")
+    structs, p = s.structures(bulk("Cu", "fcc", a=3.6))
+    assert len(structs) == 5 and p == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for kw, match in [(dict(), "exactly one"),
+                      (dict(linear_scales=SCALES, volume_scales=SCALES), "exactly one"),
+                      (dict(linear_scales=SCALES[:4]), "at least 5 volumes"),
+                      (dict(scale_range=(0.98, 1.02, 5.5)), "positive integer"),
+                      (dict(linear_scales=SCALES, relax="full"), "relax mode"),
+                      (dict(linear_scales=SCALES, fmax_eVA=0), "fmax")]:
+        with pytest.raises(ConfigError, match=match):
+            VolumeScan(**kw)
+    with pytest.raises(ConfigError, match="unknown EOS"):
+        QHAOptions(eos="bm3")
+    with pytest.raises(ConfigError, match="ddof"):
+        QHAOptions(ddof=2)
+    with pytest.raises(ConfigError, match="band_npoints"):  # formerly only after every volume ran
+        QHAOptions(band_npoints=1)

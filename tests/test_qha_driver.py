@@ -109,6 +109,32 @@ def test_driver_bad_input_messages(setup, capsys):
     assert "--committee" in capsys.readouterr().err
 
 
+def test_driver_validates_everything_before_the_output_folder(setup, capsys):
+    """Behaviour change: every input (volumes, thresholds, reference, species, phonopy-qha
+    files) is checked before ``--out`` is created; formerly the folder was made first."""
+    from drivers.qha import main
+
+    tmp = setup
+    (tmp / "al.yaml").write_text("members:\n" + "  - {backend: ase, calculator: ase.calculators.emt.EMT, "
+                                 "species: [Al]}\n" * 2)
+    (tmp / "bad_ref.yaml").write_text("calculator: no_such_module.Calculator\n")
+    base = _argv(tmp, tmp / "never")
+    cases = [
+        (base + ["--threshold-forces-std-max-eVA", "0.05"], "no --reference"),
+        (base + ["--reference", str(tmp / "bad_ref.yaml")], "no_such_module"),
+        (base[:2] + [str(tmp / "al.yaml")] + base[3:], "'Cu'"),
+        ([str(tmp / "cu.extxyz"), "--committee", str(tmp / "committee.yaml"), "--out",
+          str(tmp / "never")], "give the volumes"),
+        (["--ev", str(tmp / "missing.dat"), "--out", str(tmp / "never")], "--thermal-properties"),
+        (["--ev", str(tmp / "missing.dat"), "--thermal-properties", str(tmp / "missing.yaml"),
+          "--out", str(tmp / "never")], "missing"),
+    ]
+    for argv, match in cases:
+        assert main(argv) == 2, argv
+        assert match in capsys.readouterr().err, argv
+        assert not (tmp / "never").exists(), argv
+
+
 # --- bad input, pressures, shape relaxation and option names through the driver -------------
 FAST = ["--mesh", "4", "4", "4", "--tmin-K", "0", "--tmax-K", "100", "--tstep-K", "10",
         "--no-plots"]
@@ -138,8 +164,8 @@ def _volume_structures(out):
 def test_driver_warns_on_supercell_below_twice_cutoff(tmp_path):
     """cutoff 6 Å on fcc Cu (primitive cell 2.07 Å thick): --supercell 2 warns, naming the
     cutoff and 6 6 6, the smallest diagonal supercell at least 12 Å thick."""
-    from committee_calc.phonons.harmonic import (PhononSettings, PhononWarning, check_supercell_size,
-                                        make_phonopy)
+    from committee_calc.phonons.settings import PhononSettings, PhononWarning
+    from committee_calc.phonons.supercell import check_supercell_size, make_phonopy
     from drivers.qha import run
 
     prim = bulk("Cu", "fcc", a=3.59)
@@ -169,9 +195,12 @@ def test_driver_reports_imaginary_modes_per_volume(tmp_path):
     """Simple-cubic Cu (unstable under EMT at some volumes): every volume whose mean-potential
     phonons have modes below -tol is listed in imaginary_modes.csv and the summary, with a
     warning naming the volume; a larger tolerance reports none."""
-    from committee_calc.phonons.harmonic import PhononSettings, PhononWarning, run_phonons
-    from committee_calc.phonons.volumes import scaled_structures
     from ase.calculators.emt import EMT
+
+    from committee_calc.gate import Gate
+    from committee_calc.phonons.harmonic import run_phonons
+    from committee_calc.phonons.settings import PhononSettings, PhononWarning
+    from committee_calc.phonons.volumes import scaled_structures
     from drivers.qha import run
 
     sc = bulk("Cu", "sc", a=2.42)
@@ -184,7 +213,7 @@ def test_driver_reports_imaginary_modes_per_volume(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = [i for i, a in enumerate(scaled_structures(sc, linear_scales=[float(s) for s in scales]))
-                    if run_phonons(a, EMT(), settings).mean.imaginary_modes]
+                    if run_phonons(a, Gate(EMT()), settings).mean.imaginary_modes]
     assert 0 < len(expected) < len(scales), expected  # a real per-volume distinction
 
     out = tmp_path / "out"

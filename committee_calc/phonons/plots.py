@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -13,18 +14,25 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """Lay out, write ``fig`` to ``path`` and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def plot_band_structure(bands, path, title: str = "") -> None:
     """Mean-potential bands (lines) and the member min–max envelope (shaded)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     d = bands.distances
     if len(bands.members_THz):
-        lo, hi = bands.members_THz.min(axis=0), bands.members_THz.max(axis=0)
+        lo, hi = envelope(bands.members_THz)
         for b in range(lo.shape[1]):
             ax.fill_between(d, lo[:, b], hi[:, b], color="C0", alpha=0.25, lw=0,
                             label="committee min–max" if b == 0 else None)
     ax.plot(d, bands.frequencies_THz, color="k", lw=0.8)
-    for x, lab in bands.labels:
+    for x, _ in bands.labels:
         ax.axvline(x, color="0.7", lw=0.5)
     ax.set_xticks([x for x, _ in bands.labels])
     ax.set_xticklabels([lab.replace("GAMMA", "Γ").replace("$\\Gamma$", "Γ")
@@ -35,14 +43,12 @@ def plot_band_structure(bands, path, title: str = "") -> None:
     ax.set_title(title)
     if len(bands.members_THz):
         ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_dos(dos, path, title: str = "") -> None:
     """Total DOS of the mean potential with the member mean ± std band."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     f = dos.frequency_points_THz
     if len(dos.members) > 1:
@@ -54,9 +60,7 @@ def plot_dos(dos, path, title: str = "") -> None:
     ax.set_ylabel("DOS (states/THz/primitive cell)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def envelope(values: np.ndarray) -> tuple:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
 
-#: phonopy's constants (units of phonopy-qha outputs)
+#: fewest volumes an EOS fit accepts
 MIN_VOLUMES = 5
 EOS_NAMES = ("vinet", "birch_murnaghan", "murnaghan")
 #: QHAData fields that carry a (N,) temperature series (aggregated over members)
@@ -86,7 +86,7 @@ class QHAInputs:
     def n_members(self) -> int:
         return 0 if self.energies_members_eV is None else len(self.energies_members_eV)
 
-    def member(self, k: int) -> "QHAInputs":
+    def member(self, k: int) -> QHAInputs:
         """The inputs of member k alone."""
         return QHAInputs(self.volumes_A3, self.energies_members_eV[k], self.temperatures_K,
                          self.free_energy_members_eV[k], self.entropy_members_eV_per_K[k],
@@ -196,7 +196,7 @@ def run_qha_arrays(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float | 
     from phonopy.qha.core import QHA
 
     check_eos(eos)
-    jmol = PHONOPY_EV_TO_KJMOL * 1000.0
+    jmol = PHONOPY_EV_TO_KJMOL * 1e3  # J/mol per eV (phonopy's constant)
     el = inputs.energies_eV if inputs.electronic_free_energy_eV is None \
         else inputs.electronic_free_energy_eV
     q = QHA(inputs.volumes_A3, el, inputs.temperatures_K, inputs.heat_capacity_eV_per_K * jmol,
@@ -309,3 +309,26 @@ def inputs_from_points(points, energies_members=None, lattice_A=None) -> QHAInpu
         entropy_eV_per_K=stack("entropy_eV_per_K", [p.mean for p in ph]),
         heat_capacity_eV_per_K=stack("heat_capacity_eV_per_K", [p.mean for p in ph]),
         lattice_A=lattice_A, **kw)
+
+
+def screen_pressures(inputs: QHAInputs, pressures_GPa, temperature_K: float = 300.0,
+                     eos: str = "vinet", t_max_K: float | None = None, ddof: int = 1) -> list:
+    """The QHA at each pressure, read at the temperature nearest ``temperature_K`` [K].
+
+    Returns one dict per pressure: ``p`` GPa, ``T`` K, ``volume_A3`` (mean potential,
+    per primitive cell), ``volume_std_A3`` (member std), ``lattice_A`` (3,) Å or None,
+    ``lattice_std_A`` (3,) Å or None.
+    """
+    rows = []
+    for p in pressures_GPa:
+        r = run_committee_qha(inputs, eos=eos, pressure_GPa=p, t_max_K=t_max_K, ddof=ddof)
+        t = r.temperatures_K
+        j = int(np.argmin(np.abs(t - temperature_K)))
+        mp_j = int(np.argmin(np.abs(r.mean_potential.temperatures_K - t[j])))
+        lat = r.mean_potential.lattice_A
+        rows.append(dict(
+            p=p, T=float(t[j]), volume_A3=float(r.mean_potential.volume_A3[mp_j]),
+            volume_std_A3=float(r.stats["volume_A3"]["std"][j]),
+            lattice_A=None if lat is None else lat[mp_j],
+            lattice_std_A=r.stats["lattice_A"]["std"][j] if "lattice_A" in r.stats else None))
+    return rows

@@ -1,4 +1,5 @@
-"""Files of a QHA run: per-volume state (resumable), qha.csv, phonopy-format inputs.
+"""Files of a QHA run: per-volume state (resumable), qha.csv, qha_members.csv,
+qha_pressure.csv, imaginary_modes.csv, and phonopy-qha format inputs.
 
 Per volume ``<out>/volumes/NN/``:
   ``phonopy_params.yaml``   phonopy state with the best-estimate forces (``phonopy.load`` it)
@@ -19,11 +20,10 @@ import numpy as np
 
 from ..errors import ConfigError, StructureReadError
 from ..fileio import atomic_write_bytes, atomic_write_text, load_json, save_json_atomic
-from .harmonic import ForceSet
 from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
-from .qha import CommitteeQHA
-
-JMOL = PHONOPY_EV_TO_KJMOL * 1000.0
+from .forces import ForceSet
+from .qha import CommitteeQHA, QHAInputs
+from .volumes import volume_point_from_forces
 
 
 def volume_dir(out, index: int) -> Path:
@@ -73,8 +73,6 @@ def load_volume_point(out, index: int, settings, settings_hash: str):
     """The stored VolumePoint of volume ``index``, or None when it is not finished."""
     from ase.io import read
 
-    from .volumes import volume_point_from_forces
-
     d = volume_dir(out, index)
     meta = load_json(d / "volume.json")
     if meta is None:
@@ -94,14 +92,39 @@ def load_volume_point(out, index: int, settings, settings_hash: str):
                                     meta.get("energies_members_eV"), fs)
 
 
+def write_imaginary_csv(path, points) -> int:
+    """``imaginary_modes.csv``: one row per imaginary mode of every volume's mean potential
+    and members (volume_index, volume_A3, which, q1..q3, frequency_THz); returns the rows."""
+    lines = ["volume_index,volume_A3,which,q1,q2,q3,frequency_THz"]
+    for i, p in enumerate(points):
+        for which, res in [("mean", p.phonons.mean)] + [
+                (f"member{k}", m) for k, m in enumerate(p.phonons.members)]:
+            for q, f in res.imaginary_modes:
+                lines.append(f"{i},{p.volume_A3!r},{which},{q[0]},{q[1]},{q[2]},{f!r}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(lines) - 1
+
+
+def write_pressure_csv(path, rows) -> None:
+    """``qha_pressure.csv`` from :func:`committee_calc.phonons.qha.screen_pressures` rows
+    (NaN lattice columns when no lattice parameters were fitted)."""
+    lines = ["p_GPa,T_K,V_A3,V_members_std_A3,a_A,b_A,c_A,a_std_A,b_std_A,c_std_A"]
+    for r in rows:
+        lat = r["lattice_A"] if r["lattice_A"] is not None else [np.nan] * 3
+        ls = r["lattice_std_A"] if r["lattice_std_A"] is not None else [np.nan] * 3
+        lines.append(",".join(repr(float(v)) for v in [r["p"], r["T"], r["volume_A3"],
+                                                        r["volume_std_A3"], *lat, *ls]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 # ---------------------------------------------------------------------------
 QHA_COLUMNS = [
     ("V", "A3", "volume_A3", 1.0),
     ("G", "eV", "gibbs_eV", 1.0),
     ("B_T", "GPa", "bulk_modulus_eV_A3", PHONOPY_EV_A3_TO_GPA),
     ("beta_V", "per_K", "thermal_expansion_per_K", 1.0),
-    ("C_P", "J_per_K_mol", "heat_capacity_P_eV_per_K", JMOL),
-    ("C_P_numerical", "J_per_K_mol", "heat_capacity_P_numerical_eV_per_K", JMOL),
+    ("C_P", "J_per_K_mol", "heat_capacity_P_eV_per_K", PHONOPY_EV_TO_KJMOL * 1e3),
+    ("C_P_numerical", "J_per_K_mol", "heat_capacity_P_numerical_eV_per_K", PHONOPY_EV_TO_KJMOL * 1e3),
     ("gruneisen", "1", "gruneisen", 1.0),
 ]
 
@@ -186,15 +209,13 @@ def read_thermal_properties_yaml(path) -> dict:
         raise StructureReadError(f"{path} is not a phonopy thermal_properties.yaml: {exc}") from exc
     get = lambda k: np.array([row[k] for row in tp], dtype=float)  # noqa: E731
     return dict(temperatures_K=get("temperature"), free_energy_eV=get("free_energy") / PHONOPY_EV_TO_KJMOL,
-                entropy_eV_per_K=get("entropy") / JMOL,
-                heat_capacity_eV_per_K=get("heat_capacity") / JMOL,
+                entropy_eV_per_K=get("entropy") / (PHONOPY_EV_TO_KJMOL * 1e3),
+                heat_capacity_eV_per_K=get("heat_capacity") / (PHONOPY_EV_TO_KJMOL * 1e3),
                 natom=data.get("natom"), volume_A3=data.get("volume"))
 
 
 def inputs_from_phonopy_files(ev_path, thermal_paths, fe_v_path=None):
     """QHAInputs from phonopy-qha files (e-v.dat, thermal_properties.yaml-NN, fe-v.dat)."""
-    from .qha import QHAInputs
-
     v, e = read_ev_dat(ev_path)
     tps = [read_thermal_properties_yaml(p) for p in thermal_paths]
     if len(tps) != len(v):

@@ -4,28 +4,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from .plots import pyplot, save_figure
 
 _PANELS = [
     ("volume_A3", 1.0, "V (Å³/primitive cell)"),
     ("thermal_expansion_per_K", 1e5, "β_V (10⁻⁵ K⁻¹)"),
     ("gibbs_eV", 1.0, "G (eV/primitive cell)"),
     ("bulk_modulus_eV_A3", PHONOPY_EV_A3_TO_GPA, "B_T (GPa)"),
-    ("heat_capacity_P_eV_per_K", PHONOPY_EV_TO_KJMOL * 1000, "C_P (J/K/mol)"),
+    ("heat_capacity_P_eV_per_K", PHONOPY_EV_TO_KJMOL * 1e3, "C_P (J/K/mol)"),
 ]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_qha(result, path) -> None:
     """One figure, five panels: mean potential (line) and member mean ± std (band)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(_PANELS), figsize=(4 * len(_PANELS), 3.3))
     t = result.temperatures_K
     mp = result.mean_potential
@@ -40,9 +32,7 @@ def plot_qha(result, path) -> None:
         ax.set_xlabel("T (K)")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_pressure_scan(pressures_GPa, rows, path, temperature_K) -> None:
@@ -51,7 +41,7 @@ def plot_pressure_scan(pressures_GPa, rows, path, temperature_K) -> None:
     rows: list of dicts with 'volume_A3', 'volume_std_A3', 'lattice_A' (3,) or None,
     'lattice_std_A' (3,) or None, one per pressure.
     """
-    plt = _plt()
+    plt = pyplot()
     p = np.asarray(pressures_GPa, float)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.3))
     v = np.array([r["volume_A3"] for r in rows])
@@ -68,6 +58,4 @@ def plot_pressure_scan(pressures_GPa, rows, path, temperature_K) -> None:
     a2.set_xlabel("p (GPa)")
     a2.set_ylabel("lattice parameter (Å)")
     fig.suptitle(f"T = {temperature_K:g} K")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -1,23 +1,34 @@
-"""Structures of a QHA scan: scaled volumes or pressures, fixed-volume relaxation,
-static energies and the harmonic step at one volume.
+"""Structures of a QHA scan: scaled volumes, fixed-volume or fixed-pressure relaxation,
+static energies and the harmonic step at one volume, all through the gate.
 
-``run_volume_point(atoms, calculator, settings)`` is the unit of work a
-resumable driver does per volume: relax (optional), static energy per member,
-displaced supercells → forces (through the gate when given) → phonons.
-Energies are returned per **primitive cell** of the phonopy object, matching
+``run_volume_point(atoms, gate, settings)`` is the unit of work a resumable runner
+does per volume: relax (optional, :class:`~committee_calc.relax.gated.GatedRelaxer`),
+static energy per member, displaced supercells → forces (``gate.evaluate_many``) →
+phonons.  Energies are returned per **primitive cell** of the phonopy object, matching
 the normalisation of the thermal properties.
+
+E(V) must come from one potential-energy surface, so the relaxation and the static
+energy use the committee alone (:func:`committee_only`: the gate's hard caps still
+stop it); the gate's reference fallback applies to the displaced supercells (the
+force constants).
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from ase import Atoms
 
-from ..errors import ConfigError
-from .harmonic import PhononResult, PhononSettings, make_phonopy, phonons_from_forces, \
-    compute_forces, check_supercell_size, committee_cutoff
+from .. import keys as K
+from ..errors import ConfigError, GateStop
+from ..gate import Gate
+from ..relax.gated import GatedRelaxer
 from ..units import check_positive
+from .forces import compute_forces, require_gate, used_members
+from .harmonic import PhononResult, phonons_from_forces
+from .settings import PhononSettings
+from .supercell import check_supercell_size, committee_cutoff, make_phonopy
 
 RELAX_MODES = ("none", "internal", "shape")
 
@@ -44,62 +55,58 @@ def scaled_structures(atoms: Atoms, linear_scales=None, volume_scales=None) -> l
     return out
 
 
-def relax_structure(atoms: Atoms, calculator, mode: str = "internal", fmax_eVA: float = 0.005,
+def committee_only(gate: Gate) -> Gate:
+    """The committee of ``gate`` alone: ``gate`` itself when it has no reference, else
+    ``Gate(gate.committee)`` with the same hard caps and molecule count (no thresholds, no
+    reference, no labels): above a cap it still stops (GateStop)."""
+    require_gate(gate, "committee_only")
+    if gate.reference is None:
+        return gate
+    return Gate(gate.committee, hard_cap=gate.hard_cap or None, molecules=gate.molecules,
+                stress=gate.stress_mode)
+
+
+def relax_structure(atoms: Atoms, gate: Gate, mode: str = "internal", fmax_eVA: float = 0.005,
                     steps: int = 500, pressure_GPa: float | None = None) -> Atoms:
-    """A relaxed copy of ``atoms`` (``atoms`` and its calc are untouched).
+    """A relaxed copy of ``atoms`` (``atoms`` and its calc are untouched), BFGS through
+    :class:`~committee_calc.relax.gated.GatedRelaxer` (policy ``fallback``).
 
     mode "none": as given; "internal": positions at fixed cell; "shape": positions
     and cell shape at fixed volume (``FrechetCellFilter(constant_volume=True)``).
     With ``pressure_GPa`` the full cell (volume included) is relaxed at that
-    pressure (pressure screening).
+    pressure [GPa] (pressure screening).  Converges on ``fmax_eVA`` [eV/Å] (generalised
+    force with the cell) in at most ``steps`` steps; warns (UserWarning) when it does not.
+    Raises ConfigError for an unknown mode or a non-Gate evaluator, GateStop when the
+    gate's hard cap ends the relaxation.
     """
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS
-
+    require_gate(gate, "relax_structure")
     if mode not in RELAX_MODES:
         raise ConfigError(f"relax mode must be one of {RELAX_MODES}, got {mode!r}")
     a = atoms.copy()
     a.calc = None
     if mode == "none" and pressure_GPa is None:
         return a
-    a.calc = calculator
-    if pressure_GPa is not None:
-        from ..units import gpa_to_ev_per_a3
-
-        target = FrechetCellFilter(a, scalar_pressure=gpa_to_ev_per_a3(pressure_GPa))
-    elif mode == "shape":
-        target = FrechetCellFilter(a, constant_volume=True)
-    else:
-        target = a
-    converged = BFGS(target, logfile=None).run(fmax=fmax_eVA, steps=steps)
-    if not converged:
-        import warnings
-
+    cell = pressure_GPa is not None or mode == "shape"
+    res = GatedRelaxer(gate, optimizer="BFGS", fmax=fmax_eVA, max_steps=steps, cell=cell,
+                       constant_volume=cell and pressure_GPa is None,
+                       pressure_GPa=0.0 if pressure_GPa is None else pressure_GPa).relax(a)
+    if res.status == "hard_cap":
+        raise GateStop(f"relaxation stopped: {res.reason}")
+    if res.status != "converged":
         warnings.warn(f"relaxation did not reach fmax={fmax_eVA} eV/Å in {steps} steps; "
                       "the phonons of this structure may show imaginary modes", UserWarning,
                       stacklevel=2)
-    a.calc = None
+    a.set_cell(res.atoms.cell, scale_atoms=False)
+    a.positions = res.atoms.positions
     return a
 
 
-def structures_at_pressures(atoms: Atoms, calculator, pressures_GPa, fmax_eVA: float = 0.005,
-                            steps: int = 500) -> list:
-    """Cells relaxed at each pressure (the volumes of a pressure screening)."""
-    return [relax_structure(atoms, calculator, "shape", fmax_eVA, steps, pressure_GPa=p)
-            for p in pressures_GPa]
-
-
-def static_energies(atoms: Atoms, calculator) -> tuple:
-    """(energy eV, energies_members eV (M,) or None) of ``atoms`` (committee mean + members)."""
-    if hasattr(calculator, "evaluate_members"):
-        from ..uncertainty import aggregate
-
-        agg = aggregate(calculator.evaluate_members(atoms, ("energy", "forces")),
-                        getattr(calculator, "calibration", None))
-        return float(agg["energy"]), np.array(agg["energy_members"], dtype=float)
-    a = atoms.copy()
-    a.calc = calculator
-    return float(a.get_potential_energy()), None
+def static_energies(atoms: Atoms, gate: Gate) -> tuple:
+    """(energy eV, energies_members eV (M,) or None) of ``atoms`` through ``gate``: the
+    committee mean and members, or the reference energy for both where the gate fell back."""
+    res = require_gate(gate, "static_energies").evaluate(atoms)
+    energy = float(res.results[K.ENERGY])
+    return energy, used_members(res, K.ENERGY_MEMBERS, energy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,17 +132,24 @@ def per_primitive(ph, atoms: Atoms) -> float:
     return len(ph.primitive) / len(atoms)
 
 
-def run_volume_point(atoms: Atoms, calculator, settings: PhononSettings, relax: str = "none",
-                     gate=None, fmax_eVA: float = 0.005, steps: int = 500,
+def run_volume_point(atoms: Atoms, gate: Gate, settings: PhononSettings, relax: str = "none",
+                     fmax_eVA: float = 0.005, steps: int = 500, pressure_GPa: float | None = None,
                      info=None) -> VolumePoint:
-    """Relax (optional), static energies, displaced-supercell forces and phonons at one volume."""
-    relaxed = relax_structure(atoms, calculator, relax, fmax_eVA, steps)
+    """Relax (optional), static energies, displaced-supercell forces and phonons at one volume.
+
+    relax: a mode of :func:`relax_structure`; with ``pressure_GPa`` [GPa] the full cell is
+    relaxed at that pressure instead.  Relaxation and static energies use the committee
+    alone (:func:`committee_only`), the displaced supercells go through ``gate`` (labels
+    get ``info`` as provenance).  Warns when the supercell is thinner than twice the
+    committee cutoff.  Returns a :class:`VolumePoint` (per primitive cell).
+    """
+    committee = committee_only(gate)
+    relaxed = relax_structure(atoms, committee, relax, fmax_eVA, steps, pressure_GPa=pressure_GPa)
     ph = make_phonopy(relaxed, settings)
-    check_supercell_size(ph, committee_cutoff(calculator))
+    check_supercell_size(ph, committee_cutoff(gate.committee))
     factor = per_primitive(ph, relaxed)
-    e, em = static_energies(relaxed, calculator)
-    forces = compute_forces(ph, calculator, gate=gate, info=info)
-    result = phonons_from_forces(ph, forces, settings)
+    e, em = static_energies(relaxed, committee)
+    result = phonons_from_forces(ph, compute_forces(ph, gate, info=info), settings)
     return VolumePoint(atoms=relaxed, energy_eV=e * factor,
                        energies_members_eV=None if em is None else em * factor,
                        phonons=result, lattice_A=np.array(relaxed.cell.lengths()),
