@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from .config import load_committee, read_yaml
 from .errors import CommitteeError, ConfigError
@@ -143,16 +142,6 @@ def build_gate(args, driver: str, committee=None, molecules=None, thresholds=Non
                 hard_cap=caps or None, label_store=labels or None, provenance={"driver": driver},
                 retrain=retrain, retrain_every=getattr(args, "retrain_every", None) if retrain else None,
                 molecules=mol)
-
-
-def ensure_out_dir(path) -> Path:
-    """The output folder, created (with parents); an unusable path is a ConfigError."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the output folder {str(out)!r}: {exc}; choose another --out") from None
-    return out
 
 
 def run_cli(main, argv=None) -> int:

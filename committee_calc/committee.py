@@ -288,3 +288,11 @@ class CommitteeCalculator(Calculator):
     def __repr__(self):
         names = ", ".join(m.name for m in self.members)
         return f"CommitteeCalculator(M={len(self.members)}: {names})"
+
+
+def max_cutoff(committee) -> float | None:
+    """Largest member cutoff [Å] of a committee (``cutoff`` of its ``members``), or None when no
+    member states one (e.g. plain ASE calculators)."""
+    cuts = [getattr(m, "cutoff", None) for m in getattr(committee, "members", None) or []]
+    cuts = [float(c) for c in cuts if c]
+    return max(cuts) if cuts else None

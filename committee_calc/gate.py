@@ -75,6 +75,15 @@ class GateResult:
         return float(self.results[K.ENERGY])
 
 
+def require_gate(obj, what: str):
+    """``obj`` if it is a :class:`Gate`, else ConfigError: science code takes exactly one evaluator."""
+    if not isinstance(obj, Gate):
+        raise ConfigError(f"{what} evaluates through a Gate, got {type(obj).__name__}; wrap a "
+                          "committee or calculator: Gate(committee) (committee only) or "
+                          "Gate(committee, reference, thresholds=…)")
+    return obj
+
+
 def _finite(res) -> bool:
     if res is None or res.get(K.N_NONFINITE, 0):
         return False
@@ -219,19 +228,37 @@ class Gate(Calculator):
         return self._decide(atoms, self._run_committee(atoms, stress), stress, step, info)
 
     def evaluate_many(self, images, infos=None, properties=(K.ENERGY, K.FORCES), batch_size=None,
-                      progress=False) -> list:
-        """Gate many structures with one batched committee call (``committee.predict``)."""
+                      progress=False, nonfinite="raise") -> list:
+        """Gate many structures with one batched committee call (``committee.predict``).
+
+        Stress is computed only when ``properties`` asks for it (or the gate was built with
+        ``stress=True``).  ``nonfinite="none"``: a structure whose committee output is not finite
+        and that the gate cannot send to a reference gets None in the list instead of raising
+        :class:`~committee_calc.errors.NonFiniteOutputError`.  Returns a list of GateResult.
+        """
+        if nonfinite not in ("raise", "none"):
+            raise ConfigError(f"nonfinite must be 'raise' or 'none', got {nonfinite!r}")
         images = list(images)
         infos = list(infos) if infos is not None else [None] * len(images)
+        stress = [self.want_stress(a, properties) if (K.STRESS in properties or self.stress_mode is True)
+                  else False for a in images]
         predict = getattr(self.committee, "predict", None)
         if predict is None:
-            return [self.evaluate(a, info=i, properties=properties) for a, i in zip(images, infos)]
-        stress = [self.want_stress(a, properties) for a in images]
-        props = list(properties) + ([K.STRESS] if all(stress) else [])
-        coms = predict(images, batch_size=batch_size, properties=props, progress=progress)
-        self.n_committee_calls += len(images)
-        return [self._decide(a, c if c.get(K.FORCES) is not None else None, s, None, i)
-                for a, c, s, i in zip(images, coms, stress, infos)]
+            coms = [self._run_committee(a, s) for a, s in zip(images, stress)]
+        else:
+            props = list(properties) + ([K.STRESS] if all(stress) and K.STRESS not in properties else [])
+            coms = predict(images, batch_size=batch_size, properties=props, progress=progress)
+            coms = [c if c.get(K.FORCES) is not None else None for c in coms]
+            self.n_committee_calls += len(images)
+        out = []
+        for a, c, s, i in zip(images, coms, stress, infos):
+            try:
+                out.append(self._decide(a, c, s, None, i))
+            except NonFiniteOutputError:
+                if nonfinite == "raise":
+                    raise
+                out.append(None)
+        return out
 
     def _decide(self, atoms, com, stress, step, info) -> GateResult:
         self.n_calls += 1
@@ -307,4 +334,4 @@ class Gate(Calculator):
                 f"{self.thresholds}, logic={self.logic!r})")
 
 
-__all__ = ["Gate", "GateResult"]
+__all__ = ["Gate", "GateResult", "require_gate"]

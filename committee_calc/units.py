@@ -25,6 +25,8 @@ EV_TO_KJMOL = 1.0 / KJMOL
 AMU_PER_A3_TO_GCM3 = 1.66053906660  # CODATA 2018 amu in 1e-24 g
 #: kJ/mol per eV as phonopy uses it (its thermal properties come in these units)
 PHONOPY_EV_TO_KJMOL = 96.4853905398362
+#: J/mol per eV as phonopy uses it
+PHONOPY_EV_TO_JMOL = PHONOPY_EV_TO_KJMOL * 1e3
 #: GPa per eV/Å³ as phonopy uses it
 PHONOPY_EV_A3_TO_GPA = 160.21773299999998
 

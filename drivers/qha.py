@@ -28,6 +28,7 @@ import logging
 
 from committee_calc import cli
 from committee_calc.errors import ConfigError
+from committee_calc.fileio import ensure_dir
 from committee_calc.phonons.qha_io import inputs_from_phonopy_files
 from committee_calc.phonons.qha_run import VOLUME_CHOICES, QHAOptions, VolumeScan, run_qha_files, run_qha_scan
 from committee_calc.phonons.settings import PhononSettings
@@ -112,7 +113,7 @@ def run(argv=None) -> int:
         if not args.thermal_properties:
             raise ConfigError("--ev needs --thermal-properties (one file per volume)")
         inputs = inputs_from_phonopy_files(args.ev, args.thermal_properties, args.efe)
-        run_qha_files(inputs, cli.ensure_out_dir(args.out), options, ev_path=args.ev)
+        run_qha_files(inputs, ensure_dir(args.out), options, ev_path=args.ev)
         return 0
     if not args.structure or not args.committee:
         raise ConfigError("give a structure file and --committee (or --ev with "
@@ -127,7 +128,7 @@ def run(argv=None) -> int:
     committee = cli.load_committee_from_args(args)
     cli.check_species(committee, [atoms])
     gate = cli.build_gate(args, "qha", committee=committee)
-    res = run_qha_scan(atoms, gate, settings, scan, cli.ensure_out_dir(args.out), options,
+    res = run_qha_scan(atoms, gate, settings, scan, ensure_dir(args.out), options,
                        committee_file=args.committee, reference_file=args.reference)
     log.info("QHA written to %s (%d volumes computed now, %d loaded)", res.out, len(res.computed),
              len(res.points) - len(res.computed))

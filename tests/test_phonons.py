@@ -18,7 +18,7 @@ from committee_calc.phonons.forces import compute_forces
 from committee_calc.phonons.harmonic import harmonic_from_forces, report_imaginary, run_phonons
 from committee_calc.phonons.settings import PhononSettings, PhononWarning
 from committee_calc.phonons.supercell import make_phonopy
-from committee_calc.units import PHONOPY_EV_TO_KJMOL
+from committee_calc.units import PHONOPY_EV_TO_JMOL, PHONOPY_EV_TO_KJMOL
 
 DATA = Path(__file__).parent / "data" / "qha"
 pytestmark = pytest.mark.filterwarnings("ignore:Half-grid shift")
@@ -53,8 +53,8 @@ def test_nacl_frequencies_and_thermal_from_forces(nac):
     for t, vals in ref["thermal_at"].items():
         i = int(np.argmin(np.abs(res.temperatures_K - float(t))))
         assert res.free_energy_eV[i] * PHONOPY_EV_TO_KJMOL == pytest.approx(vals["free_energy_kJmol"], abs=1e-6)
-        assert res.entropy_eV_per_K[i] * PHONOPY_EV_TO_KJMOL * 1e3 == pytest.approx(vals["entropy_JKmol"], abs=1e-6)
-        assert res.heat_capacity_eV_per_K[i] * PHONOPY_EV_TO_KJMOL * 1e3 == pytest.approx(vals["cv_JKmol"], abs=1e-6)
+        assert res.entropy_eV_per_K[i] * PHONOPY_EV_TO_JMOL == pytest.approx(vals["entropy_JKmol"], abs=1e-6)
+        assert res.heat_capacity_eV_per_K[i] * PHONOPY_EV_TO_JMOL == pytest.approx(vals["cv_JKmol"], abs=1e-6)
 
 
 def test_settings_validation_and_gamma_trap():

@@ -42,9 +42,10 @@ from ase.md import velocitydistribution as vd
 from ase.neighborlist import neighbor_list
 
 from .. import keys as K
+from ..committee import max_cutoff
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..fileio import CsvLog, append_frame, write_structures_atomic
-from ..gate import Gate
+from ..gate import require_gate
 from ..io import attach_uncertainties
 from ..structures import cell_widths, is_bulk
 from ..units import check_positive, ev_per_a3_to_gpa
@@ -96,12 +97,6 @@ _SPREAD_COLUMNS = (("energy_std_eV", K.ENERGY_STD), ("energy_std_per_atom_eV", K
                    ("force_uncertainty_relative", K.FORCE_UNCERTAINTY_RELATIVE))
 
 
-def committee_cutoff(gate) -> float | None:
-    """Largest member cutoff [Å] of the gate's committee (None if no member states one)."""
-    cuts = [m.cutoff for m in getattr(gate.committee, "members", []) if m.cutoff]
-    return max(cuts) if cuts else None
-
-
 class CommitteeMD:
     """Committee MD with a temperature schedule, pressure in GPa and resumable outputs.
 
@@ -139,12 +134,9 @@ class CommitteeMD:
         self.max_volume_ratio = check_positive("max_volume_ratio", max_volume_ratio)
         if self.max_volume_ratio <= 1:
             raise ConfigError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
-        if not isinstance(gate, Gate):
-            raise ConfigError(f"CommitteeMD evaluates through a Gate, got {type(gate).__name__}; "
-                              "wrap the committee: Gate(committee)")
-        self.gate = gate
+        self.gate = require_gate(gate, "CommitteeMD")
         self.retrain = RetrainSchedule(gate)
-        self.cutoff_A = cutoff_A if cutoff_A is not None else committee_cutoff(gate)
+        self.cutoff_A = cutoff_A if cutoff_A is not None else max_cutoff(gate.committee)
         self.seed = int(seed)
         self.provenance = dict(provenance or {})
         self.out_dir = Path(out_dir)

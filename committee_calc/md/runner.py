@@ -30,7 +30,7 @@ from pathlib import Path
 from ase.io import read
 
 from ..errors import ConfigError
-from ..gate import Gate
+from ..gate import Gate, require_gate
 from .dynamics import CommitteeMD, MDResult
 from .io import PLOT, load_selection, save_selection
 from .plots import plot_uncertainty_trace
@@ -105,9 +105,7 @@ def run_md(atoms, gate, out_dir, n_steps: int, mode: str = "online", selection=N
     Raises ConfigError on bad settings (before any output is written).
     """
     check_mode(mode)
-    if not isinstance(gate, Gate):
-        raise ConfigError(f"run_md evaluates through a Gate, got {type(gate).__name__}; "
-                          "wrap the committee: Gate(committee)")
+    require_gate(gate, "run_md")
     if selection is not None and not isinstance(selection, Selection):
         raise ConfigError(f"selection must be a Selection or None, got {selection!r}")
     evaluator = recording_gate(gate) if mode == "record" else gate

@@ -14,8 +14,7 @@ import dataclasses
 import numpy as np
 
 from .. import keys as K
-from ..errors import ConfigError
-from ..gate import Gate
+from ..gate import Gate, require_gate
 from .supercell import to_ase_atoms
 
 
@@ -39,14 +38,6 @@ class ForceSet:
     @property
     def n_reference(self) -> int:
         return sum(d == K.REFERENCE for d in self.decisions)
-
-
-def require_gate(gate, what: str) -> Gate:
-    """``gate`` itself; a ConfigError naming ``what`` when it is not a :class:`Gate`."""
-    if not isinstance(gate, Gate):
-        raise ConfigError(f"{what} evaluates through a committee_calc.gate.Gate, got "
-                          f"{type(gate).__name__}; wrap a committee or calculator: Gate(committee)")
-    return gate
 
 
 def used_members(res, key: str, used):

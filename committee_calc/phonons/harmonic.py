@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from ..gate import Gate
-from ..units import PHONOPY_EV_TO_KJMOL
-from .forces import ForceSet, compute_forces, require_gate
+from ..committee import max_cutoff
+from ..gate import Gate, require_gate
+from ..units import PHONOPY_EV_TO_JMOL, PHONOPY_EV_TO_KJMOL
+from .forces import ForceSet, compute_forces
 from .settings import PhononSettings, PhononWarning
-from .supercell import check_supercell_size, committee_cutoff, make_phonopy
+from .supercell import check_supercell_size, make_phonopy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +118,11 @@ def harmonic_properties(ph, settings: PhononSettings) -> HarmonicResult:
     q = np.array(ph.mesh.qpoints)
     imag = tuple((tuple(float(x) for x in q[iq]), float(freqs[iq, ib]))
                  for iq, ib in zip(*np.nonzero(freqs < -settings.imaginary_tol_THz)))
-    jmol = PHONOPY_EV_TO_KJMOL * 1e3  # J/mol per eV (phonopy's constant)
     return HarmonicResult(
         temperatures_K=np.array(tp.temperatures, dtype=float),
         free_energy_eV=np.array(tp.free_energy) / PHONOPY_EV_TO_KJMOL,
-        entropy_eV_per_K=np.array(tp.entropy) / jmol,
-        heat_capacity_eV_per_K=np.array(tp.heat_capacity) / jmol,
+        entropy_eV_per_K=np.array(tp.entropy) / PHONOPY_EV_TO_JMOL,
+        heat_capacity_eV_per_K=np.array(tp.heat_capacity) / PHONOPY_EV_TO_JMOL,
         qpoints=q, weights=np.array(ph.mesh.weights), frequencies_THz=freqs,
         imaginary_modes=imag, primitive_volume_A3=float(ph.primitive.volume),
         n_atoms_primitive=len(ph.primitive), phonopy=ph)
@@ -149,7 +149,7 @@ def run_phonons(atoms: Atoms, gate: Gate, settings: PhononSettings | None = None
     require_gate(gate, "run_phonons")
     settings = settings or PhononSettings()
     ph = make_phonopy(atoms, settings)
-    check_supercell_size(ph, committee_cutoff(gate.committee))
+    check_supercell_size(ph, max_cutoff(gate.committee))
     result = phonons_from_forces(ph, compute_forces(ph, gate, info=info), settings)
     report_imaginary(result.mean, label="structure")
     return result

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError
-from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_JMOL, PHONOPY_EV_TO_KJMOL
 
 #: fewest volumes an EOS fit accepts
 MIN_VOLUMES = 5
@@ -196,18 +196,17 @@ def run_qha_arrays(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float | 
     from phonopy.qha.core import QHA
 
     check_eos(eos)
-    jmol = PHONOPY_EV_TO_KJMOL * 1e3  # J/mol per eV (phonopy's constant)
     el = inputs.energies_eV if inputs.electronic_free_energy_eV is None \
         else inputs.electronic_free_energy_eV
-    q = QHA(inputs.volumes_A3, el, inputs.temperatures_K, inputs.heat_capacity_eV_per_K * jmol,
-            inputs.entropy_eV_per_K * jmol, inputs.free_energy_eV * PHONOPY_EV_TO_KJMOL,
+    q = QHA(inputs.volumes_A3, el, inputs.temperatures_K, inputs.heat_capacity_eV_per_K * PHONOPY_EV_TO_JMOL,
+            inputs.entropy_eV_per_K * PHONOPY_EV_TO_JMOL, inputs.free_energy_eV * PHONOPY_EV_TO_KJMOL,
             pressure=pressure_GPa, eos=eos, t_max=t_max_K)
     q.run()
     n = len(q.thermal_expansion)
     temps = np.array(q._temperatures[:n])
     vol = np.array(q.volume_temperature)
     try:
-        cp = np.array(q.heat_capacity_P_polyfit) / jmol
+        cp = np.array(q.heat_capacity_P_polyfit) / PHONOPY_EV_TO_JMOL
     except NotImplementedError:  # temperature-dependent electronic free energy
         cp = np.full(n, np.nan)
     lattice = None
@@ -224,7 +223,7 @@ def run_qha_arrays(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float | 
         temperatures_K=temps, volume_A3=vol, gibbs_eV=np.array(q.gibbs_temperature),
         bulk_modulus_eV_A3=np.array(q.bulk_modulus_temperature) / PHONOPY_EV_A3_TO_GPA,
         thermal_expansion_per_K=np.array(q.thermal_expansion), heat_capacity_P_eV_per_K=cp,
-        heat_capacity_P_numerical_eV_per_K=np.array(q.heat_capacity_P_numerical) / jmol,
+        heat_capacity_P_numerical_eV_per_K=np.array(q.heat_capacity_P_numerical) / PHONOPY_EV_TO_JMOL,
         gruneisen=np.array(q.gruneisen_temperature),
         eos_parameters=np.array(q._equiv_parameters[:n]), lattice_A=lattice,
         volumes_A3=np.array(inputs.volumes_A3), pressure_GPa=pressure_GPa, eos=eos)

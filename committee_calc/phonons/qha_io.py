@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, StructureReadError
 from ..fileio import atomic_write_bytes, atomic_write_text, load_json, save_json_atomic
-from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_JMOL, PHONOPY_EV_TO_KJMOL
 from .forces import ForceSet
 from .qha import CommitteeQHA, QHAInputs
 from .volumes import volume_point_from_forces
@@ -123,8 +123,8 @@ QHA_COLUMNS = [
     ("G", "eV", "gibbs_eV", 1.0),
     ("B_T", "GPa", "bulk_modulus_eV_A3", PHONOPY_EV_A3_TO_GPA),
     ("beta_V", "per_K", "thermal_expansion_per_K", 1.0),
-    ("C_P", "J_per_K_mol", "heat_capacity_P_eV_per_K", PHONOPY_EV_TO_KJMOL * 1e3),
-    ("C_P_numerical", "J_per_K_mol", "heat_capacity_P_numerical_eV_per_K", PHONOPY_EV_TO_KJMOL * 1e3),
+    ("C_P", "J_per_K_mol", "heat_capacity_P_eV_per_K", PHONOPY_EV_TO_JMOL),
+    ("C_P_numerical", "J_per_K_mol", "heat_capacity_P_numerical_eV_per_K", PHONOPY_EV_TO_JMOL),
     ("gruneisen", "1", "gruneisen", 1.0),
 ]
 
@@ -209,8 +209,8 @@ def read_thermal_properties_yaml(path) -> dict:
         raise StructureReadError(f"{path} is not a phonopy thermal_properties.yaml: {exc}") from exc
     get = lambda k: np.array([row[k] for row in tp], dtype=float)  # noqa: E731
     return dict(temperatures_K=get("temperature"), free_energy_eV=get("free_energy") / PHONOPY_EV_TO_KJMOL,
-                entropy_eV_per_K=get("entropy") / (PHONOPY_EV_TO_KJMOL * 1e3),
-                heat_capacity_eV_per_K=get("heat_capacity") / (PHONOPY_EV_TO_KJMOL * 1e3),
+                entropy_eV_per_K=get("entropy") / PHONOPY_EV_TO_JMOL,
+                heat_capacity_eV_per_K=get("heat_capacity") / PHONOPY_EV_TO_JMOL,
                 natom=data.get("natom"), volume_A3=data.get("volume"))
 
 

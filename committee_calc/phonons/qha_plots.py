@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_KJMOL
+from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_JMOL
 from .plots import pyplot, save_figure
 
 _PANELS = [
@@ -11,7 +11,7 @@ _PANELS = [
     ("thermal_expansion_per_K", 1e5, "β_V (10⁻⁵ K⁻¹)"),
     ("gibbs_eV", 1.0, "G (eV/primitive cell)"),
     ("bulk_modulus_eV_A3", PHONOPY_EV_A3_TO_GPA, "B_T (GPa)"),
-    ("heat_capacity_P_eV_per_K", PHONOPY_EV_TO_KJMOL * 1e3, "C_P (J/K/mol)"),
+    ("heat_capacity_P_eV_per_K", PHONOPY_EV_TO_JMOL, "C_P (J/K/mol)"),
 ]
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from ..committee import max_cutoff
 from ..errors import ConfigError
 from ..fileio import save_json_atomic
 from ..gate import Gate
@@ -55,7 +56,7 @@ from .qha_io import (
 from .qha_plots import plot_pressure_scan, plot_qha
 from .settings import PhononSettings
 from .spectra import run_band_structure, run_dos
-from .supercell import committee_cutoff, make_phonopy, supercell_size_message
+from .supercell import make_phonopy, supercell_size_message
 from .volumes import RELAX_MODES, run_volume_point, scaled_structures
 
 log = logging.getLogger("committee_calc.qha")
@@ -270,7 +271,7 @@ def run_qha_scan(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Volum
     options = options or QHAOptions()
     out = Path(out)
     cutoff_msg = supercell_size_message(make_phonopy(atoms, settings, generate=False),
-                                        committee_cutoff(gate.committee))
+                                        max_cutoff(gate.committee))
     out.mkdir(parents=True, exist_ok=True)
     if cutoff_msg:
         warnings.warn(cutoff_msg, PhononWarning, stacklevel=2)

@@ -2,7 +2,7 @@
 
 * :func:`make_phonopy` — a ``Phonopy`` object for an ASE structure (displacements generated);
 * :func:`to_phonopy_atoms` / :func:`to_ase_atoms` — structure conversion;
-* :func:`committee_cutoff`, :func:`suggest_supercell`, :func:`check_supercell_size` — warn
+* :func:`suggest_supercell`, :func:`check_supercell_size` — warn
   when the supercell is thinner than twice the interaction cutoff (force constants aliased
   by periodic images).
 
@@ -54,13 +54,6 @@ def make_phonopy(atoms: Atoms, settings: PhononSettings, generate: bool = True):
         ph.generate_displacements(distance=settings.distance_A, is_plusminus=settings.is_plusminus,
                                   is_diagonal=settings.is_diagonal)
     return ph
-
-
-def committee_cutoff(committee) -> float | None:
-    """Largest known member cutoff (Å) of a committee (``cutoff`` of its ``members``), or None."""
-    cuts = [getattr(m, "cutoff", None) for m in getattr(committee, "members", [])]
-    cuts = [c for c in cuts if c is not None]
-    return max(cuts) if cuts else None
 
 
 def suggest_supercell(unitcell, cutoff_A: float) -> tuple:

@@ -21,14 +21,15 @@ import numpy as np
 from ase import Atoms
 
 from .. import keys as K
+from ..committee import max_cutoff
 from ..errors import ConfigError, GateStop
-from ..gate import Gate
+from ..gate import Gate, require_gate
 from ..relax.gated import GatedRelaxer
 from ..units import check_positive
-from .forces import compute_forces, require_gate, used_members
+from .forces import compute_forces, used_members
 from .harmonic import PhononResult, phonons_from_forces
 from .settings import PhononSettings
-from .supercell import check_supercell_size, committee_cutoff, make_phonopy
+from .supercell import check_supercell_size, make_phonopy
 
 RELAX_MODES = ("none", "internal", "shape")
 
@@ -146,7 +147,7 @@ def run_volume_point(atoms: Atoms, gate: Gate, settings: PhononSettings, relax: 
     committee = committee_only(gate)
     relaxed = relax_structure(atoms, committee, relax, fmax_eVA, steps, pressure_GPa=pressure_GPa)
     ph = make_phonopy(relaxed, settings)
-    check_supercell_size(ph, committee_cutoff(gate.committee))
+    check_supercell_size(ph, max_cutoff(gate.committee))
     factor = per_primitive(ph, relaxed)
     e, em = static_energies(relaxed, committee)
     result = phonons_from_forces(ph, compute_forces(ph, gate, info=info), settings)

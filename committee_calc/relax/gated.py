@@ -52,7 +52,7 @@ from ase.units import GPa
 
 from .. import keys as K
 from ..errors import ConfigError, GateStop
-from ..gate import Gate
+from ..gate import require_gate
 from ..io import attach_uncertainties, read_uncertainties
 from ..structures import is_bulk, same_geometry
 from ..units import check_positive
@@ -244,9 +244,7 @@ class GatedRelaxer:
     def __init__(self, gate, policy="fallback", u_max=None, optimizer="FIRE", fmax=0.05,
                  max_steps=500, cell=False, pressure_GPa=0.0, fix_symmetry=False,
                  symprec=1e-3, optimizer_kwargs=None, constant_volume=False):
-        if not isinstance(gate, Gate):
-            raise ConfigError(f"GatedRelaxer evaluates through a committee_calc.gate.Gate, got "
-                              f"{type(gate).__name__}; wrap a committee or calculator: Gate(committee)")
+        require_gate(gate, "GatedRelaxer")
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
         if policy != "fallback":

@@ -99,7 +99,7 @@ class SFEngine:
                 groups.setdefault(key, ([], []))
                 groups[key][0].append(sf)
                 groups[key][1].append(col)
-            for (ang, c_, i1, i2, t), (sfs, cols) in groups.items():
+            for (ang, _c, i1, i2, _t), (sfs, cols) in groups.items():
                 fam = _Family(c, sfs, cols, self.cl)
                 (self.angular.setdefault((c, i1, i2), []) if ang
                  else self.radial.setdefault((c, i1), [])).append(fam)
