@@ -13,7 +13,7 @@ Landscape (made here; every stage cached in ``benchmarks/out/``):
    ``ase.build.molecule('H2O')``; intermolecular Coulomb by damped shifted
    force, α = 0.2 Å⁻¹, r_c = 9 Å), positions + cell by FIRE on ASE's
    FrechetCellFilter, fmax 0.05 eV/Å, at most ``--relax-steps`` steps
-   (``committee_calc.analysis.landscape.relax_with_baseline``).  Baseline energy and
+   (``committee_calc.active.baseline.relax_with_baseline``).  Baseline energy and
    forces are recorded at the relaxed geometry (``relax_water.extxyz``).
 3. *Deduplication* of near-identical minima
    (``committee_calc.analysis.landscape.deduplicate_minima``: ΔE ≤ 0.1 kJ/mol/molecule,
@@ -28,7 +28,7 @@ Landscape (made here; every stage cached in ``benchmarks/out/``):
    checked) (``water_csp_landscape.extxyz``).
 
 Committee: ridge resampling committee of pair-basis potentials
-(``committee_calc.members.ridge``), M members.  5-fold cross-validation:
+(``committee_calc.train.ridge``), M members.  5-fold cross-validation:
 the held-out fold is the test set, the other four are the pool.  Per fold,
 quantity (E, E+F, dE, dE+dF) × strategy (random, highest_uncertainty,
 highest_uncertainty_fps, expected_improvement, energy_force_dbscan) × M:
@@ -66,17 +66,19 @@ from ase.neighborlist import neighbor_list  # noqa: E402
 from scipy.special import erfc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from committee_calc import select as sel  # noqa: E402
+from ase import units as ase_units  # noqa: E402
+
+from committee_calc.active.baseline import relax_with_baseline  # noqa: E402
+from committee_calc.analysis import select as sel  # noqa: E402
+from committee_calc.analysis.landscape import deduplicate_minima  # noqa: E402
 from committee_calc.descriptors import standardise, structure_descriptors  # noqa: E402
-from committee_calc.analysis.landscape import deduplicate_minima, relax_with_baseline  # noqa: E402
-from committee_calc.structures import density_gcm3  # noqa: E402
-from committee_calc.members.ridge import PairRidgeCommittee, ridge_rs_fit_predict  # noqa: E402
-from committee_calc.units import KJMOL  # noqa: E402
+from committee_calc.structures import cell_widths, density_gcm3  # noqa: E402
+from committee_calc.train.ridge import PairRidgeCommittee  # noqa: E402
+from committee_calc.units import AMU_PER_A3_TO_GCM3, KCALMOL, KJMOL  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 MASS_H2O = 18.015
-KCAL = 0.0433641043       # eV per kcal/mol
-COULOMB = 14.3996454784   # eV Å / e²
+COULOMB = ase_units.Hartree * ase_units.Bohr       # e²/(4πε₀) in eV Å
 QUANTITIES = ("E", "E+F", "dE", "dE+dF")
 STRATEGIES = ("random", "highest_uncertainty", "highest_uncertainty_fps", "expected_improvement",
               "energy_force_dbscan")
@@ -93,14 +95,14 @@ class WaterFF(Calculator):
 
     implemented_properties = ["energy", "forces", "stress"]
     q = {"O": -0.834, "H": 0.417}
-    lj = {"O": (3.15061, 0.1521 * KCAL), "H": (0.4, 0.046 * KCAL)}   # σ Å, ε eV
+    lj = {"O": (3.15061, 0.1521 * KCALMOL), "H": (0.4, 0.046 * KCALMOL)}   # σ Å, ε eV
 
     def __init__(self, r_cut=9.0, alpha=0.2, **kw):
         super().__init__(**kw)
         ref = molecule("H2O")
         self.r0 = float(np.linalg.norm(ref.positions[1] - ref.positions[0]))
         self.theta0 = float(np.radians(ref.get_angle(1, 0, 2)))
-        self.kb, self.kt = 1059.162 * KCAL, 75.90 * KCAL            # eV/Å², eV/rad²
+        self.kb, self.kt = 1059.162 * KCALMOL, 75.90 * KCALMOL            # eV/Å², eV/rad²
         self.rc, self.a = float(r_cut), float(alpha)
 
     def _dsf(self, r):
@@ -129,10 +131,13 @@ class WaterFF(Calculator):
         cos = np.clip(np.einsum("ij,ij->i", u, v) / (ru * rv), -1, 1)
         th = np.arccos(cos)
         sin = np.maximum(np.sin(th), 1e-8)
-        E += 0.5 * self.kb * np.sum((ru - self.r0) ** 2 + (rv - self.r0) ** 2) + 0.5 * self.kt * np.sum((th - self.theta0) ** 2)
+        E += (0.5 * self.kb * np.sum((ru - self.r0) ** 2 + (rv - self.r0) ** 2)
+              + 0.5 * self.kt * np.sum((th - self.theta0) ** 2))
         dth = (self.kt * (th - self.theta0))[:, None]
-        gu = (self.kb * (ru - self.r0) / ru)[:, None] * u - dth / sin[:, None] * (v / (ru * rv)[:, None] - cos[:, None] * u / (ru ** 2)[:, None])
-        gv = (self.kb * (rv - self.r0) / rv)[:, None] * v - dth / sin[:, None] * (u / (ru * rv)[:, None] - cos[:, None] * v / (rv ** 2)[:, None])
+        gu = ((self.kb * (ru - self.r0) / ru)[:, None] * u
+              - dth / sin[:, None] * (v / (ru * rv)[:, None] - cos[:, None] * u / (ru ** 2)[:, None]))
+        gv = ((self.kb * (rv - self.r0) / rv)[:, None] * v
+              - dth / sin[:, None] * (u / (ru * rv)[:, None] - cos[:, None] * v / (rv ** 2)[:, None]))
         F[1::3] -= gu
         F[2::3] -= gv
         F[0::3] += gu + gv
@@ -165,12 +170,12 @@ class WaterFF(Calculator):
 
 # ---------------------------------------------------------------------------- candidate packings
 def _ops(sg):
-    I = np.eye(3)
+    one = np.eye(3)
     d = np.diag
-    return {"P1": [(I, (0, 0, 0))],
-            "P-1": [(I, (0, 0, 0)), (-I, (0, 0, 0))],
-            "P21/c": [(I, (0, 0, 0)), (d([-1, 1, -1]), (0, .5, .5)), (-I, (0, 0, 0)), (d([1, -1, 1]), (0, .5, .5))],
-            "P212121": [(I, (0, 0, 0)), (d([-1, -1, 1]), (.5, 0, .5)), (d([-1, 1, -1]), (0, .5, .5)),
+    return {"P1": [(one, (0, 0, 0))],
+            "P-1": [(one, (0, 0, 0)), (-one, (0, 0, 0))],
+            "P21/c": [(one, (0, 0, 0)), (d([-1, 1, -1]), (0, .5, .5)), (-one, (0, 0, 0)), (d([1, -1, 1]), (0, .5, .5))],
+            "P212121": [(one, (0, 0, 0)), (d([-1, -1, 1]), (.5, 0, .5)), (d([-1, 1, -1]), (0, .5, .5)),
                         (d([1, -1, -1]), (.5, .5, 0))]}[sg]
 
 
@@ -192,7 +197,7 @@ def random_packing(rng, sg, tries=2000):
     ops = _ops(sg)
     for _ in range(tries):
         rho = rng.uniform(0.55, 0.85)
-        vol = Z * MASS_H2O / (rho * 0.602214)
+        vol = Z * MASS_H2O * AMU_PER_A3_TO_GCM3 / rho
         lengths = rng.uniform(0.75, 1.3, 3)
         if sg in ("P1", "P-1"):
             ang = rng.uniform(70, 110, 3)
@@ -242,8 +247,7 @@ def _append(path, atoms):
 
 def reference_supercell(atoms, min_width):
     """Repeats (3,) so that every perpendicular width of the supercell is ≥ ``min_width`` Å."""
-    c = atoms.cell
-    widths = atoms.get_volume() / np.linalg.norm(np.cross(c[[1, 2, 0]], c[[2, 0, 1]]), axis=1)
+    widths = cell_widths(atoms.cell)
     return tuple(int(x) for x in np.maximum(1, np.ceil(min_width / widths)))
 
 
@@ -366,7 +370,7 @@ def run_one(structs, X, pool, test, quantity, strategy, M, fold, cfg):
     ref_test = np.array([structs[i].info["REF_energy"] for i in test]) / _nmol(structs, test)
     ref_pool = {int(i): structs[i].info["REF_energy"] / structs[i].info["n_molecules"] for i in pool}
     pos = {int(p): k for k, p in enumerate(pool)}
-    surrogate = (ridge_rs_fit_predict(X[pool], n_members=M, seed=fold)
+    surrogate = (sel.ridge_rs_fit_predict(X[pool], n_members=M, seed=fold)
                  if strategy == "expected_improvement" else None)
     curve, stop = [], None
     while True:
@@ -434,7 +438,8 @@ def check_findings(rows, members):
     """The paper's two qualitative findings evaluated on stored curves; returns (lines, verdicts)."""
     lines, verdicts = ["## Findings check (from stored learning curves; fold-mean curves)"], {}
     lines.append("### 1. Δ-learning needs fewer labels than total-energy learning for the same MAE")
-    lines.append("target = the fold-mean final test MAE of the non-Δ run; N = labels at which the fold-mean curve first reaches it")
+    lines.append("target = the fold-mean final test MAE of the non-Δ run; "
+                 "N = labels at which the fold-mean curve first reaches it")
     ok1 = []
     for a, b in (("E", "dE"), ("E+F", "dE+dF")):
         for st in STRATEGIES:
@@ -480,7 +485,8 @@ def check_findings(rows, members):
 
 
 def table(rows, stops, header, target):
-    lines = [header, f"| quantity | strategy | M | MAE (kJ/mol) | RMSE (kJ/mol) | final N_train | stop | N to MAE ≤ {target:.2f} |",
+    lines = [header, "| quantity | strategy | M | MAE (kJ/mol) | RMSE (kJ/mol) | final N_train | stop | "
+                     f"N to MAE ≤ {target:.2f} |",
              "|---|---|---|---|---|---|---|---|"]
     for (q, st, M), cs in rows.items():
         mae = np.array([c[-1][1] for c in cs])
@@ -489,8 +495,10 @@ def table(rows, stops, header, target):
         reach = [next((k for k, m, _ in c if m <= target), None) for c in cs]
         r = np.array([x for x in reach if x is not None], float)
         reach_s = f"{r.mean():.0f} ± {r.std():.0f} ({len(r)}/{len(cs)} reached)" if len(r) else "not reached"
-        why = ", ".join(f"{k}×{v}" for k, v in sorted({s: stops[(q, st, M)].count(s) for s in stops[(q, st, M)]}.items()))
-        lines.append(f"| {q} | {st} | {M} | {mae.mean():.2f} ± {mae.std():.2f} | {rmse.mean():.2f} ± {rmse.std():.2f} | "
+        counts = {s: stops[(q, st, M)].count(s) for s in stops[(q, st, M)]}
+        why = ", ".join(f"{k}×{v}" for k, v in sorted(counts.items()))
+        lines.append(f"| {q} | {st} | {M} | {mae.mean():.2f} ± {mae.std():.2f} | "
+                     f"{rmse.mean():.2f} ± {rmse.std():.2f} | "
                      f"{n.mean():.0f} ± {n.std():.0f} | {why} | {reach_s} |")
     return lines
 
@@ -598,10 +606,13 @@ def main(argv=None):
               f"({', '.join(f'{k} {v}' for k, v in sg_counts.items())}); baseline relaxation flexible TIP3P-like FF "
               f"(cell + positions, ≤ {args.relax_steps} BFGS steps, {stats['relax_converged']}/{stats['candidates']} "
               f"converged; {stats['broken_or_collapsed']} broken/collapsed dropped, {stats['duplicates']} duplicates "
-              f"removed); baseline energy span {np.ptp(e):.1f} kJ/mol/molecule, GFN2-xTB span {np.ptp(r - r.min()):.1f}; "
+              f"removed); baseline energy span {np.ptp(e):.1f} kJ/mol/molecule, "
+              f"GFN2-xTB span {np.ptp(r - r.min()):.1f}; "
               f"std of (GFN2 − baseline) {np.std(r - e):.1f} kJ/mol/molecule\n"
-              f"# reference GFN2-xTB (tblite) E+F on supercells ≥ {args.ref_min_width} Å wide; {args.folds}-fold CV; threshold {args.threshold_kjmol} kJ/mol/molecule; "
-              f"batch 10; stop at ≤ 5 % above threshold or {args.max_train} labels; EI window {args.ei_window_kjmol} kJ/mol")
+              f"# reference GFN2-xTB (tblite) E+F on supercells ≥ {args.ref_min_width} Å wide; "
+              f"{args.folds}-fold CV; threshold {args.threshold_kjmol} kJ/mol/molecule; "
+              f"batch 10; stop at ≤ 5 % above threshold or {args.max_train} labels; "
+              f"EI window {args.ei_window_kjmol} kJ/mol")
     lines = table(rows, stops, header, target)
     check_lines, verdicts = check_findings(rows, args.members)
     text = "\n".join(lines + [""] + check_lines)

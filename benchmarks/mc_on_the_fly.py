@@ -6,7 +6,8 @@ resampling committee of ridge-fitted pair-basis potentials
 "minima" only (the landscape structures), then retrained on the fly on the
 gate's labels.  Prints:
 
-* before (committee fixed, no reference): chains terminated by the hard cap;
+* before (committee fixed, no reference: a committee-only gate): chains terminated by
+  the hard cap (or non-finite committee output);
 * on the fly (gate: threshold → xTB label → retrain every K labels): chains
   terminated, labelled fraction of evaluated MC steps;
 * committee energy error on held-out MC structures (accepted, never labelled)
@@ -62,11 +63,14 @@ import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
 from ase.build import molecule  # noqa: E402
 
+from committee_calc.errors import GateStop, NonFiniteOutputError  # noqa: E402
 from committee_calc.gate import Gate  # noqa: E402
 from committee_calc.labels import LabelStore  # noqa: E402
 from committee_calc.mc.moves import MoveSet, make_whole, random_rotation  # noqa: E402
-from committee_calc.mc.threshold import ThresholdMC, select_starts  # noqa: E402
-from committee_calc.members.ridge import PairRidgeCommittee  # noqa: E402
+from committee_calc.mc.starts import select_starts  # noqa: E402
+from committee_calc.mc.threshold import ThresholdMC, lid_from_units  # noqa: E402
+from committee_calc.measures import parse_limits  # noqa: E402
+from committee_calc.train.ridge import PairRidgeCommittee  # noqa: E402
 from committee_calc.units import KJMOL  # noqa: E402
 
 N_MOL = 4
@@ -165,10 +169,9 @@ def oob_alpha(yaml_path, committee, E, calibration):
     ≤ 2 of the 4 members); σ_i²: variance over all members (ddof=1).
     """
     import yaml
-
-    from committee_calc.members.ridge import _calibrate_with_bias
-
     from ase.io import read
+
+    from committee_calc.train.ridge import _calibrate_with_bias
 
     spec = yaml.safe_load(open(yaml_path))
     frames = read(spec["training"]["train_file"], index=":")
@@ -228,16 +231,15 @@ class MaceBackend:
         return com
 
 
-def run_chain(s, calc, c, a, lid, callback=None, **kw):
-    """One chain (seed ``[seed, c]``); a start structure already above the hard cap
-    (``GateStop`` at step 0) counts as a chain terminated by the cap at step 0."""
-    from committee_calc.errors import GateStop
-
-    mc = ThresholdMC(s, calc, MOVES, lid_eV=lid, seed=[a.seed, c], **kw)
+def run_chain(s, gate, c, a, lid, callback=None, **kw):
+    """One chain (seed ``[seed, c]``) through ``gate``; a start structure the gate stops on
+    (hard cap, or non-finite committee output without a reference) counts as a chain
+    terminated at step 0."""
+    mc = ThresholdMC(s, gate, MOVES, lid_eV=lid, seed=[a.seed, c], **kw)
     try:
         return mc, mc.run(a.steps, callback=callback)
-    except GateStop as exc:
-        mc.terminated = f"hard cap at the start structure: {exc}"
+    except (GateStop, NonFiniteOutputError) as exc:
+        mc.terminated = f"stopped at the start structure: {exc}"
         return mc, []
 
 
@@ -291,13 +293,15 @@ def main(argv=None):
     # same starts for every backend)
     idx = select_starts(minima, a.chains)
     starts = [minima[i] for i in idx]
-    lid = a.lid_kjmol * KJMOL * N_MOL
-    thr = {"energy_std_per_molecule": a.threshold_kjmol * KJMOL}
-    cap = {"energy_std_per_molecule": a.cap_kjmol * KJMOL}
+    lid = lid_from_units(len(starts[0]), N_MOL, lid_kjmol=a.lid_kjmol)
+    thr = parse_limits(energy_std_per_molecule_kjmol=a.threshold_kjmol)
+    cap = parse_limits(energy_std_per_molecule_kjmol=a.cap_kjmol, what="hard cap")
 
-    # -- before: committee trained on the landscape only, no reference; the cap stops chains
+    # -- before: committee trained on the landscape only, no reference (a committee-only
+    # gate); the cap, or non-finite committee output, stops chains
     t1 = time.time()
-    before = [run_chain(s, committee0, c, a, lid, hard_cap=cap) for c, s in enumerate(starts)]
+    before_gate = Gate(committee0, hard_cap=cap, molecules=N_MOL)
+    before = [run_chain(s, before_gate, c, a, lid) for c, s in enumerate(starts)]
     t_before = time.time() - t1
 
     # -- on the fly: gate -> xTB label -> retrain every K labels

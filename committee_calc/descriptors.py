@@ -24,6 +24,7 @@ from __future__ import annotations
 from itertools import combinations_with_replacement
 
 import numpy as np
+from ase.neighborlist import neighbor_list
 
 from .errors import ConfigError
 from .structures import is_bulk
@@ -59,8 +60,6 @@ def soap_available() -> bool:
 
 def soap_descriptors(structures, species=None, **options) -> np.ndarray:
     """Atom-averaged periodic SOAP vectors (n, d) via dscribe."""
-    from dscribe.descriptors import SOAP
-
     opts = dict(SOAP_DEFAULTS, **options)
     species = sorted(species or {s for a in structures for s in a.get_chemical_symbols()})
     rows = []
@@ -88,8 +87,6 @@ def _soap(species, periodic, opts):
 
 def pair_fingerprint(structures, species=None, r_cut=6.0, n_bins=24, width=None) -> np.ndarray:
     """Smoothed element-pair radial distribution fingerprint (n, n_pairs*n_bins)."""
-    from ase.neighborlist import neighbor_list
-
     if r_cut <= 0 or n_bins < 1:
         raise ConfigError(f"pair fingerprint needs r_cut > 0 and n_bins >= 1, got {r_cut}, {n_bins}")
     species = sorted(species or {s for a in structures for s in a.get_chemical_symbols()})

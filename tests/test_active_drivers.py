@@ -29,6 +29,21 @@ def test_learn_then_rerank_cli(tmp_path, capsys):
                         "--sigma-cap-mev-atom", "2", "--out", str(rr), "--no-progress"]) == 0
     rows = list(csv.DictReader(open(rr / "reranked.csv")))
     assert len(rows) == 40 and {r["source"] for r in rows} <= {"committee", "reference"}
+    assert (rr / "labels.extxyz").exists() and (rr / "reference_calls.csv").exists()
+    # the σ cap is the gate threshold on energy_std_per_atom: the shared option gives the same ranking,
+    # and giving both is an error
+    rr2 = tmp_path / "rr2"
+    base = [str(land), "--learn-dir", str(out), "--reference", str(ref), "--molecules", "none", "--no-progress"]
+    assert rerank_main(base + ["--threshold-energy-std-per-atom-meV", "2", "--out", str(rr2)]) == 0
+    assert list(csv.DictReader(open(rr2 / "reranked.csv"))) == rows
+    assert rerank_main(base + ["--threshold-energy-std-per-atom-meV", "2", "--sigma-cap-mev-atom", "2",
+                               "--out", str(tmp_path / "z")]) == 2
+    assert "twice" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert rerank_main(base + ["--sigma-cap-kjmol", "2", "--out", str(tmp_path / "z")]) == 2
+    assert "per molecule" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    # a shared hard cap stops the re-ranking (GateStop) instead of labelling
+    assert rerank_main(base + ["--cap-energy-std-per-atom-meV", "1e-6", "--out", str(tmp_path / "c")]) == 2
+    assert "hard cap" in capsys.readouterr().err and not (tmp_path / "c" / "reranked.csv").exists()
     # bad input: batch size 0, cutoff leaving nothing -> exit code 2 with a message
     assert learn_main(args[:-1] + ["--batch-size", "0", "--out", str(tmp_path / "x")]) == 2
     assert "batch size" in capsys.readouterr().err

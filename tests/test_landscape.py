@@ -4,8 +4,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
+from committee_calc.active.baseline import relax_with_baseline
+from committee_calc.analysis.landscape import deduplicate_minima
 from committee_calc.errors import ConfigError
-from committee_calc.analysis.landscape import deduplicate_minima, relax_with_baseline
 
 
 def test_relax_with_baseline_records_baseline_at_minimum():
@@ -25,6 +26,11 @@ def test_relax_with_baseline_records_baseline_at_minimum():
         relax_with_baseline(atoms, EMT(), fmax=0)
     with pytest.raises(ConfigError, match="optimizer"):
         relax_with_baseline(atoms, EMT(), optimizer="Nope")
+    # one relaxation implementation (GatedRelaxer): its optimisers only
+    with pytest.raises(ConfigError, match="optimizer"):
+        relax_with_baseline(atoms, EMT(), optimizer="MDMin")
+    lb = relax_with_baseline(atoms, EMT(), fmax=0.01, max_steps=300, optimizer="lbfgs", cell=False)
+    assert lb.info["relax_converged"] and np.allclose(lb.cell, atoms.cell)
 
 
 def test_deduplicate_minima_keeps_lowest_and_maps_duplicates():

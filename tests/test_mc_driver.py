@@ -1,5 +1,6 @@
 """committee-mc driver: outputs, kill-and-resume on the same Markov chain, bad input."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 from ase.build import bulk
 from ase.io import read, write
-from test_mc_moves import water_crystal
 
 from drivers.threshold_mc import main
+from test_mc_moves import water_crystal
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTEE = """members:
@@ -100,11 +101,18 @@ def test_bad_input_clear_errors(inputs, capsys):
     assert "move set is empty" in capsys.readouterr().err
     assert main(args(inputs, "b", 5, ["--moves", "translate=0"])) == 2
     assert "empty" in capsys.readouterr().err
+    assert main(args(inputs, "b", 5, ["--lid-raise-kjmol", "1"])) == 2
+    assert "--lid-every" in capsys.readouterr().err
+    (inputs / "bad_ref.yaml").write_text("calculator: no_such_package.Calculator\n")
+    assert main(args(inputs, "b", 5, ["--reference", str(inputs / "bad_ref.yaml")])) == 2
+    assert "no_such_package" in capsys.readouterr().err
+    assert not (inputs / "b").exists()  # every input is checked before the first output
     write(inputs / "cu.extxyz", bulk("Cu", cubic=True))
     a = args(inputs, "c", 5)
     a[0] = str(inputs / "cu.extxyz")
     assert main(a) == 2
     assert "MoleculeError" in capsys.readouterr().err
+    assert not (inputs / "c").exists()
     assert main(args(inputs, "d", 5, ["--threshold-energy-std-per-molecule-kjmol", "0.001",
                                       "--cap-energy-std-per-molecule-kjmol", "0.002"])) == 2
     err = capsys.readouterr().err
@@ -123,3 +131,24 @@ def test_resume_repairs_torn_trajectory_and_csv(inputs):
     assert [int(x["step"]) for x in r] == list(range(16))
     traj = read(chain / "trajectory.extxyz", ":")
     assert len(traj) == 1 + sum(int(x["accepted"]) for x in r[1:])
+
+
+def test_resume_with_another_seed_is_refused_before_writing(inputs, capsys):
+    assert main(args(inputs, "s", 3)) == 0
+    before = (inputs / "s" / "chain_000" / "steps.csv").read_bytes()
+    assert main(args(inputs, "s", 6, ["--seed", "4"])) == 2
+    assert "--seed 3" in capsys.readouterr().err
+    assert (inputs / "s" / "chain_000" / "steps.csv").read_bytes() == before
+
+
+def test_committee_only_run_goes_through_the_gate(inputs):
+    """Output change (issue 13): committee-only steps are gate decisions ("committee", reason
+    "no thresholds") and the gate counts the committee calls in summary.json."""
+    a = [str(inputs / "start.extxyz"), "--committee", str(inputs / "committee.yaml"),
+         "--out", str(inputs / "co"), "--steps", "8", "--lid-kjmol", "5", "--no-plots"]
+    assert main(a) == 0
+    r = rows(inputs / "co" / "chain_000" / "steps.csv")
+    assert [x["gate_decision"] for x in r] == ["committee"] * 9
+    assert {x["gate_reason"] for x in r} == {"no thresholds"} and {x["label_index"] for x in r} == {""}
+    summary = json.loads((inputs / "co" / "summary.json").read_text())
+    assert summary["n_committee_calls_this_session"] == 9 and summary["n_reference_calls_this_session"] == 0

@@ -1,17 +1,21 @@
-"""Threshold MC through the shared Gate: labels, retraining, hard cap, label replay on resume."""
+"""Threshold MC through the shared Gate: labels, retraining, hard cap, non-finite output,
+label de-duplication on resume, start selection."""
 import json
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
-from test_mc_moves import water_crystal
 
-from committee_calc.errors import GateStop
+from committee_calc.committee import CommitteeCalculator
+from committee_calc.errors import GateStop, NonFiniteOutputError
 from committee_calc.gate import Gate
 from committee_calc.labels import LabelStore
 from committee_calc.mc.moves import MoveSet, make_whole
-from committee_calc.mc.threshold import ThresholdMC, label_replay, select_starts
-from committee_calc.members.ridge import PairRidgeCommittee
+from committee_calc.mc.starts import select_starts
+from committee_calc.mc.threshold import ThresholdMC
+from committee_calc.train.ridge import PairRidgeCommittee
+from test_mc_moves import water_crystal
 
 MOVES = {"translate": {"probability": 2, "step": 0.3}, "rotate": {"probability": 2, "step": 20},
          "cell_volume": {"probability": 1, "step": 0.04}}
@@ -100,11 +104,57 @@ def test_hard_cap_terminates_and_start_above_cap_errors(tmp_path):
     assert recs[-1]["gate_decision"] == "stop" and mc.step_index < 200
     with pytest.raises(Exception, match="terminated"):
         mc.step()
-    # committee-only runs (plain calculator) apply the same cap
-    mc2 = ThresholdMC(water_crystal(a=4.0), com, {"translate": {"probability": 1, "step": 1.5}},
-                      lid_eV=5.0, seed=0, hard_cap={"energy_std_per_molecule": 3 * s0 + 1e-9})
+    # committee-only runs: the same cap on a committee-only gate stops at the same step
+    mc2 = ThresholdMC(water_crystal(a=4.0), Gate(com, hard_cap={"energy_std_per_molecule": 3 * s0 + 1e-9}),
+                      {"translate": {"probability": 1, "step": 1.5}}, lid_eV=5.0, seed=0)
     mc2.run(200)
     assert mc2.terminated and mc2.step_index == mc.step_index
+    assert mc2.terminated.startswith("hard cap")
+
+
+class NaNAfter(EMT):
+    """EMT that answers NaN from its ``after``-th call on (a member leaving its domain)."""
+
+    def __init__(self, after=1, **kw):
+        super().__init__(**kw)
+        self.n, self.after = 0, after
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.n += 1
+        if self.n > self.after:
+            self.results["energy"] = float("nan")
+
+
+def nan_committee():
+    return CommitteeCalculator([EMT(), EMT(asap_cutoff=True), NaNAfter(after=1)])
+
+
+def test_nonfinite_committee_output_ends_a_committee_only_chain():
+    """Behaviour change (issue 13): committee-only MC used to average the finite members
+    (or cap on the NaN spread); now non-finite output ends the chain with the reason."""
+    mc = ThresholdMC(water_crystal(a=4.0), Gate(nan_committee()), MOVES, lid_eV=0.3, seed=0)
+    recs = mc.run(20)
+    assert mc.terminated and mc.terminated.startswith("non-finite output")
+    assert "non-finite" in recs[-1]["gate_reason"] and recs[-1]["gate_decision"] == "stop"
+    assert mc.step_index == 1 and len(recs) == 2 and mc.n_accepted == 0
+    assert mc.state()["terminated"] == mc.terminated
+    with pytest.raises(NonFiniteOutputError, match="start structure"):
+        ThresholdMC(water_crystal(a=4.0), Gate(CommitteeCalculator([NaNAfter(0), NaNAfter(0)])),
+                    MOVES, lid_eV=0.3).initialise()
+
+
+def test_nonfinite_committee_output_with_a_reference_is_labelled(tmp_path):
+    gate = Gate(nan_committee(), EMT(), label_store=tmp_path / "l.extxyz", molecules=4)
+    mc = ThresholdMC(water_crystal(a=4.0), gate, MOVES, lid_eV=0.3, seed=0, run_id="nan")
+    recs = mc.run(6)
+    assert mc.terminated is None and mc.step_index == 6
+    assert recs[0]["gate_decision"] == "committee"
+    assert all(r["gate_decision"] == "reference" and "non-finite" in r["gate_reason"] for r in recs[1:])
+    assert len(gate.label_store) == gate.n_labels == 6
+    frames = gate.label_store.read()
+    for r in recs[1:]:
+        assert r["trial_energy_eV"] == pytest.approx(frames[r["label_index"]].info["REF_energy"], abs=1e-9)
 
 
 def test_label_of_interrupted_step_is_reused_not_duplicated(gate):
@@ -119,11 +169,13 @@ def test_label_of_interrupted_step_is_reused_not_duplicated(gate):
             break
     assert saved is not None, "no labelled step happened"
     n = len(gate.label_store)
-    # 'kill' after the label append, before the state save: resume from the previous state
+    # 'kill' after the label append, before the state save: resume from the previous state;
+    # the gate's labeller finds the stored label: no second reference call, no duplicate
+    calls, dups = gate.n_reference_calls, gate.labeller.n_duplicates
     again = ThresholdMC.from_state(saved, gate)
-    again.label_lookup = label_replay(gate.label_store, "t2")
     rec2 = again.step()
     assert len(gate.label_store) == n  # no duplicate label
+    assert gate.n_reference_calls == calls and gate.labeller.n_duplicates == dups + 1
     assert rec2["step"] == rec["step"] and rec2["move"] == rec["move"]
     assert rec2["trial_energy_eV"] == pytest.approx(rec["trial_energy_eV"], abs=1e-12)
     assert rec2["accepted"] == rec["accepted"] and rec2["label_index"] == rec["label_index"]
@@ -142,6 +194,19 @@ def test_select_starts_fps_from_lowest_energy():
     assert idx2[0] == 3 and len(set(idx2)) == 3
 
 
+def test_select_starts_evaluates_through_the_gate():
+    """Without energies the start is the gate's lowest energy, from one batched gate call."""
+    structs = minima_set(5, seed=2)
+    com = fit_committee(minima_set())
+    gate = Gate(com, molecules=4)
+    idx = select_starts(structs, 2, gate=gate)
+    energies = [com.predict([a])[0]["energy"] for a in structs]
+    assert idx[0] == int(np.argmin(energies)) and len(set(idx)) == 2
+    assert gate.n_committee_calls == len(structs) and gate.n_calls == len(structs)
+    with pytest.raises(Exception, match="energies"):
+        select_starts(structs, 2)
+
+
 @pytest.mark.slow
 def test_on_the_fly_benchmark_reduces_heldout_error(tmp_path):
     pytest.importorskip("tblite")
@@ -158,7 +223,7 @@ def test_on_the_fly_benchmark_reduces_heldout_error(tmp_path):
 
 
 def test_stable_resampling_keeps_memberships_when_labels_are_appended():
-    from committee_calc.members.ridge import _stable_subsets
+    from committee_calc.train.ridge import _stable_subsets
 
     a, b = _stable_subsets(20, 8, 0.7, seed=3), _stable_subsets(35, 8, 0.7, seed=3)
     for x, y in zip(a, b):
@@ -169,7 +234,7 @@ def test_stable_resampling_keeps_memberships_when_labels_are_appended():
 def test_bias_calibration_separates_the_error_floor_from_the_spread():
     """Residuals with spread-proportional part α=3 and a floor σ_b=1: the ratio estimate
     mixes both, the likelihood fit recovers them."""
-    from committee_calc.members.ridge import _calibrate, _calibrate_with_bias, _stable_subsets
+    from committee_calc.train.ridge import _calibrate, _calibrate_with_bias, _stable_subsets
 
     rng = np.random.default_rng(0)
     n, M = 400, 8

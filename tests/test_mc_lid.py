@@ -5,18 +5,19 @@ import math
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
-from test_mc_moves import water_crystal
 
 from committee_calc.errors import ConfigError, UnitError
+from committee_calc.gate import Gate
 from committee_calc.mc.threshold import ThresholdMC, lid_from_units
 from committee_calc.units import KJMOL
+from test_mc_moves import water_crystal
 
 MOVES = {"translate": {"probability": 2, "step": 0.4}, "rotate": {"probability": 2, "step": 20},
          "cell_volume": {"probability": 1, "step": 0.05}, "cell_angle": {"probability": 1, "step": 3}}
 
 
 def test_lid_never_violated_and_lid_raises():
-    mc = ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.01, lid_raise_eV=0.005, lid_every=40,
+    mc = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.01, lid_raise_eV=0.005, lid_every=40,
                      max_lid_raises=2, seed=1)
     recs = mc.run(150)
     assert recs[0]["move"] == "start" and mc.step_index == 150
@@ -38,7 +39,7 @@ def test_lid_never_violated_and_lid_raises():
 
 
 def test_downhill_is_monotone():
-    mc = ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, mode="downhill", seed=3)
+    mc = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, mode="downhill", seed=3)
     recs = mc.run(120)
     e = [r["energy_eV"] for r in recs]
     assert all(b <= a for a, b in zip(e, e[1:]))
@@ -49,22 +50,22 @@ def test_downhill_is_monotone():
 
 
 def test_adaptive_steps_move_toward_target():
-    mc = ThresholdMC(water_crystal(a=4.0), EMT(), {"translate": {"probability": 1, "step": 2.0}},
+    mc = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), {"translate": {"probability": 1, "step": 2.0}},
                      lid_eV=0.02, seed=5, adaptive_target=0.5, adaptive_every=10)
     mc.run(60)
     assert mc.moves.steps["translate"] < 2.0  # too large a step was shrunk
 
 
 def test_resume_continues_the_same_chain():
-    full = ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.05, seed=11,
+    full = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.05, seed=11,
                        adaptive_target=0.4, adaptive_every=7)
     ref = full.run(60)
-    part = ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.05, seed=11,
+    part = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.05, seed=11,
                        adaptive_target=0.4, adaptive_every=7)
     first = part.run(25)
     state = json.loads(json.dumps(part.state(), sort_keys=True))  # as the driver writes it
     del part
-    resumed = ThresholdMC.from_state(state, EMT())
+    resumed = ThresholdMC.from_state(state, Gate(EMT()))
     second = resumed.run(60)
     got = first + second
     assert [r["step"] for r in got] == list(range(61))
@@ -89,18 +90,27 @@ def test_lid_units():
 @pytest.mark.parametrize("lid", [0.0, -0.1, float("nan")])
 def test_bad_lid(lid):
     with pytest.raises(UnitError, match="lid"):
-        ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=lid)
+        ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=lid)
 
 
 def test_bad_input():
     with pytest.raises(UnitError, match="lid"):
-        ThresholdMC(water_crystal(a=4.0), EMT(), MOVES)  # threshold mode needs a lid
+        ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES)  # threshold mode needs a lid
     with pytest.raises(ConfigError, match="empty"):
-        ThresholdMC(water_crystal(a=4.0), EMT(), {}, lid_eV=0.1)
+        ThresholdMC(water_crystal(a=4.0), Gate(EMT()), {}, lid_eV=0.1)
     with pytest.raises(ConfigError, match="mode"):
-        ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.1, mode="metropolis")
+        ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.1, mode="metropolis")
     with pytest.raises(ConfigError, match="adaptive_target"):
-        ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.1, adaptive_target=1.5)
-    mc = ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.1)
+        ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.1, adaptive_target=1.5)
+    mc = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.1)
     with pytest.raises(ConfigError, match="initialise"):
         mc.step()
+
+
+def test_only_a_gate_evaluates():
+    """One evaluator type: a bare calculator or committee is refused with the fix named."""
+    with pytest.raises(ConfigError, match=r"Gate\(committee\)"):
+        ThresholdMC(water_crystal(a=4.0), EMT(), MOVES, lid_eV=0.1)
+    state = ThresholdMC(water_crystal(a=4.0), Gate(EMT()), MOVES, lid_eV=0.1).state()
+    with pytest.raises(ConfigError, match="Gate"):
+        ThresholdMC.from_state(state, EMT())

@@ -8,7 +8,13 @@ from scipy.spatial.transform import Rotation
 
 from committee_calc.errors import ConfigError, MoleculeError
 from committee_calc.mc.moves import (
-    MOVE_TYPES, MOVES, MoveSet, axis_angle_matrix, centres_of_mass, make_whole, random_rotation,
+    MOVE_TYPES,
+    MOVES,
+    MoveSet,
+    axis_angle_matrix,
+    centres_of_mass,
+    make_whole,
+    random_rotation,
 )
 
 

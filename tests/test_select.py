@@ -8,7 +8,6 @@ from scipy.stats import norm
 from committee_calc.analysis import select as sel
 from committee_calc.descriptors import pair_fingerprint, standardise, structure_descriptors
 from committee_calc.errors import ConfigError
-from committee_calc.members.ridge import ridge_rs_fit_predict
 
 
 def test_fps_on_a_line():
@@ -70,7 +69,7 @@ def test_kriging_believer_differs_from_top_k_ei():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(0, 1, (20, 3)), [[5, 5, 5], [5.001, 5, 5], [-5, -5, 5], [-5, -5, 5.001]]])
     y_all = X[:, 0] * 0.1
-    fp = ridge_rs_fit_predict(X, n_members=8, seed=0)
+    fp = sel.ridge_rs_fit_predict(X, n_members=8, seed=0)
     lab = list(range(20))
     mu, s = fp(np.array(lab), y_all[lab])
     ei = sel.expected_improvement(mu, s, y_all[lab].min())

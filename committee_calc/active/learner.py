@@ -21,15 +21,19 @@ forms train on reference minus baseline; predictions add the baseline back.
 σ is the committee ``energy_std`` divided by the molecules (or atoms) per
 structure; thresholds and cutoffs are in eV per that unit.
 
-Resumable: labels go to an append-only :class:`~committee_calc.labels.LabelStore`
-(each with ``prov_pool_index``); ``state.json`` (atomic) holds the pending
-batch and history.  A rerun after a kill labels only the pending structures
-not yet in the store, so nothing is labelled twice.
+Committee predictions are read through ``Gate(committee).evaluate_many`` (the
+one evaluator); labels are made by the one
+:class:`~committee_calc.labeller.Labeller` (reference energy and forces, the
+baseline values, provenance with ``pool_index``).  Resumable: ``state.json``
+(atomic) holds the pending batch and history; a rerun after a kill labels the
+pending batch again and the labeller returns the labels already in the store
+without a reference call, so nothing is computed twice.  A landscape
+structure counts as labelled when its geometry (structure hash) is in the store.
 
 Trainer protocol: ``trainer(train_file, work_dir, use_forces) -> committee``
 where the file holds the training targets under ``AL_energy`` [eV] and
-``AL_forces`` [eV/Å] and ``committee.predict(list_of_atoms)`` returns
-schema dicts (``energy``, ``energy_std``, ``forces_std_max``).
+``AL_forces`` [eV/Å] (:class:`committee_calc.train.ridge.RidgeTrainer`,
+:class:`committee_calc.active.trainers.BackendTrainer`).
 """
 from __future__ import annotations
 
@@ -37,10 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import keys as K
 from ..analysis import select as sel
+from ..analysis.landscape import Landscape, candidate_pool
+from ..descriptors import standardise, structure_descriptors
 from ..errors import ConfigError
 from ..fileio import load_json, save_json_atomic, write_structures_atomic
-from ..analysis.landscape import Landscape, candidate_pool
+from ..gate import Gate
+from ..labeller import Labeller
+from ..progress import progress_iter
+from ..structures import structure_hash
+from ..units import check_positive
 
 QUANTITIES = {"E": (False, False), "E+F": (False, True), "dE": (True, False), "dE+dF": (True, True)}
 _ALIASES = {"ΔE": "dE", "ΔE+ΔF": "dE+dF", "DE": "dE", "DE+DF": "dE+dF", "delta_E": "dE"}
@@ -48,37 +59,54 @@ TRAIN_ENERGY_KEY, TRAIN_FORCES_KEY = "AL_energy", "AL_forces"
 
 
 def parse_quantity(q) -> str:
+    """Canonical training quantity (E, E+F, dE, dE+dF; Δ spellings accepted); ConfigError otherwise."""
     q = _ALIASES.get(q, q)
     if q not in QUANTITIES:
         raise ConfigError(f"unknown training quantity {q!r}; use one of {list(QUANTITIES)}")
     return q
 
 
-def training_frames(labels, quantity):
-    """Label-store frames -> training frames with AL_energy/AL_forces (Δ if asked)."""
+def training_frames(labels, quantity, energy_key="REF_energy", forces_key="REF_forces",
+                    baseline_prefix="BASE_"):
+    """Label-store frames -> training frames with AL_energy [eV] / AL_forces (N,3) [eV/Å]
+    (reference minus baseline for the Δ quantities; the keys are the label store's)."""
     delta, forces = QUANTITIES[parse_quantity(quantity)]
     out = []
     for f in labels:
         a = f.copy()
         a.calc = None
-        e = float(f.info["REF_energy"])
+        e = float(f.info[energy_key])
         if delta:
-            e -= float(f.info["BASE_energy"])
+            e -= float(f.info[baseline_prefix + K.ENERGY])
         a.info = {TRAIN_ENERGY_KEY: e, "prov_pool_index": f.info.get("prov_pool_index")}
         a.arrays = {k: v for k, v in a.arrays.items() if k in ("numbers", "positions")}
         if forces:
-            F = np.asarray(f.arrays["REF_forces"], float)
+            F = np.asarray(f.arrays[forces_key], float)
             if delta:
-                if "BASE_forces" not in f.arrays:
+                if baseline_prefix + K.FORCES not in f.arrays:
                     raise ConfigError("Δ-force training needs baseline forces in the landscape")
-                F = F - f.arrays["BASE_forces"]
+                F = F - f.arrays[baseline_prefix + K.FORCES]
             a.arrays[TRAIN_FORCES_KEY] = F
         out.append(a)
     return out
 
 
+def committee_results(committee, images) -> list:
+    """Committee results per image through ``Gate(committee).evaluate_many`` (one batched
+    call); None for an image whose committee output is not finite (σ counts as infinite)."""
+    many = Gate(committee).evaluate_many(images, nonfinite="none")
+    return [None if r is None else r.committee_results for r in many]
+
+
 class ActiveLearner:
-    """Query-by-committee loop (see module docstring for the algorithm)."""
+    """Query-by-committee loop (see module docstring for the algorithm).
+
+    landscape: the :class:`~committee_calc.analysis.landscape.Landscape`;
+    reference: ASE calculator, ReferenceSpec or YAML; trainer: see the module docstring;
+    threshold_eV, energy_cutoff_eV, ei_window_eV: eV per landscape unit (molecule or atom);
+    label_store: LabelStore or path (default ``out_dir/labels.extxyz``).
+    Raises ConfigError for inconsistent options (checked before anything is written).
+    """
 
     def __init__(self, landscape: Landscape, reference, trainer, out_dir, strategy="highest_uncertainty",
                  quantity="dE", batch_size=10, initial_size=None, threshold_eV=0.01,
@@ -96,8 +124,6 @@ class ActiveLearner:
                               "baseline energies; add them or train on 'E'/'E+F'")
         if self.delta and self.use_forces and landscape.baseline_forces is None:
             raise ConfigError("training quantity 'dE+dF' needs baseline forces in the landscape")
-        from ..units import check_positive
-
         self.threshold = check_positive("uncertainty threshold", threshold_eV)
         if not 0.0 <= float(target_fraction) < 1.0:
             raise ConfigError(f"target_fraction must be in [0, 1), got {target_fraction!r}")
@@ -116,14 +142,13 @@ class ActiveLearner:
         self.seed, self.progress = seed, progress
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        from ..reference import as_reference
-
-        self.reference = as_reference(reference, failed_dir=self.out_dir / "failed")
-        if label_store is None:
-            from ..labels import LabelStore
-
-            label_store = LabelStore(self.out_dir / "labels.extxyz")
-        self.store = label_store
+        self.labeller = Labeller(reference, label_store if label_store is not None
+                                 else self.out_dir / "labels.extxyz",
+                                 provenance={"driver": "active_learn"})
+        self.store = self.labeller.store
+        self._by_hash: dict = {}
+        for i, atoms in enumerate(landscape.structures):
+            self._by_hash.setdefault(structure_hash(atoms), []).append(i)
         self._X = descriptors
         self.state_path = self.out_dir / "state.json"
         self.committee = None
@@ -132,30 +157,35 @@ class ActiveLearner:
     @property
     def X(self):
         if self._X is None:
-            from ..descriptors import standardise, structure_descriptors
-
-            self._X = standardise(structure_descriptors([self.landscape.structures[i] for i in range(len(self.landscape))]))
+            self._X = standardise(structure_descriptors(list(self.landscape.structures)))
         return self._X
 
-    def labelled(self) -> list:
-        return [int(f.info["prov_pool_index"]) for f in self.store.read()
-                if f.info.get("prov_pool_index") is not None]
+    def labels(self) -> dict:
+        """{landscape index: label frame} for every landscape structure in the store (store order)."""
+        out = {}
+        for f in self.store.read():
+            for i in self._by_hash.get(f.info.get("label_hash"), ()):
+                out.setdefault(i, f)
+        return out
 
-    def _label(self, idx, iteration, committee_results=None):
+    def labelled(self) -> list:
+        return list(self.labels())
+
+    def _label(self, idx, iteration):
+        """Reference label of landscape structure ``idx`` through the labeller (no call if stored)."""
         ls = self.landscape
-        atoms = ls.structures[idx].copy()
-        res = self.reference.compute(atoms, ("energy", "forces"))
         base = None
         if ls.baseline_energy is not None:
-            base = {"energy": float(ls.baseline_energy[idx])}
+            base = {K.ENERGY: float(ls.baseline_energy[idx])}
             if ls.baseline_forces is not None:
-                base["forces"] = ls.baseline_forces[idx]
-        self.store.append(atoms, res, committee_results=committee_results, baseline_results=base,
-                          provenance={"driver": "active_learn", "iteration": iteration,
-                                      "pool_index": int(idx), "name": ls.names[idx]})
+                base[K.FORCES] = ls.baseline_forces[idx]
+        return self.labeller.label(ls.structures[idx], stress=False, baseline_results=base,
+                                   provenance={"iteration": iteration, "pool_index": int(idx),
+                                               "name": ls.names[idx]})
 
     def train(self, iteration):
-        frames = training_frames(self.store.read(), self.quantity)
+        s = self.store
+        frames = training_frames(s.read(), self.quantity, s.energy_key, s.forces_key, s.baseline_prefix)
         work = self.out_dir / f"iter{iteration:03d}"
         work.mkdir(exist_ok=True)
         train_file = work / "train.extxyz"
@@ -164,21 +194,20 @@ class ActiveLearner:
         return self.committee
 
     def predict(self, indices, committee=None):
-        """Per index: total energy per unit [eV], σ per unit [eV], forces_std_max [eV/Å]."""
-        committee = committee or self.committee
+        """Per index: total energy per unit [eV], σ per unit [eV], forces_std_max [eV/Å] (each (n,))."""
         ls = self.landscape
-        res = committee.predict([ls.structures[i] for i in indices])
-        e = np.array([r.get("energy", np.nan) for r in res], float)
-        s = np.array([r.get("energy_std", np.inf) for r in res], float)
-        f = np.array([r.get("forces_std_max", np.inf) for r in res], float)
+        coms = committee_results(committee or self.committee, [ls.structures[i] for i in indices])
+        e = np.array([c[K.ENERGY] if c else np.nan for c in coms], float)
+        s = np.array([c.get(K.ENERGY_STD, np.inf) if c else np.inf for c in coms], float)
+        f = np.array([c.get(K.FORCES_STD_MAX, np.inf) if c else np.inf for c in coms], float)
         idx = np.asarray(indices, int)
         if self.delta:
             e = e + ls.baseline_energy[idx]
         n = ls.n_units[idx]
         return e / n, np.where(np.isfinite(s), s, np.inf) / n, f
 
-    def _select(self, cand, e, s, f, labelled, n):
-        rng = np.random.default_rng([int(self.seed), len(labelled)])
+    def _select(self, cand, e, s, f, labels, n):
+        rng = np.random.default_rng([int(self.seed), len(labels)])
         st = self.strategy
         if st == "random":
             loc = sel.random_above_threshold(s, n, self.threshold, rng)
@@ -193,21 +222,19 @@ class ActiveLearner:
             sub = sel.energy_force_dbscan(e[above], f[above], self.X[cand][above], n)
             loc = [int(above[k]) for k in sub]
         else:  # expected_improvement over the whole pool with a ridge RS surrogate
-            from ..members.ridge import ridge_rs_fit_predict
-
-            frames = {int(fr.info["prov_pool_index"]): fr for fr in self.store.read()}
-            ys = [float(frames[i].info["REF_energy"]) / self.landscape.n_units[i] for i in labelled]
-            fp = ridge_rs_fit_predict(self.X[self.pool], seed=self.seed)
             pos = {int(p): k for k, p in enumerate(self.pool)}
-            picks = sel.kriging_believer(fp, [pos[i] for i in labelled], ys, n, self.ei_window)
+            lab = [i for i in labels if i in pos]
+            ys = [float(labels[i].info[self.store.energy_key]) / self.landscape.n_units[i] for i in lab]
+            fp = sel.ridge_rs_fit_predict(self.X[self.pool], seed=self.seed)
+            picks = sel.kriging_believer(fp, [pos[i] for i in lab], ys, n, self.ei_window)
             cpos = {int(c): k for k, c in enumerate(cand)}
             loc = [cpos[int(self.pool[p])] for p in picks if int(self.pool[p]) in cpos]
         return [int(cand[k]) for k in loc]
 
     # -------------------------------------------------------------- loop
     def run(self) -> dict:
-        from ..progress import progress_iter
-
+        """Run (or resume) the loop; returns the summary (stopped, iterations, n_train,
+        pool_size, history, committee)."""
         state = load_json(self.state_path, default=None) or {"iteration": 0, "pending": [], "history": [],
                                                                "stopped": None}
         state.setdefault("config", {"strategy": self.strategy, "quantity": self.quantity,
@@ -218,8 +245,7 @@ class ActiveLearner:
         if state.get("stopped"):
             self.train(state["iteration"])
             return self._summary(state)
-        labelled = self.labelled()
-        if not labelled and not state["pending"]:
+        if not self.labelled() and not state["pending"]:
             base = (self.landscape.baseline_per_unit()[self.pool] if self.landscape.baseline_energy is not None
                     else np.zeros(self.pool.size))
             first = sel.farthest_point_sampling(self.X[self.pool], min(self.initial_size, self.pool.size),
@@ -227,15 +253,14 @@ class ActiveLearner:
             state["pending"] = [int(self.pool[k]) for k in first]
             save_json_atomic(self.state_path, state)
         while True:
-            done = set(self.labelled())
-            todo = [i for i in state["pending"] if i not in done]
-            for i in progress_iter(todo, enabled=self.progress, desc=f"label it{state['iteration']}"):
+            for i in progress_iter(state["pending"], enabled=self.progress,
+                                   desc=f"label it{state['iteration']}"):
                 self._label(i, state["iteration"])
-            labelled = self.labelled()
+            labels = self.labels()
             state["pending"] = []
             self.train(state["iteration"])
-            cand = np.array([i for i in self.pool if i not in set(labelled)], int)
-            rec = {"iteration": state["iteration"], "n_train": len(labelled), "n_candidates": int(cand.size)}
+            cand = np.array([i for i in self.pool if i not in labels], int)
+            rec = {"iteration": state["iteration"], "n_train": len(labels), "n_candidates": int(cand.size)}
             stop = None
             if cand.size == 0:
                 stop = "pool_empty"
@@ -245,15 +270,15 @@ class ActiveLearner:
                 rec.update(fraction_above=frac, sigma_max=float(np.max(s)), sigma_mean=float(np.mean(s)))
                 if frac <= self.target_fraction:
                     stop = "converged"
-                elif self.max_train_size is not None and len(labelled) >= self.max_train_size:
+                elif self.max_train_size is not None and len(labels) >= self.max_train_size:
                     stop = "max_train_size"
                 elif state["iteration"] + 1 >= self.max_iterations:
                     stop = "max_iterations"
             if stop is None:
                 n = self.batch_size
                 if self.max_train_size is not None:
-                    n = min(n, int(self.max_train_size) - len(labelled))
-                batch = self._select(cand, e, s, f, labelled, n)
+                    n = min(n, int(self.max_train_size) - len(labels))
+                batch = self._select(cand, e, s, f, labels, n)
                 if not batch:
                     stop = "converged"
             rec["stop"] = stop
@@ -270,24 +295,3 @@ class ActiveLearner:
         return {"stopped": state["stopped"], "iterations": state["iteration"] + 1,
                 "n_train": len(self.labelled()), "pool_size": int(self.pool.size),
                 "history": state["history"], "committee": self.committee}
-
-
-class BackendTrainer:
-    """Trainer over :func:`committee_calc.train.train_committee` (MACE, NequIP, ...).
-
-    Trains ``n_members`` models on the AL training file in ``work_dir`` and
-    loads the committee YAML it writes.  Options go to ``train_committee``.
-    """
-
-    def __init__(self, backend="mace", n_members=4, **options):
-        self.backend, self.n_members, self.options = backend, int(n_members), options
-
-    def __call__(self, train_file, work_dir, use_forces):
-        from ..config import load_committee
-        from ..train import train_committee
-
-        yaml_path = train_committee(str(train_file), str(work_dir), backend=self.backend,
-                                    n_members=self.n_members, energy_key=TRAIN_ENERGY_KEY,
-                                    forces_key=TRAIN_FORCES_KEY if use_forces else None,
-                                    stress_key=None, **self.options)
-        return load_committee(yaml_path)

@@ -8,6 +8,11 @@ values (e.g. force-field energies of the CSP search) sit in
 
 Energies are compared *per unit*: per molecule (the CSP convention, the
 count given or found from connectivity) or per atom.
+
+Building one: candidates are relaxed with the baseline by
+:func:`committee_calc.active.baseline.relax_with_baseline` (relaxation lives
+above this layer) and near-identical minima are dropped with
+:func:`deduplicate_minima`.
 """
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import keys as K
 from ..errors import ConfigError, StructureReadError
+from ..molecules import count_molecules
 from ..structures import density_gcm3, read_structures
+
 
 @dataclass(frozen=True)
 class Landscape:
@@ -45,21 +53,24 @@ class Landscape:
 
 
 def _get(atoms, key, kind):
-    if kind == "energy":
+    """Baseline value ``key`` of ``atoms`` (info/arrays, or calculator results for the
+    plain ``energy``/``forces`` keys); None when absent."""
+    results = atoms.calc.results if atoms.calc is not None else {}
+    if kind == K.ENERGY:
         if key in atoms.info:
             return float(atoms.info[key])
-        if key == "energy" and atoms.calc is not None and "energy" in atoms.calc.results:
-            return float(atoms.calc.results["energy"])
+        if key == K.ENERGY and K.ENERGY in results:
+            return float(results[K.ENERGY])
         return None
     if key in atoms.arrays:
         return np.asarray(atoms.arrays[key], float).reshape(len(atoms), 3)
-    if key == "forces" and atoms.calc is not None and "forces" in atoms.calc.results:
-        return np.asarray(atoms.calc.results["forces"], float).reshape(len(atoms), 3)
+    if key == K.FORCES and K.FORCES in results:
+        return np.asarray(results[K.FORCES], float).reshape(len(atoms), 3)
     return None
 
 
-def make_landscape(structures, baseline_energy_key="baseline_energy",
-                   baseline_forces_key="baseline_forces", molecules="auto", name_key="name"):
+def make_landscape(structures, baseline_energy_key=K.BASELINE_ENERGY,
+                   baseline_forces_key=K.BASELINE_FORCES, molecules="auto", name_key="name"):
     """Build a :class:`Landscape` from Atoms (see module doc for keys).
 
     ``molecules``: ``"auto"`` (per-structure info ``n_molecules`` if present,
@@ -69,8 +80,8 @@ def make_landscape(structures, baseline_energy_key="baseline_energy",
     structures = list(structures)
     if not structures:
         raise StructureReadError("the landscape holds no structures")
-    E = [_get(a, baseline_energy_key, "energy") for a in structures]
-    F = [_get(a, baseline_forces_key, "forces") for a in structures]
+    E = [_get(a, baseline_energy_key, K.ENERGY) for a in structures]
+    F = [_get(a, baseline_forces_key, K.FORCES) for a in structures]
     energy = np.array(E, float) if all(e is not None for e in E) else None
     if energy is not None and not np.all(np.isfinite(energy)):
         bad = np.flatnonzero(~np.isfinite(energy))[:5].tolist()
@@ -79,8 +90,6 @@ def make_landscape(structures, baseline_energy_key="baseline_energy",
     if molecules is None:
         n_units, unit = np.array([len(a) for a in structures], float), "atom"
     elif molecules == "auto":
-        from ..molecules import count_molecules
-
         n_units = np.array([int(a.info["n_molecules"]) if "n_molecules" in a.info else count_molecules(a)
                             for a in structures], float)
         unit = "molecule"
@@ -119,52 +128,7 @@ def candidate_pool(landscape: Landscape, energy_cutoff_eV=None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Building a landscape: relax candidate packings with a cheap baseline, then
-# drop near-identical minima.
-def relax_with_baseline(atoms, calculator, fmax=0.05, max_steps=200, cell=True,
-                        optimizer="FIRE", energy_key="baseline_energy",
-                        forces_key="baseline_forces"):
-    """Relax a copy of ``atoms`` with ``calculator`` (the CSP baseline) and return it.
-
-    Positions (and the cell, ``cell=True``, via ASE's FrechetCellFilter at zero
-    pressure) are optimised until max |F| ≤ ``fmax`` [eV/Å] (and the
-    filter's generalised cell forces likewise) or ``max_steps`` steps.  The
-    returned copy has no calculator; it carries ``info[energy_key]`` [eV per
-    cell] and ``arrays[forces_key]`` [eV/Å, (N, 3)] at the relaxed geometry,
-    ``info["relax_steps"]``, ``info["relax_converged"]`` (bool) and
-    ``info["relax_fmax"]`` [eV/Å] (largest atomic force at the end).
-    The user's ``atoms`` is left untouched.
-    """
-    from ase import optimize
-
-    if int(max_steps) < 1 or not float(fmax) > 0:
-        raise ConfigError(f"relaxation needs fmax > 0 and max_steps >= 1, got {fmax!r}, {max_steps!r}")
-    opt_cls = getattr(optimize, optimizer, None)
-    if opt_cls is None:
-        raise ConfigError(f"unknown ASE optimizer {optimizer!r}; use e.g. FIRE, BFGS, LBFGS")
-    a = atoms.copy()
-    a.calc = calculator
-    target = a
-    if cell:
-        if a.cell.rank < 3 or not all(a.pbc):
-            raise ConfigError("cell relaxation needs a periodic structure with a full 3-D cell; pass cell=False")
-        from ase.filters import FrechetCellFilter
-
-        target = FrechetCellFilter(a)
-    opt = opt_cls(target, logfile=None)
-    converged = bool(opt.run(fmax=float(fmax), steps=int(max_steps)))
-    energy = float(a.get_potential_energy())
-    forces = np.array(a.get_forces(), float)
-    out = a.copy()
-    out.calc = None
-    out.info[energy_key] = energy
-    out.arrays[forces_key] = forces
-    out.info["relax_steps"] = int(opt.nsteps)
-    out.info["relax_converged"] = converged
-    out.info["relax_fmax"] = float(np.sqrt((forces ** 2).sum(1)).max()) if len(out) else 0.0
-    return out
-
-
+# Building a landscape: after the baseline relaxation, drop near-identical minima.
 def deduplicate_minima(energy_per_unit, X, densities=None, energy_tol_eV=1e-3,
                        density_rel_tol=0.01, descriptor_tol=1e-2):
     """Indices of unique minima, lowest energy first, and the duplicate map.

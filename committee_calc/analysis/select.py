@@ -18,8 +18,8 @@ Strategies (names used by :data:`STRATEGIES` and the active-learning loop):
                           seeded by the most uncertain
 ``fps``                   initial batch, FPS seeded by the lowest energy
 ``expected_improvement``  EI for landing inside an energy window above the
-                          lowest known energy, batches by Kriging believer
-                          (:mod:`committee_calc.members.ridge`)
+                          lowest known energy, batches by Kriging believer on
+                          the surrogate :func:`ridge_rs_fit_predict`
 ``energy_force_dbscan``   low energy + high force uncertainty score, one pick
                           per DBSCAN cluster (Hessmann et al.)
 """
@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError
+from ..train.ridge import _calibrate, _subsets
 
 STRATEGIES = ("random", "highest_uncertainty", "highest_uncertainty_fps", "fps",
               "expected_improvement", "energy_force_dbscan")
@@ -223,6 +224,58 @@ def kriging_believer(fit_predict, labelled, y, n, window=0.0, exclude=()) -> lis
         idx.append(j)
         yy.append(float(mu[j]))
     return picks
+
+
+# ----------------------------------------------------------------------------
+def ridge_rs_fit_predict(X, n_members=8, subsample=0.7, ridge=1e-3, seed=0, kernel="rbf",
+                         length_scale=None):
+    """Build ``fit_predict(idx, y) -> (mu, sigma)`` over descriptor rows ``X`` (n, d).
+
+    Each call fits ``n_members`` (kernel) ridge models (scikit-learn) on random
+    subsamples of the labelled rows ``idx`` with targets ``y`` and returns the
+    calibrated committee mean and std (n,) over all rows (units of ``y``):
+    the resampling committee of Musil et al., JCTC 15, 906 (2019), with α
+    from out-of-sample residuals.  ``kernel="rbf"``: Gaussian kernel on
+    standardised X (targets centred per member), length scale the median
+    pairwise distance unless given (local, so a Kriging-believer update
+    shrinks σ near the pick); ``"linear"``: ridge on [1, X] with the relative
+    regulariser ``ridge·tr(AᵀA)/d``.  The surrogate of :func:`kriging_believer`.
+    Raises ConfigError for an unknown kernel.
+    """
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.linear_model import Ridge
+
+    X = np.asarray(X, float)
+    Z = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    if kernel == "rbf":
+        sq = np.sum(Z * Z, 1)
+        D2 = np.maximum(sq[:, None] + sq[None, :] - 2 * Z @ Z.T, 0.0)
+        ell = float(length_scale) if length_scale else float(np.sqrt(np.median(D2[np.triu_indices(len(Z), 1)]))) or 1.0
+        Kmat = np.exp(-D2 / (2 * ell * ell))
+    elif kernel == "linear":
+        Xs = np.hstack([np.ones((len(X), 1)), Z])
+    else:
+        raise ConfigError(f"kernel must be 'rbf' or 'linear', got {kernel!r}")
+
+    def member(t, yt):
+        if kernel == "rbf":
+            ybar = yt.mean()
+            fit = KernelRidge(alpha=ridge, kernel="precomputed").fit(Kmat[np.ix_(t, t)], yt - ybar)
+            return ybar + fit.predict(Kmat[:, t])
+        A = Xs[t]
+        scale = max(float(np.sum(A * A)) / A.shape[1], 1e-12)
+        return Ridge(alpha=ridge * scale, fit_intercept=False, solver="cholesky").fit(A, yt).predict(Xs)
+
+    def fit_predict(idx, y):
+        idx, y = np.asarray(idx, int), np.asarray(y, float)
+        rng = np.random.default_rng(seed)
+        subsets = _subsets(len(idx), n_members, subsample, rng) if len(idx) > 1 else [np.array([0])] * n_members
+        P = np.array([member(idx[sub], y[sub]) for sub in subsets])
+        alpha = _calibrate(y, P[:, idx], subsets)
+        sd = P.std(0, ddof=1) * alpha
+        return P.mean(0), np.maximum(sd, 1e-12)
+
+    return fit_predict
 
 
 # ----------------------------------------------------------------------------

@@ -33,12 +33,15 @@ from ase.geometry import cell_to_cellpar, cellpar_to_cell
 from ase.neighborlist import NeighborList, natural_cutoffs
 
 from ..errors import ConfigError, MoleculeError
+from ..molecules import molecule_labels
 
 MOVE_TYPES = ("translate", "rotate", "displace", "cell_length", "cell_angle", "cell_volume")
 #: default step sizes: Å, degrees, Å, fraction, degrees, fraction
 DEFAULT_STEPS = {"translate": 0.3, "rotate": 10.0, "displace": 0.05,
                  "cell_length": 0.03, "cell_angle": 2.0, "cell_volume": 0.05}
 CELL_MOVES = ("cell_length", "cell_angle", "cell_volume")
+#: the default move set of ``committee-mc`` in the :func:`parse_moves` text form
+DEFAULT_MOVES = "translate=2:0.3,rotate=2:10,cell_length=1:0.02,cell_angle=1:1.5,cell_volume=1:0.03"
 
 
 # ---------------------------------------------------------------- rotations
@@ -108,8 +111,6 @@ def make_whole(atoms, labels=None, mult: float = 1.1):
     nl = NeighborList(natural_cutoffs(atoms, mult=mult), self_interaction=False, bothways=True)
     nl.update(atoms)
     if labels is None:
-        from ..molecules import molecule_labels
-
         _, labels = molecule_labels(atoms, mult=mult)
     labels = np.asarray(labels)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
@@ -322,3 +323,20 @@ class MoveSet:
     def as_dict(self) -> dict:
         return {n: {"probability": float(p), "step": float(self.steps[n])}
                 for n, p in zip(self.names, self.probabilities)}
+
+
+def parse_moves(text: str) -> dict:
+    """``"translate=2:0.3,rotate=1"`` -> ``{name: {"probability": p[, "step": s]}}`` (the
+    :class:`MoveSet` spec; step in the move's unit, optional).  Raises ConfigError for an
+    item that is not ``NAME=PROBABILITY[:STEP]`` with numbers."""
+    out = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, _, spec = item.partition("=")
+        if not spec:
+            raise ConfigError(f"--moves item {item!r} must be NAME=PROBABILITY[:STEP]")
+        p, _, s = spec.partition(":")
+        try:
+            out[name.strip()] = {"probability": float(p), **({"step": float(s)} if s else {})}
+        except ValueError:
+            raise ConfigError(f"--moves item {item!r}: probability and step must be numbers") from None
+    return out
