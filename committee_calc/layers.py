@@ -57,6 +57,7 @@ LAYERS = {
     "committee_calc._lock": "0",
     "committee_calc.progress": "0",
     "committee_calc.molecules": "0",
+    "committee_calc.plotting": "0",
     "committee_calc.descriptors": "0",
     "committee_calc.layers": "0",
     # 1 members

@@ -38,11 +38,11 @@ import numpy as np
 
 from .. import keys as K
 from ..analysis.landscape import Landscape
+from ..analysis.plots import plot_landscape
 from ..errors import ConfigError
 from ..gate import Gate
 from ..measures import parse_limits
-from .plots import plot_reranked
-from .rerank_io import write_reference_calls, write_reranked
+from .rerank_io import display, write_reference_calls, write_reranked
 
 
 def _ranks(values):
@@ -125,5 +125,9 @@ def rerank(landscape: Landscape, committee, out_dir, reference=None, sigma_cap_e
     if reference is not None:
         write_reference_calls(ls, ref_energy, out)
     if plot:
-        plot_reranked(ls, result, out / "landscape.png", capped=bool(limits))
+        fac, label = display(ls.unit)
+        plot_landscape(ls.densities(), final * fac, out / "landscape.png", sigma=sigma * fac,
+                       unit_label=label, reference=source == K.REFERENCE,
+                       reference_label="σ above cap: reference" if limits else "reference",
+                       experimental=is_exp, label="committee (±σ)")
     return result

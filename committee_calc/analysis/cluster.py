@@ -19,7 +19,6 @@ import numpy as np
 
 from ..descriptors import standardise, structure_descriptors
 from ..errors import BackendUnavailableError, ConfigError
-from ..fileio import atomic_write_bytes
 from ..units import check_positive
 
 CLUSTER_COLUMNS = ("rank", "cluster", "n_members", "id", "energy_per_atom_eV",
@@ -84,35 +83,3 @@ def ranked_table(rows, labels, top=None) -> list:
         t["rank"] = k
         t["relative_energy_meV_atom"] = 1e3 * (t["energy_per_atom_eV"] - e0)
     return table[:top] if top else table
-
-
-def plot_landscape(rows, path, labels=None, title="energy landscape") -> None:
-    """Energy per atom (relative, meV/atom) vs density (g/cm³) with ±σ error bars -> PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
-    fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
-    if rows:
-        e = np.array([float(r["energy_per_atom_eV"]) for r in rows])
-        rho = np.array([float(r["density_gcm3"]) for r in rows])
-        sig = np.array([float(r.get("energy_std_eV") or "nan") / int(r["natoms"]) for r in rows])
-        rel = 1e3 * (e - e.min())
-        c = np.asarray(labels) if labels is not None else None
-        ax.errorbar(rho, rel, yerr=1e3 * np.nan_to_num(sig), fmt="none", ecolor="0.5", capsize=2, lw=0.8)
-        kw = {"c": c, "cmap": "tab10"} if c is not None else {"color": "C0"}
-        sc = ax.scatter(rho, rel, s=24, zorder=3, **kw)
-        if c is not None and len(set(c.tolist())) > 1:
-            fig.colorbar(sc, ax=ax, label="cluster")
-    ax.set_xlabel("density (g/cm³)")
-    ax.set_ylabel("E − E_min (meV/atom)")
-    ax.set_title(title)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import keys as K
+from ..plotting import pyplot, save_figure
 from .io import ChainFiles
 
 
 def plot_chain(folder) -> None:
     """Write energy.png and uncertainty.png into the chain ``folder`` (nothing without rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder = Path(folder)
     rows = ChainFiles(folder).rows()
     if not rows:
@@ -47,14 +44,10 @@ def plot_chain(folder) -> None:
 
 
 def _save(fig, ax, ylabel, path) -> None:
-    import matplotlib.pyplot as plt
-
     ax.set_xlabel("MC step")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["plot_chain"]

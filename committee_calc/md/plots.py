@@ -8,23 +8,17 @@ to the reference marked (black crosses), and the thermostat target temperature
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from .. import keys as K
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes
+from ..plotting import pyplot, save_figure
 from .io import read_log
 
 
 def plot_uncertainty_trace(log_path, png_path, selected_steps=(), title=None, dpi=120) -> str:
     """Write the figure for the CSV at ``log_path`` to ``png_path`` (atomically); return the path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     log = read_log(log_path)
     if not log or len(log.get("step", [])) == 0:
         raise ConfigError(f"{log_path} has no MD steps to plot")
@@ -58,9 +52,4 @@ def plot_uncertainty_trace(log_path, png_path, selected_steps=(), title=None, dp
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
     axes[-1].set_xlabel("time (ps)")
     axes[0].set_title(title or "committee uncertainty along the MD trajectory")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(png_path, buf.getvalue())
-    return str(png_path)
+    return save_figure(fig, png_path, dpi=dpi)

@@ -3,22 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path, dpi: int = 120) -> None:
-    """Lay out, write ``fig`` to ``path`` and close it."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+from ..plotting import pyplot, save_figure
 
 
 def plot_band_structure(bands, path, title: str = "") -> None:

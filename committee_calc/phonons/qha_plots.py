@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..plotting import pyplot, save_figure
 from ..units import PHONOPY_EV_A3_TO_GPA, PHONOPY_EV_TO_JMOL
-from .plots import pyplot, save_figure
 
 _PANELS = [
     ("volume_A3", 1.0, "V (Å³/primitive cell)"),

@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analysis.cluster import cluster_structures, plot_landscape, ranked_table
+import numpy as np
+
+from ..analysis.cluster import cluster_structures, ranked_table
+from ..analysis.plots import plot_landscape
 from .io import write_clusters_csv
 from .pool import RelaxPool, candidate_ids, read_relaxed
 
@@ -56,6 +59,18 @@ def cluster_pool(out_dir, finished, committee=None, eps=0.5, descriptor="auto") 
     return labels, table
 
 
+def plot_pool(rows, path, clusters=None) -> str:
+    """The pool's landscape figure from its summary rows: energy per atom [meV/atom] relative to
+    the lowest vs density, ±σ bars, cluster colours, unconverged candidates hollow."""
+    e = np.array([float(r["energy_per_atom_eV"]) for r in rows])
+    natoms = np.array([int(r["natoms"]) for r in rows])
+    sigma = np.array([float(r.get("energy_std_eV") or "nan") for r in rows]) / natoms
+    return plot_landscape([float(r["density_gcm3"]) for r in rows], 1e3 * e, path,
+                          sigma=1e3 * sigma, unit_label="meV/atom", clusters=clusters,
+                          converged=[r["status"] == "converged" for r in rows],
+                          title=f"{len(rows)} relaxed candidates")
+
+
 def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
              descriptor="auto", progress=True) -> PoolRun:
     """Relax every unfinished candidate (resumable), cluster and plot the pool.
@@ -75,8 +90,7 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
         labels, table = cluster_pool(out, finished, committee=relaxer.gate.committee,
                                      eps=cluster_eps, descriptor=descriptor)
     if finished:
-        plot_landscape(finished, out / "landscape.png", labels=labels,
-                       title=f"{len(finished)} relaxed candidates")
+        plot_pool(finished, out / "landscape.png", labels)
     status = {}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1

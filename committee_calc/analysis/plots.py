@@ -1,0 +1,66 @@
+"""The CSP landscape figure: relative energy vs density, one definition for every area.
+
+Used by relaxation pools (``committee-relax``: clusters, unconverged candidates) and by
+re-ranking (``committee-rerank``: reference-computed and experimental structures).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..plotting import pyplot, save_figure
+
+
+def plot_landscape(density_gcm3, energy, path, sigma=None, unit_label="meV/atom", clusters=None,
+                   reference=None, reference_label="reference", experimental=None, converged=None,
+                   title=None, label=None) -> str:
+    """Energy relative to the lowest point vs density, written as PNG.
+
+    density_gcm3: (n,) [g/cm³]; energy: (n,) in ``unit_label`` (e.g. meV/atom or kJ/mol per
+    molecule; plotted relative to its minimum); sigma: (n,) committee spread in the same unit
+    (error bars, NaN/inf drawn without a bar); clusters: (n,) int cluster labels (distinct colours,
+    one legend entry each, -1 = noise); reference: (n,) bool, energies computed by the reference
+    (circled); experimental: (n,) bool (starred); converged: (n,) bool (unconverged drawn hollow);
+    label: legend entry of the points when they are not coloured by cluster.
+    Returns the path.
+    """
+    plt = pyplot()
+    x = np.asarray(density_gcm3, float)
+    e = np.asarray(energy, float)
+    n = len(e)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if n:
+        y = e - np.nanmin(e)
+        if sigma is not None:
+            s = np.asarray(sigma, float)
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(s), s, 0.0), fmt="none", ecolor="0.6",
+                        capsize=2, lw=0.7, zorder=1)
+        conv = np.ones(n, bool) if converged is None else np.asarray(converged, bool)
+        groups = [(label, np.ones(n, bool))]
+        if clusters is not None:
+            c = np.asarray(clusters)
+            groups = [(k, c == k) for k in sorted(set(c.tolist()))]
+        for i, (k, m) in enumerate(groups):
+            color = "0.5" if k == -1 else f"C{i % 10}"
+            name = k if clusters is None else ("noise" if k == -1 else f"cluster {k}")
+            ax.scatter(x[m & conv], y[m & conv], s=26, color=color, zorder=3, label=name)
+            if np.any(m & ~conv):
+                ax.scatter(x[m & ~conv], y[m & ~conv], s=26, facecolors="none", edgecolors=color,
+                           zorder=3, label="not converged" if i == 0 else None)
+        if reference is not None and np.any(reference):
+            r = np.asarray(reference, bool)
+            ax.scatter(x[r], y[r], s=70, facecolors="none", edgecolors="C3", lw=1.2, zorder=4,
+                       label=reference_label)
+        if experimental is not None and np.any(experimental):
+            ex = np.asarray(experimental, bool)
+            ax.scatter(x[ex], y[ex], marker="*", s=160, color="gold", edgecolors="k", zorder=5,
+                       label="experimental")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    ax.set_xlabel("density (g/cm³)")
+    ax.set_ylabel(f"E − E_min ({unit_label})")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+__all__ = ["plot_landscape"]
