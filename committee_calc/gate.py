@@ -222,24 +222,31 @@ class Gate(Calculator):
             return None
         return dict(self.committee.results)
 
-    def evaluate(self, atoms, step=None, info=None, properties=(K.ENERGY, K.FORCES)) -> GateResult:
-        """Gate one structure (``atoms`` is not modified); see the module docstring."""
+    def evaluate(self, atoms, step=None, info=None, properties=(K.ENERGY, K.FORCES),
+                 baseline=None) -> GateResult:
+        """Gate one structure (``atoms`` is not modified); see the module docstring.
+
+        baseline: Δ-learning baseline values stored with a label (default: from the committee).
+        """
         stress = self.want_stress(atoms, properties)
-        return self._decide(atoms, self._run_committee(atoms, stress), stress, step, info)
+        return self._decide(atoms, self._run_committee(atoms, stress), stress, step, info, baseline)
 
     def evaluate_many(self, images, infos=None, properties=(K.ENERGY, K.FORCES), batch_size=None,
-                      progress=False, nonfinite="raise") -> list:
+                      progress=False, nonfinite="raise", baselines=None) -> list:
         """Gate many structures with one batched committee call (``committee.predict``).
 
         Stress is computed only when ``properties`` asks for it (or the gate was built with
         ``stress=True``).  ``nonfinite="none"``: a structure whose committee output is not finite
         and that the gate cannot send to a reference gets None in the list instead of raising
-        :class:`~committee_calc.errors.NonFiniteOutputError`.  Returns a list of GateResult.
+        :class:`~committee_calc.errors.NonFiniteOutputError`.  ``baselines``: per-structure
+        Δ-learning baseline values stored with labels (list of dicts or None).  Returns a list of
+        GateResult.
         """
         if nonfinite not in ("raise", "none"):
             raise ConfigError(f"nonfinite must be 'raise' or 'none', got {nonfinite!r}")
         images = list(images)
         infos = list(infos) if infos is not None else [None] * len(images)
+        baselines = list(baselines) if baselines is not None else [None] * len(images)
         stress = [self.want_stress(a, properties) if (K.STRESS in properties or self.stress_mode is True)
                   else False for a in images]
         predict = getattr(self.committee, "predict", None)
@@ -251,16 +258,16 @@ class Gate(Calculator):
             coms = [c if c.get(K.FORCES) is not None else None for c in coms]
             self.n_committee_calls += len(images)
         out = []
-        for a, c, s, i in zip(images, coms, stress, infos):
+        for a, c, s, i, b in zip(images, coms, stress, infos, baselines):
             try:
-                out.append(self._decide(a, c, s, None, i))
+                out.append(self._decide(a, c, s, None, i, b))
             except NonFiniteOutputError:
                 if nonfinite == "raise":
                     raise
                 out.append(None)
         return out
 
-    def _decide(self, atoms, com, stress, step, info) -> GateResult:
+    def _decide(self, atoms, com, stress, step, info, baseline=None) -> GateResult:
         self.n_calls += 1
         finite = _finite(com)
         measures = compute_measures(com, len(atoms), self.n_molecules(atoms)) if com else {}
@@ -281,7 +288,7 @@ class Gate(Calculator):
             if self.labeller is None:
                 raise NonFiniteOutputError(f"{d.reason}, and the gate has no reference to fall "
                                            "back to; give it a reference calculator")
-            label = self._label(atoms, com, step, info, stress)
+            label = self._label(atoms, com, step, info, stress, baseline)
             decision, label_index = K.REFERENCE, label.index
             results = {k: v for k, v in (com or {}).items() if k in K.COMMITTEE_KEYS}
             results.update(label.results)
@@ -291,11 +298,12 @@ class Gate(Calculator):
         self.last = out
         return out
 
-    def _label(self, atoms, com, step, info, stress):
+    def _label(self, atoms, com, step, info, stress, baseline=None):
         prov = {"step": step if step is not None else (self.step if self.step is not None
                                                        else self.n_calls - 1)}
         prov.update(info or {})
-        label = self.labeller.label(atoms, committee_results=com, provenance=prov, stress=stress)
+        label = self.labeller.label(atoms, committee_results=com, provenance=prov, stress=stress,
+                                    baseline_results=baseline)
         if label.index is not None and not label.duplicate:
             self._maybe_retrain()
         return label

@@ -114,6 +114,10 @@ def test_loop_resume_and_rerank(landscape, tmp_path):
     rlabels = LabelStore(tmp_path / "rr" / "labels.extxyz").read()
     assert sorted(int(f.info["prov_index"]) for f in rlabels) == np.flatnonzero(capped).tolist()
     assert {f.info["prov_driver"] for f in rlabels} == {"rerank"}
+    # Δ-learning: the labels carry the landscape's baseline values (BASE_energy) for retraining
+    for f in rlabels:
+        i = int(f.info["prov_index"])
+        assert f.info["BASE_energy"] == pytest.approx(landscape.baseline_energy[i])
     calls = list(csv.DictReader(open(tmp_path / "rr" / "reference_calls.csv")))
     assert [int(r["index"]) for r in calls] == np.flatnonzero(capped).tolist()
     # a rerun resumes from the label store alone: no reference call, same result and log

@@ -174,12 +174,7 @@ class ActiveLearner:
     def _label(self, idx, iteration):
         """Reference label of landscape structure ``idx`` through the labeller (no call if stored)."""
         ls = self.landscape
-        base = None
-        if ls.baseline_energy is not None:
-            base = {K.ENERGY: float(ls.baseline_energy[idx])}
-            if ls.baseline_forces is not None:
-                base[K.FORCES] = ls.baseline_forces[idx]
-        return self.labeller.label(ls.structures[idx], stress=False, baseline_results=base,
+        return self.labeller.label(ls.structures[idx], stress=False, baseline_results=ls.baseline(idx),
                                    provenance={"iteration": iteration, "pool_index": int(idx),
                                                "name": ls.names[idx]})
 

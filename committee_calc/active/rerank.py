@@ -70,12 +70,14 @@ def _gates(ls, committee, reference, thresholds, logic, hard_cap, label_store) -
     return out
 
 
-def evaluate_landscape(ls, gates, progress=False) -> list:
-    """GateResult per structure of ``ls`` (original order), one batched call per gate."""
+def evaluate_landscape(ls, gates, progress=False, delta=False) -> list:
+    """GateResult per structure of ``ls`` (original order), one batched call per gate; with
+    ``delta`` the landscape's baseline values are stored with any label (Δ-learning)."""
     results = [None] * len(ls)
     for n, gate in gates.items():
         idx = np.flatnonzero(ls.n_units == n)
-        many = gate.evaluate_many([ls.structures[i] for i in idx], progress=progress,
+        base = [ls.baseline(i) for i in idx] if delta else None
+        many = gate.evaluate_many([ls.structures[i] for i in idx], progress=progress, baselines=base,
                                   infos=[{"index": int(i), "name": ls.names[i]} for i in idx])
         for i, r in zip(idx, many):
             results[i] = r
@@ -99,7 +101,7 @@ def rerank(landscape: Landscape, committee, out_dir, reference=None, sigma_cap_e
     gates = _gates(ls, committee, reference, limits, logic, hard_cap,
                    label_store if label_store is not None else out / "labels.extxyz")
     out.mkdir(parents=True, exist_ok=True)
-    res = evaluate_landscape(ls, gates, progress=progress)
+    res = evaluate_landscape(ls, gates, progress=progress, delta=delta)
     coms = [r.committee_results for r in res]
     E = np.array([c[K.ENERGY] if c else np.nan for c in coms], float)
     S = np.array([c.get(K.ENERGY_STD, np.inf) if c else np.inf for c in coms], float)

@@ -42,6 +42,16 @@ class Landscape:
     def __len__(self):
         return len(self.structures)
 
+    def baseline(self, i: int) -> dict | None:
+        """Baseline values of structure ``i`` as results: energy [eV] and forces (N_i, 3) [eV/Å]
+        (None without baseline energies)."""
+        if self.baseline_energy is None:
+            return None
+        out = {K.ENERGY: float(self.baseline_energy[i])}
+        if self.baseline_forces is not None:
+            out[K.FORCES] = self.baseline_forces[i]
+        return out
+
     def baseline_per_unit(self) -> np.ndarray:
         if self.baseline_energy is None:
             raise ConfigError("the landscape has no baseline energies")
