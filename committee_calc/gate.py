@@ -223,13 +223,16 @@ class Gate(Calculator):
         return dict(self.committee.results)
 
     def evaluate(self, atoms, step=None, info=None, properties=(K.ENERGY, K.FORCES),
-                 baseline=None) -> GateResult:
+                 baseline=None, threshold_scale=1.0) -> GateResult:
         """Gate one structure (``atoms`` is not modified); see the module docstring.
 
         baseline: Δ-learning baseline values stored with a label (default: from the committee).
+        threshold_scale: multiplies the thresholds for this call (hysteresis: a re-entry factor
+            < 1 while the caller is on the reference surface); caps are not scaled.
         """
         stress = self.want_stress(atoms, properties)
-        return self._decide(atoms, self._run_committee(atoms, stress), stress, step, info, baseline)
+        return self._decide(atoms, self._run_committee(atoms, stress), stress, step, info, baseline,
+                            threshold_scale)
 
     def evaluate_many(self, images, infos=None, properties=(K.ENERGY, K.FORCES), batch_size=None,
                       progress=False, nonfinite="raise", baselines=None) -> list:
@@ -267,7 +270,7 @@ class Gate(Calculator):
                 out.append(None)
         return out
 
-    def _decide(self, atoms, com, stress, step, info, baseline=None) -> GateResult:
+    def _decide(self, atoms, com, stress, step, info, baseline=None, threshold_scale=1.0) -> GateResult:
         self.n_calls += 1
         finite = _finite(com)
         measures = compute_measures(com, len(atoms), self.n_molecules(atoms)) if com else {}
@@ -276,7 +279,8 @@ class Gate(Calculator):
             com.setdefault(K.N_MOLECULES, nmol)
             if K.ENERGY_STD_PER_MOLECULE in measures:
                 com.setdefault(K.ENERGY_STD_PER_MOLECULE, measures[K.ENERGY_STD_PER_MOLECULE])
-        d = decide(measures, self.thresholds, self.hard_cap, self.logic, finite=finite)
+        d = decide(measures, self.thresholds, self.hard_cap, self.logic, finite=finite,
+                   threshold_scale=threshold_scale)
         if d.stop:
             raise GateStop(d.reason + "; the structure is too far from the training data to "
                            "label. Stop here, or raise the hard cap")

@@ -234,7 +234,7 @@ def check_limits(thresholds: dict, caps: dict, logic: str = "any", molecules=Non
 
 
 def decide(measures: dict, thresholds: dict, caps: dict | None = None, logic: str = "any",
-           finite: bool = True) -> Decision:
+           finite: bool = True, threshold_scale: float = 1.0) -> Decision:
     """Decide from measures (internal units) — a pure function.
 
     1. ``finite=False`` (non-finite committee output): untrusted, caps not applied.
@@ -242,7 +242,9 @@ def decide(measures: dict, thresholds: dict, caps: dict | None = None, logic: st
     3. A measure *exceeds* its threshold when ``value > threshold`` (NaN exceeds);
        ``logic="any"``: one exceeding measure makes the result untrusted,
        ``"all"``: every thresholded measure must exceed.
-    No thresholds: trusted.
+    No thresholds: trusted.  ``threshold_scale`` multiplies every threshold (not the caps), e.g.
+    a re-entry factor < 1 for hysteresis: a structure already on the reference returns to the
+    committee only once its spread is below ``threshold × factor``.
     """
     if not finite:
         return Decision(False, False, "non-finite committee output")
@@ -255,6 +257,7 @@ def decide(measures: dict, thresholds: dict, caps: dict | None = None, logic: st
                         tuple(over_cap))
     if not thresholds:
         return Decision(True, False, "no thresholds")
+    thresholds = {k: t * threshold_scale for k, t in thresholds.items()}
     over = {k: not measures.get(k, math.nan) <= t for k, t in thresholds.items()}
     fall = any(over.values()) if logic == "any" else all(over.values())
     parts = [f"{k}={measures.get(k, math.nan):.4g} {'>' if over[k] else '<='} {t:.4g} "
