@@ -249,3 +249,20 @@ def test_gate_without_thresholds_is_committee_only_with_cap():
 
     with pytest.raises(NonFiniteOutputError):
         Gate(CommitteeCalculator([NaNCalc(0.0), NaNCalc(0.0)]), None).evaluate(atoms)
+
+
+def test_threshold_scale_is_the_hysteresis_reentry_factor():
+    """decide(threshold_scale=f) compares with threshold·f (caps unscaled): a structure on the
+    reference returns to the committee only below the re-entry threshold."""
+    from committee_calc.measures import decide
+
+    th, caps = {"forces_std_max": 0.3}, {"forces_std_max": 1.0}
+    m = {"forces_std_max": 0.25}
+    assert decide(m, th, caps).trusted
+    assert not decide(m, th, caps, threshold_scale=0.7).trusted      # 0.25 > 0.21
+    assert decide({"forces_std_max": 0.2}, th, caps, threshold_scale=0.7).trusted
+    assert decide({"forces_std_max": 1.1}, th, caps, threshold_scale=2.0).stop  # caps not scaled
+    atoms = _h2_box()
+    gate = Gate(_spread_committee(0.01), EMT(), thresholds={"energy_std": 0.012})
+    assert gate.evaluate(atoms).decision == "committee"
+    assert gate.evaluate(atoms, threshold_scale=0.7).decision == "reference"
