@@ -136,11 +136,18 @@ def structure_descriptors(list_of_atoms, committee=None, kind="auto", species=No
 
 
 def standardise(X) -> np.ndarray:
-    """Columns shifted to zero mean and scaled to unit std (constant columns -> 0)."""
+    """Columns shifted to zero mean and scaled to unit std, shape (n, d).
+
+    A column whose spread is below 1e-3 of the descriptor's largest magnitude is noise (e.g.
+    copies of one relaxed minimum): it is divided by that floor, not blown up to unit variance,
+    so identical structures stay identical for clustering.  Constant columns -> 0.
+    """
     X = np.asarray(X, dtype=float)
     if X.ndim != 2:
         raise ConfigError(f"descriptors must be 2-D, got shape {X.shape}")
     mean = X.mean(0)
     std = X.std(0)
+    floor = 1e-3 * (float(np.abs(X).max()) if X.size else 0.0)
+    std = np.maximum(std, floor)
     std[std == 0] = 1.0
     return (X - mean) / std

@@ -119,7 +119,10 @@ def compute_measures(results: dict, n_atoms: int, n_molecules=None) -> dict:
 
 
 # ---------------------------------------------------------------------- parsing
-_VALUE_UNIT = re.compile(r"^\s*([-+0-9.eE]+|inf|nan)\s*([^\s].*)?$", re.IGNORECASE)
+_VALUE_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)\s*(\S.*)?$",
+                         re.IGNORECASE)
+#: what a unit string may say after the unit, per measure ("2 kJ/mol per molecule")
+_QUALIFIERS = {"atom": K.ENERGY_STD_PER_ATOM, "molecule": K.ENERGY_STD_PER_MOLECULE}
 
 
 def _split(name: str):
@@ -143,6 +146,11 @@ def _text_value(m: Measure, name: str, text: str) -> float:
     if not match:
         raise UnitError(f"cannot read {name}={text!r}; write a number with a unit, e.g. '2 kJ/mol'")
     number, unit = match.group(1), (match.group(2) or "").strip()
+    for word, key in _QUALIFIERS.items():
+        said = any(q in unit for q in (f"/{word}", f" per {word}"))
+        if said and m.key != key:
+            raise UnitError(f"{name}={text!r} says 'per {word}' but {m.key} is "
+                            f"{m.unit}; use {key} for a per-{word} limit")
     unit = unit.split("/atom")[0].split("/molecule")[0].split(" per ")[0].strip()
     if not unit:
         return check_positive(name, number)
@@ -176,6 +184,8 @@ def parse_limits(spec=None, /, what: str = "threshold", **kwargs) -> dict:
                 raise UnitError(f"{label}={value!r}: the unit is already in the name; give a number")
             v = _text_value(m, label, value)
         else:
+            if isinstance(value, bool):
+                raise UnitError(f"{label} must be a number, got {value!r}")
             v = check_positive(label, value) * (m.suffixes[unit] if unit else 1.0)
         if m.key in out:
             raise ConfigError(f"{what} for {m.key!r} given twice ({name!r}); give it once")

@@ -266,3 +266,14 @@ def test_threshold_scale_is_the_hysteresis_reentry_factor():
     gate = Gate(_spread_committee(0.01), EMT(), thresholds={"energy_std": 0.012})
     assert gate.evaluate(atoms).decision == "committee"
     assert gate.evaluate(atoms, threshold_scale=0.7).decision == "reference"
+
+
+def test_limit_text_must_match_the_measure():
+    """A unit qualifier that contradicts the measure, or a boolean, is refused; numbers glued to
+    their unit parse."""
+    assert parse_limits({"forces_std_max": "0.3eV/A"}) == {"forces_std_max": pytest.approx(0.3)}
+    assert parse_limits(energy_std="5meV") == {"energy_std": pytest.approx(0.005)}
+    for bad in ({"energy_std_per_molecule": "5 meV/atom"}, {"energy_std": "0.01 eV per atom"},
+                {"energy_std_per_atom": "2 kJ/mol per molecule"}, {"forces_std_max_eVA": True}):
+        with pytest.raises(UnitError):
+            parse_limits(bad)

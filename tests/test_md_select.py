@@ -193,3 +193,17 @@ def test_run_md_takes_one_gate(tmp_path):
                  selection=Selection("highest", n_max=2))
     assert not run.stopped and len(run.selected_steps) == 2 and run.labelled == {}
     assert run.label_store is None and (tmp_path / "ok" / "uncertainty_trace.png").exists()
+
+
+def test_select_by_any_measure_of_the_table():
+    """Selection reads every measure of measures.MEASURES from the recorded uncertainties, e.g. the
+    mean per-atom force spread, computed from the frames' per-atom arrays."""
+    frames = []
+    for i, s in enumerate([0.1, 0.4, 0.2]):
+        a = bulk("Cu", cubic=True)
+        a.info.update(step=i)
+        a.arrays["committee_forces_std_atom"] = np.full(len(a), s) * (1 + 0.1 * np.arange(len(a)))
+        frames.append(a)
+    assert select_frames(frames, measure="forces_std_mean", method="highest", n_max=2) == [1, 2]
+    with pytest.raises(Exception, match="carry no committee uncertainty"):
+        select_frames(frames, measure="energy_std", method="highest", n_max=1)

@@ -108,3 +108,17 @@ def test_descriptors_invariant_and_shapes():
     assert S.shape[0] == 3 and np.allclose(S[0], S[1], atol=1e-8) and not np.allclose(S[0], S[2])
     Z = standardise(S)
     assert np.allclose(Z.mean(0), 0, atol=1e-12)
+
+
+def test_standardise_keeps_copies_of_one_minimum_identical():
+    """Noise-level columns (copies of one relaxed minimum) are not blown up to unit variance, so
+    clustering sees one structure; real differences still standardise to unit std."""
+    from committee_calc.descriptors import standardise
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 1.0, size=24)
+    copies = base + 1e-7 * rng.standard_normal((20, 24))
+    Z = standardise(copies)
+    assert np.abs(Z).max() < 1e-3
+    distinct = np.vstack([copies, base + 0.3])
+    assert np.ptp(standardise(distinct), axis=0).max() > 1.0

@@ -28,10 +28,11 @@ from ..analysis import select as sel
 from ..descriptors import structure_descriptors
 from ..errors import ConfigError
 from ..io import read_uncertainties
+from ..measures import MEASURES as MEASURE_TABLE
+from ..measures import compute_measures
 
-#: measures a recorded frame carries (``committee_<measure>`` in ``info``), internal units
-MEASURES = (K.ENERGY_STD_PER_ATOM, K.ENERGY_STD, K.ENERGY_STD_PER_MOLECULE, K.FORCES_STD_MAX,
-            K.FORCE_UNCERTAINTY_RELATIVE)
+#: measures a frame can be selected by: every measure of the table, internal units
+MEASURES = tuple(MEASURE_TABLE)
 METHODS = ("highest", "fps", "random", "window")
 PREFIX = "committee_"
 
@@ -40,12 +41,18 @@ def frame_sigma(frames, measure: str) -> np.ndarray:
     """σ of ``measure`` for each frame, shape (n,), internal units (eV, eV/atom, eV/Å, 1); NaN -> inf."""
     if measure not in MEASURES:
         raise ConfigError(f"unknown uncertainty measure {measure!r}; use one of {MEASURES}")
-    key = PREFIX + measure
-    missing = [i for i, f in enumerate(frames) if key not in f.info]
+    values, missing = [], []
+    for i, f in enumerate(frames):
+        u = read_uncertainties(f, prefix=PREFIX)
+        v = compute_measures(u, len(f), u.get(K.N_MOLECULES)).get(measure) if u else None
+        if v is None:
+            missing.append(i)
+        values.append(np.nan if v is None else v)
     if missing:
-        raise ConfigError(f"frames {missing[:5]} carry no {key!r}; record the trajectory with a "
-                          "committee (and --molecules for per-molecule measures)")
-    s = np.array([float(f.info[key]) for f in frames])
+        raise ConfigError(f"frames {missing[:5]} carry no committee uncertainty for {measure!r}; "
+                          "record the trajectory with a committee (and --molecules for "
+                          "per-molecule measures)")
+    s = np.array(values, float)
     return np.where(np.isfinite(s), s, np.inf)
 
 
