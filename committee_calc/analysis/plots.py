@@ -39,13 +39,19 @@ def plot_landscape(density_gcm3, energy, path, sigma=None, unit_label="meV/atom"
         if clusters is not None:
             c = np.asarray(clusters)
             groups = [(k, c == k) for k in sorted(set(c.tolist()))]
+        tab20 = plt.get_cmap("tab20").colors
+        palette = tab20[0::2] + tab20[1::2]  # the ten strong colours first, then their light pairs
+        markers = "osD^vP*X"
+        hollow_named = False
         for i, (k, m) in enumerate(groups):
-            color = "0.5" if k == -1 else f"C{i % 10}"
+            color = "0.5" if k == -1 else palette[i % len(palette)]
+            marker = markers[(i // len(palette)) % len(markers)]  # distinct beyond 20 clusters
             name = k if clusters is None else ("noise" if k == -1 else f"cluster {k}")
-            ax.scatter(x[m & conv], y[m & conv], s=26, color=color, zorder=3, label=name)
+            ax.scatter(x[m & conv], y[m & conv], s=26, color=color, marker=marker, zorder=3, label=name)
             if np.any(m & ~conv):
                 ax.scatter(x[m & ~conv], y[m & ~conv], s=26, facecolors="none", edgecolors=color,
-                           zorder=3, label="not converged" if i == 0 else None)
+                           marker=marker, zorder=3, label=None if hollow_named else "not converged (hollow)")
+                hollow_named = True
         if reference is not None and np.any(reference):
             r = np.asarray(reference, bool)
             ax.scatter(x[r], y[r], s=70, facecolors="none", edgecolors="C3", lw=1.2, zorder=4,
@@ -54,7 +60,10 @@ def plot_landscape(density_gcm3, energy, path, sigma=None, unit_label="meV/atom"
             ex = np.asarray(experimental, bool)
             ax.scatter(x[ex], y[ex], marker="*", s=160, color="gold", edgecolors="k", zorder=5,
                        label="experimental")
-        if ax.get_legend_handles_labels()[0]:
+        handles = ax.get_legend_handles_labels()[0]
+        if len(handles) > 6:  # many clusters: legend beside the axes, never over the points
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + len(handles) // 18)
+        elif handles:
             ax.legend(fontsize=8)
     ax.set_xlabel("density (g/cm³)")
     ax.set_ylabel(f"E − E_min ({unit_label})")
