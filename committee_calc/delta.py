@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from . import keys as K
 from .errors import ConfigError, MemberPropertyError
 from .members import build_members
 from .members.ase_member import ASEMember
@@ -114,43 +115,43 @@ class DeltaCalculator(Calculator):
     def combine(self, base: dict, corr: dict, stress: bool) -> dict:
         """Δ results from baseline predictions and correction-committee results."""
         res = dict(corr)
-        eb, fb = float(base["energy"]), np.asarray(base["forces"], float)
+        eb, fb = float(base[K.ENERGY]), np.asarray(base[K.FORCES], float)
         w, dF, dS = 1.0, 0.0, 0.0
         s = self.damping_sigma_eV
         if s is not None:
-            if corr.get("n_nonfinite", 0):
+            if corr.get(K.N_NONFINITE, 0):
                 w = 0.0
             else:
-                em = np.asarray(corr["energy_members"], float)
+                em = np.asarray(corr[K.ENERGY_MEMBERS], float)
                 m = len(em)
                 alpha = float(self.committee.calibration.get("energy", 1.0))
                 delta = em - em.mean()
                 var = alpha ** 2 * float(delta @ delta) / (m - 1)
                 w = s * s / (s * s + var)
                 c = 2.0 * alpha ** 2 / (m - 1)
-                g = corr["energy"] * (w * w / (s * s)) * c
-                dF = -g * np.einsum("m,mij->ij", delta, np.asarray(corr["forces_members"], float))
+                g = corr[K.ENERGY] * (w * w / (s * s)) * c
+                dF = -g * np.einsum("m,mij->ij", delta, np.asarray(corr[K.FORCES_MEMBERS], float))
                 if stress:
-                    dS = -g * delta @ np.asarray(corr["stress_members"], float)
-        res["energy"] = res["free_energy"] = eb + w * corr["energy"]
-        res["forces"] = fb + w * corr["forces"] + dF
-        res["energy_members"] = eb + np.asarray(corr["energy_members"], float)
-        res["forces_members"] = fb[None] + np.asarray(corr["forces_members"], float)
-        if "energies" in res and "energies" in base:
-            res["energies"] = np.asarray(base["energies"]) + w * res["energies"]
+                    dS = -g * delta @ np.asarray(corr[K.STRESS_MEMBERS], float)
+        res[K.ENERGY] = res[K.FREE_ENERGY] = eb + w * corr[K.ENERGY]
+        res[K.FORCES] = fb + w * corr[K.FORCES] + dF
+        res[K.ENERGY_MEMBERS] = eb + np.asarray(corr[K.ENERGY_MEMBERS], float)
+        res[K.FORCES_MEMBERS] = fb[None] + np.asarray(corr[K.FORCES_MEMBERS], float)
+        if K.ENERGIES in res and K.ENERGIES in base:
+            res[K.ENERGIES] = np.asarray(base[K.ENERGIES]) + w * res[K.ENERGIES]
         else:
-            for k in ("energies", "energies_members", "energies_std"):
+            for k in (K.ENERGIES, K.ENERGIES_MEMBERS, K.ENERGIES_STD):
                 res.pop(k, None)
         if stress:
-            sb = np.asarray(base["stress"], float)
-            res["stress"] = sb + w * corr["stress"] + dS
-            res["stress_members"] = sb[None] + np.asarray(corr["stress_members"], float)
-            res["baseline_stress"] = sb
-        res["force_uncertainty_relative"] = (
-            corr["force_uncertainty_relative"] if corr.get("n_nonfinite", 0)
-            else force_uncertainty_relative(res["forces"], corr["forces_std_atom"]))
-        res.update(baseline_energy=eb, baseline_forces=fb, correction_energy=float(corr["energy"]),
-                   delta_weight=float(w))
+            sb = np.asarray(base[K.STRESS], float)
+            res[K.STRESS] = sb + w * corr[K.STRESS] + dS
+            res[K.STRESS_MEMBERS] = sb[None] + np.asarray(corr[K.STRESS_MEMBERS], float)
+            res[K.BASELINE_STRESS] = sb
+        res[K.FORCE_UNCERTAINTY_RELATIVE] = (
+            corr[K.FORCE_UNCERTAINTY_RELATIVE] if corr.get(K.N_NONFINITE, 0)
+            else force_uncertainty_relative(res[K.FORCES], corr[K.FORCES_STD_ATOM]))
+        res.update({K.BASELINE_ENERGY: eb, K.BASELINE_FORCES: fb, K.CORRECTION_ENERGY: float(corr[K.ENERGY]),
+                    K.DELTA_WEIGHT: float(w)})
         return res
 
     def __repr__(self):

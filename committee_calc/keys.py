@@ -40,6 +40,8 @@ N_MOLECULES = "n_molecules"                      #: () molecules in the structur
 BASELINE_ENERGY = "baseline_energy"
 BASELINE_FORCES = "baseline_forces"
 BASELINE_STRESS = "baseline_stress"
+CORRECTION_ENERGY = "correction_energy"  #: () eV, the committee's learned correction
+DELTA_WEIGHT = "delta_weight"            #: () 1, damping weight of the correction
 
 # --- gate ---------------------------------------------------------------------
 GATE_DECISION = "gate_decision"      #: "committee" | "reference"
