@@ -9,16 +9,25 @@ label store here, from the same options, and runs through :func:`run_cli`.
   :func:`committee_calc.measures.parse_limits` (the one parser).
 * :func:`build_gate` returns the :class:`~committee_calc.gate.Gate` — the one
   evaluator — with its reference, label store, molecules and retraining.
-* :func:`run_cli` maps committee_calc errors to one ``error:`` line and exit 2.
+* :class:`ArgumentParser` (argparse with the same ``error:`` line) and :func:`check_outputs`
+  (``--out`` and ``--labels`` can be created; nothing is created) are used by every driver
+  before any work.
+* :func:`run_cli` maps committee_calc errors (and OSErrors) to one ``error:`` line and exit 2,
+  and hides known third-party warnings unless ``COMMITTEE_CALC_VERBOSE=1``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import warnings
+from pathlib import Path
 
 from .config import load_committee, read_yaml
-from .errors import CommitteeError, ConfigError
+from .errors import CommitteeError, ConfigError, GateStop
+from .fileio import check_dir
 from .gate import Gate
 from .imports import import_object
 from .measures import MEASURES, check_molecules, parse_limits
@@ -28,6 +37,19 @@ from .train import make_retrainer
 log = logging.getLogger("committee_calc")
 
 LIMIT_KINDS = ("threshold", "cap")
+#: warnings of these frameworks are hidden by :func:`run_cli` (``COMMITTEE_CALC_VERBOSE=1`` shows them)
+QUIET_MODULES = ("e3nn", "torch", "torch_geometric", "mace", "phonopy", "spglib", "ase.md")
+QUIET_CATEGORIES = (DeprecationWarning, FutureWarning, UserWarning)
+QUIET_MESSAGES = ("The TorchScript type system",)  # attributed to the stdlib module ast
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors end, like every other refusal, with one ``error:`` line
+    (after the usage) and exit code 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {self.prog}: {' '.join(str(message).split())}\n")
 
 
 def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -58,6 +80,15 @@ def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (resumed if it exists)")
+
+
+def check_outputs(args) -> None:
+    """``--out`` and the label store's folder (``--labels``, where the driver has it) exist or
+    can be created; checked before any work, creating nothing (ConfigError naming the path)."""
+    if getattr(args, "out", None):
+        check_dir(args.out, "output folder (--out)")
+    if getattr(args, "labels", None):
+        check_dir(Path(args.labels).expanduser().absolute().parent, "folder of the label store (--labels)")
 
 
 def limits_from_args(args, kind: str) -> dict:
@@ -144,15 +175,49 @@ def build_gate(args, driver: str, committee=None, molecules=None, thresholds=Non
                 molecules=mol)
 
 
+def cap_hint(text: str) -> str:
+    """`` (hard cap set by --cap-…)`` naming the options of the measures a hard-cap message
+    names (``key=value``), or "" when it names none."""
+    flags = ["--" + m.option("cap").replace("_", "-") for k, m in MEASURES.items()
+             if re.search(rf"(?<!\w){re.escape(k)}=", text)]
+    return f" (hard cap set by {', '.join(flags)})" if flags else ""
+
+
+def error_line(exc: BaseException) -> str:
+    """One ``error: <Type>: <message>`` line; a hard-cap stop names the ``--cap-…`` option(s)
+    that set the cap; a plain OSError (an output that cannot be written) says what to check."""
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, GateStop):
+        msg += cap_hint(msg)
+    elif not isinstance(exc, CommitteeError):
+        msg += " (a file could not be read or written: check the path, its permissions and free disk space)"
+    return f"error: {type(exc).__name__}: {msg}"
+
+
+def quiet_third_party_warnings() -> None:
+    """Ignore the deprecation/future/user warnings of :data:`QUIET_MODULES` (and
+    :data:`QUIET_MESSAGES`) in the current warnings filter context."""
+    modules = rf"({'|'.join(re.escape(m) for m in QUIET_MODULES)})(\..*)?$"
+    for category in QUIET_CATEGORIES:
+        warnings.filterwarnings("ignore", category=category, module=modules)
+    for text in QUIET_MESSAGES:
+        warnings.filterwarnings("ignore", message=re.escape(text))
+
+
 def run_cli(main, argv=None) -> int:
-    """Run ``main(argv)``; map errors to messages and exit codes (0, 2 user error, 130 interrupt)."""
+    """Run ``main(argv)``; map errors to one ``error:`` line and exit codes (0, 2 user error
+    or an output that cannot be written, 130 interrupt).  Warnings of third-party frameworks
+    (:data:`QUIET_MODULES`) are hidden unless the environment sets ``COMMITTEE_CALC_VERBOSE=1``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        rc = main(argv)
-    except CommitteeError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        if os.environ.get("COMMITTEE_CALC_VERBOSE", "") in ("", "0"):
+            quiet_third_party_warnings()
+        try:
+            rc = main(argv)
+        except (CommitteeError, OSError) as exc:
+            print(error_line(exc), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
+            return 130
     return int(rc or 0)

@@ -32,6 +32,54 @@ def ensure_dir(path, what: str = "output folder") -> Path:
     return out
 
 
+def check_dir(path, what: str = "output folder") -> Path:
+    """Check, without creating anything, that folder ``path`` exists and is writable or can
+    be created: its nearest existing ancestor must be a folder in which a folder can be made
+    (probed with a temporary folder that is removed at once, so read-only file systems,
+    /proc and permissions are caught even for root).  Returns ``Path(path)``; raises
+    :class:`~committee_calc.errors.ConfigError` naming the path and the reason."""
+    out = Path(path).expanduser()
+    probe_in = out
+    while not probe_in.exists():
+        if probe_in.is_symlink():  # a dangling link: mkdir would fail
+            raise ConfigError(f"cannot create the {what} {str(out)!r}: {str(probe_in)!r} is a "
+                              "broken symbolic link; choose another path")
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise ConfigError(f"cannot create the {what} {str(out)!r}: {str(probe_in)!r} is a file, "
+                          "not a folder; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".committee_calc_probe_", dir=probe_in))
+    except OSError as exc:
+        raise ConfigError(f"cannot create the {what} {str(out)!r}: {str(probe_in)!r} is not "
+                          f"writable ({exc.strerror or exc}); choose another path") from None
+    return out
+
+
+def write_all(fd, data: bytes) -> None:
+    """One ``os.write`` of ``data`` to descriptor ``fd``; loops only on a short write."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def fsync_dir(folder) -> None:
+    """fsync a folder (a new file's directory entry survives a crash); errors are ignored."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,9 @@ Guarantees and how they are met
     * **Concurrent writers lose nothing and interleave no bytes**: scan,
       repair and write happen under an exclusive ``fcntl.flock`` on
       ``<path>.lock`` (see :mod:`committee_calc._lock`).
+    * **Created lazily**: opening or reading a store that does not exist yet creates
+      nothing (no folder, no file, no lock file), so a run refused before its first
+      label leaves no trace; the first append creates them.
     * **Optional de-duplication** (``deduplicate=True``): a label whose
       ``label_hash`` is already in the store is not written again; ``append``
       returns the index of the existing copy and sets ``last_was_duplicate``.
@@ -53,6 +56,7 @@ import socket
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +64,8 @@ from ase import Atoms
 
 from ._lock import file_lock
 from .errors import LabelStoreError
+from .fileio import fsync_dir as _fsync_dir
+from .fileio import write_all as _write_all  # module global: tests replace it to emulate a kill
 from .io import attach_uncertainties
 from .structures import structure_hash
 
@@ -83,7 +89,8 @@ class LabelStore:
 
     Parameters
     ----------
-    path: the ``.extxyz`` file (created with its folder if missing).
+    path: the ``.extxyz`` file.  Nothing is created until the first label is written (then
+        the folder, the file and ``<path>.lock``); reading a missing store gives no labels.
     energy_key, forces_key, stress_key: names of the reference values in the frames.
     baseline_prefix: prefix of baseline (Δ-learning) values, e.g. ``BASE_energy``.
     committee_prefix: prefix of the stored committee prediction/uncertainties.
@@ -113,16 +120,34 @@ class LabelStore:
         self._offsets: list = []   # byte offset of each complete frame
         self._end = 0              # byte offset after the last complete frame
         self._hashes: dict = {}    # label_hash -> index
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LabelStoreError(f"cannot create the folder of {str(self.path)!r}: {exc}") from exc
-        with self._lock():
-            self._refresh()
+        with self._scanned():      # an existing store is checked (torn tail, corruption) now
+            pass
 
     # ------------------------------------------------------------------ locking/scan
     def _lock(self):
         return file_lock(self.lock_path, exclusive=True, timeout_s=self.lock_timeout_s)
+
+    @contextmanager
+    def _scanned(self):
+        """Hold the lock with the index up to date for the ``with`` block.  While the store
+        file does not exist the view is empty and nothing is locked or created (no folder,
+        no lock file): the store is created lazily by the first write."""
+        if not self.path.exists():
+            self._offsets, self._end, self._hashes = [], 0, {}
+            yield
+            return
+        with self._lock():
+            self._refresh()
+            yield
+
+    def _create_folder(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+            why = f"{str(blocker)!r} is a file, not a folder" if blocker is not None else str(exc)
+            raise LabelStoreError(f"cannot create the folder of the label store {str(self.path)!r}: "
+                                  f"{why}; choose another --labels path") from exc
 
     def _refresh(self) -> None:
         """Index frames appended since the last look; quarantine a torn tail (lock held)."""
@@ -283,6 +308,7 @@ class LabelStore:
         return self._write(frames) if frames else []
 
     def _write(self, frames: list) -> list:
+        self._create_folder()
         with self._lock():
             self._refresh()
             out, data, seen = [], [], {}
@@ -317,16 +343,14 @@ class LabelStore:
             return out
 
     def __len__(self) -> int:
-        with self._lock():
-            self._refresh()
+        with self._scanned():
             return len(self._offsets)
 
     def read(self, index=":") -> list:
         """All complete labels (or ``index``: int or slice string) as a list of Atoms."""
         from ase.io import read
 
-        with self._lock():
-            self._refresh()
+        with self._scanned():
             if not self._offsets:
                 return []
             with open(self.path, "rb") as fh:
@@ -340,8 +364,7 @@ class LabelStore:
 
     def find(self, atoms) -> int | None:
         """Index of the label of the same geometry (:func:`structure_hash`), or None."""
-        with self._lock():
-            self._refresh()
+        with self._scanned():
             return self._hashes.get(structure_hash(atoms))
 
     def reference_results(self, index: int, reference_hash: str | None = None) -> dict | None:
@@ -371,24 +394,3 @@ def _voigt(stress) -> np.ndarray:
     if s.shape == (3, 3):
         s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
     return s.reshape(6).copy()
-
-
-def _write_all(fd, data: bytes) -> None:
-    """One ``os.write``; loops only if the kernel reports a short write."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(folder) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

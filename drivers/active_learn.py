@@ -23,12 +23,18 @@ from committee_calc.active.options import (
 )
 from committee_calc.active.trainers import run_learning
 from committee_calc.analysis.select import STRATEGIES
-from committee_calc.cli import add_output_argument, load_reference_from_args, run_cli
+from committee_calc.cli import (
+    ArgumentParser,
+    add_output_argument,
+    check_outputs,
+    load_reference_from_args,
+    run_cli,
+)
 from committee_calc.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="committee-learn", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="committee-learn", description=__doc__.split("\n")[0])
     add_landscape_arguments(p)
     p.add_argument("--reference", required=True, help="reference-calculator YAML")
     add_output_argument(p)
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv=None):
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     ls = landscape_from_args(args)
     threshold = spread_from_args(args, "threshold", ls.unit)
     if not threshold:

@@ -26,9 +26,12 @@ import logging
 
 from committee_calc import keys as K
 from committee_calc.cli import (
+    ArgumentParser,
     add_committee_arguments,
     add_gate_arguments,
     build_gate,
+    cap_hint,
+    check_outputs,
     check_species,
     limits_from_args,
     load_committee_from_args,
@@ -45,8 +48,8 @@ log = logging.getLogger("committee_calc.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="committee-md", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="committee-md", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("structure", help="starting structure (any ASE format)")
     p.add_argument("--index", type=int, default=0, help="which structure of the file (default 0)")
     p.add_argument("--out", default="md_out", help="output folder (resumed if it holds a run)")
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     images = read_structures(args.structure)
     if not -len(images) <= args.index < len(images):
         raise ConfigError(f"--index {args.index} is out of range: {args.structure} holds {len(images)}")
@@ -113,10 +117,11 @@ def _main(argv=None) -> int:
         log.info("labelled %d selected frames into %s", len(run.labelled), run.label_store)
     elif run.selected_steps:
         log.info("selected steps %s (give --labels and --reference to label them)", run.selected_steps)
-    log.info("figure: %s", run.plot)
+    if run.plot:
+        log.info("figure: %s", run.plot)
     if md.stopped:
-        log.error("stopped at step %d: %s (outputs so far kept; offending structure in %s/%s)",
-                  md.last_step, md.stop_reason, args.out, UNPHYSICAL)
+        log.error("stopped at step %d: %s%s (outputs so far kept; offending structure in %s/%s)",
+                  md.last_step, md.stop_reason, cap_hint(md.stop_reason), args.out, UNPHYSICAL)
         return 3
     return 0
 

@@ -28,7 +28,6 @@ import logging
 
 from committee_calc import cli
 from committee_calc.errors import ConfigError
-from committee_calc.fileio import ensure_dir
 from committee_calc.phonons.qha_io import inputs_from_phonopy_files
 from committee_calc.phonons.qha_run import VOLUME_CHOICES, QHAOptions, VolumeScan, run_qha_files, run_qha_scan
 from committee_calc.phonons.settings import PhononSettings
@@ -38,8 +37,8 @@ log = logging.getLogger("committee_calc.qha")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="committee-qha", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="committee-qha", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("structure", nargs="?", help="input structure (any ASE format; first frame)")
     cli.add_committee_arguments(p, required=False)  # the QHA-only mode (--ev) needs no committee
     cli.add_gate_arguments(p)
@@ -105,6 +104,7 @@ def run(argv=None) -> int:
     """The driver; raises committee_calc errors (``main`` maps them to exit code 2).
     Every input is validated before the output folder is created."""
     args = build_parser().parse_args(argv)
+    cli.check_outputs(args)
     options = QHAOptions(eos=args.eos, pressure_GPa=args.pressure_GPa, t_max_K=args.qha_tmax_K,
                          ddof=args.ddof, screen_pressures_GPa=args.screen_pressures_GPa,
                          screen_temperature_K=args.screen_temperature_K, plots=not args.no_plots,
@@ -113,7 +113,7 @@ def run(argv=None) -> int:
         if not args.thermal_properties:
             raise ConfigError("--ev needs --thermal-properties (one file per volume)")
         inputs = inputs_from_phonopy_files(args.ev, args.thermal_properties, args.efe)
-        run_qha_files(inputs, ensure_dir(args.out), options, ev_path=args.ev)
+        run_qha_files(inputs, args.out, options, ev_path=args.ev)
         return 0
     if not args.structure or not args.committee:
         raise ConfigError("give a structure file and --committee (or --ev with "
@@ -128,7 +128,7 @@ def run(argv=None) -> int:
     committee = cli.load_committee_from_args(args)
     cli.check_species(committee, [atoms])
     gate = cli.build_gate(args, "qha", committee=committee)
-    res = run_qha_scan(atoms, gate, settings, scan, ensure_dir(args.out), options,
+    res = run_qha_scan(atoms, gate, settings, scan, args.out, options,
                        committee_file=args.committee, reference_file=args.reference)
     log.info("QHA written to %s (%d volumes computed now, %d loaded)", res.out, len(res.computed),
              len(res.points) - len(res.computed))

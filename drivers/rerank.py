@@ -25,8 +25,10 @@ from committee_calc.active.options import (
 )
 from committee_calc.active.rerank import rerank
 from committee_calc.cli import (
+    ArgumentParser,
     add_gate_arguments,
     add_output_argument,
+    check_outputs,
     check_species,
     limits_from_args,
     load_reference_from_args,
@@ -35,7 +37,7 @@ from committee_calc.cli import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="committee-rerank", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="committee-rerank", description=__doc__.split("\n")[0])
     add_landscape_arguments(p)
     add_committee_source_arguments(p)
     add_gate_arguments(p, retrain=False)
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv=None):
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     ls = landscape_from_args(args)
     committee, delta = committee_from_args(args)
     check_species(committee, ls.structures)

@@ -10,6 +10,8 @@
 Start structures: the lowest-energy structure of the input, then farthest
 point sampling in descriptor space (``--n-starts``).  Lids are in kJ/mol per
 molecule (``--lid-kjmol``, molecular crystals) or eV/atom (``--lid-eV-per-atom``).
+Network solids and metals: ``--units atoms --moves displace=1:0.1,cell_volume=0.1`` (every
+atom its own unit, no molecule detection; kJ/mol and per-molecule values then per atom).
 Without ``--reference`` the run is committee-only: a ``--cap-…`` or non-finite
 committee output ends a chain (reason in summary.json).
 
@@ -29,22 +31,23 @@ import json
 import sys
 
 from committee_calc.cli import (
+    ArgumentParser,
     add_committee_arguments,
     add_gate_arguments,
     add_output_argument,
     build_gate,
+    check_outputs,
     check_species,
     load_committee_from_args,
-    molecules_from_args,
     run_cli,
 )
-from committee_calc.mc.moves import DEFAULT_MOVES, parse_moves
-from committee_calc.mc.runner import MCSettings, fixed_molecule_count, run_threshold_mc
+from committee_calc.mc.moves import DEFAULT_ATOM_MOVES, DEFAULT_MOVES, parse_moves
+from committee_calc.mc.runner import UNITS, MCSettings, run_threshold_mc, unit_count
 from committee_calc.structures import read_structures
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="committee-mc", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="committee-mc", description=__doc__.split("\n\n")[0])
     p.add_argument("structures", help="start structure(s) or landscape (any ASE format, or a folder)")
     add_output_argument(p)
     add_committee_arguments(p)
@@ -53,15 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-starts", type=int, default=1, help="chains: start structures chosen by FPS")
     g.add_argument("--steps", type=int, default=1000, help="MC steps per chain")
     g.add_argument("--mode", choices=("threshold", "downhill"), default="threshold")
+    g.add_argument("--units", choices=UNITS, default="molecules",
+                   help="what moves and per-unit energies count: molecules (from connectivity, or "
+                        "--molecules N) or atoms (every atom its own unit: network solids, metals; "
+                        "kJ/mol and per-molecule values are then per atom)")
     g.add_argument("--lid-kjmol", type=float, help="lid above the start energy, kJ/mol per molecule")
     g.add_argument("--lid-eV-per-atom", dest="lid_eV_per_atom", type=float, help="lid, eV/atom")
     g.add_argument("--lid-raise-kjmol", type=float, help="raise the lid by this (kJ/mol per molecule)")
     g.add_argument("--lid-raise-eV-per-atom", dest="lid_raise_eV_per_atom", type=float)
     g.add_argument("--lid-every", type=int, help="raise the lid every K steps")
     g.add_argument("--max-lid-raises", type=int, default=None)
-    g.add_argument("--moves", default=DEFAULT_MOVES,
+    g.add_argument("--moves", default=None,
                    help="NAME=PROB[:STEP],... with NAME in translate (Å), rotate (deg), displace "
-                        "(Å), cell_length (fraction), cell_angle (deg), cell_volume (fraction)")
+                        "(Å), cell_length (fraction), cell_angle (deg), cell_volume (fraction); "
+                        f"default {DEFAULT_MOVES} ({DEFAULT_ATOM_MOVES} with --units atoms)")
     g.add_argument("--adaptive-target", type=float, default=None, help="target acceptance (0-1)")
     g.add_argument("--adaptive-every", type=int, default=50)
     g.add_argument("--seed", type=int, default=0)
@@ -74,21 +82,21 @@ def settings_from_args(args) -> MCSettings:
         steps=args.steps, n_starts=args.n_starts, mode=args.mode, lid_kjmol=args.lid_kjmol,
         lid_eV_per_atom=args.lid_eV_per_atom, lid_raise_kjmol=args.lid_raise_kjmol,
         lid_raise_eV_per_atom=args.lid_raise_eV_per_atom, lid_every=args.lid_every,
-        max_lid_raises=args.max_lid_raises, moves=parse_moves(args.moves),
+        max_lid_raises=args.max_lid_raises,
+        moves=parse_moves(args.moves if args.moves is not None
+                          else DEFAULT_ATOM_MOVES if args.units == "atoms" else DEFAULT_MOVES),
         adaptive_target=args.adaptive_target, adaptive_every=args.adaptive_every, seed=args.seed,
-        plots=not args.no_plots)
+        plots=not args.no_plots, units=args.units)
 
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     settings = settings_from_args(args)
     structures = read_structures(args.structures)
-    molecules = molecules_from_args(args)
-    if molecules is None:
-        molecules = fixed_molecule_count(structures)
-    # the committee reports σ_E per molecule with this count too (labels, trajectory); a copy of
-    # the options, never args itself, until cli.load_committee_from_args takes molecules=
-    committee = load_committee_from_args(argparse.Namespace(**{**vars(args), "molecules": molecules}))
+    # the committee reports σ_E per molecule (or atom) with this count too (labels, trajectory)
+    molecules = unit_count(structures, settings.units, args.molecules)
+    committee = load_committee_from_args(args, molecules=molecules)
     check_species(committee, structures)
     gate = build_gate(args, "mc", committee=committee, molecules=molecules)
     info = {"structures": str(args.structures),

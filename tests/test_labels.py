@@ -228,3 +228,21 @@ def test_sigkill_during_a_write_leaves_a_quarantined_tail(tmp_path):
     assert "offset" in q and path.stat().st_size < size
     store.append(bulk("Cu", cubic=True), {"energy": 4.0})
     assert [f.info["REF_energy"] for f in store.read()] == [0.0, 1.0, 2.0, 4.0]
+
+
+def test_store_is_created_lazily_and_reads_create_nothing(tmp_path):
+    """Issue 17: opening, reading and searching a missing store creates no folder, file or lock;
+    the first append creates them; a folder that cannot be made is a LabelStoreError."""
+    path = tmp_path / "new" / "labels.extxyz"
+    store = LabelStore(path)
+    assert len(store) == 0 and store.read() == [] and store.find(bulk("Cu", cubic=True)) is None
+    assert list(tmp_path.iterdir()) == []
+    a, ref = _labelled(3)
+    assert store.append(a, ref) == 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["labels.extxyz", "labels.extxyz.lock"]
+    assert len(LabelStore(path)) == 1
+    (tmp_path / "afile").write_text("")
+    blocked = LabelStore(tmp_path / "afile" / "labels.extxyz")
+    assert len(blocked) == 0
+    with pytest.raises(LabelStoreError, match="cannot create the folder"):
+        blocked.append(a, ref)

@@ -152,3 +152,32 @@ def test_committee_only_run_goes_through_the_gate(inputs):
     assert {x["gate_reason"] for x in r} == {"no thresholds"} and {x["label_index"] for x in r} == {""}
     summary = json.loads((inputs / "co" / "summary.json").read_text())
     assert summary["n_committee_calls_this_session"] == 9 and summary["n_reference_calls_this_session"] == 0
+
+
+def test_atomwise_units_run_a_network_solid(inputs, capsys):
+    """Issue 17 item 3: a metal (or network solid) runs from the command line with
+    --units atoms: every atom its own unit, no molecule detection, per-atom energies."""
+    write(inputs / "cu.extxyz", bulk("Cu", cubic=True) * (2, 1, 1))
+    base = [str(inputs / "cu.extxyz"), "--committee", str(inputs / "committee.yaml"), "--steps", "12",
+            "--moves", "displace=1:0.05,cell_volume=0.2:0.01", "--lid-kjmol", "5", "--no-plots"]
+    assert main(base + ["--out", str(inputs / "mol")]) == 2
+    assert "periodic image" in capsys.readouterr().err and not (inputs / "mol").exists()
+    out = inputs / "atoms"
+    assert main(base + ["--out", str(out), "--units", "atoms"]) == 0
+    r = rows(out / "chain_000" / "steps.csv")
+    assert [int(x["step"]) for x in r] == list(range(13)) and {x["move"] for x in r[1:]} <= {"displace", "cell_volume"}
+    for x in r:  # per-molecule values are per atom (8 atoms), the lid is 5 kJ/mol per atom
+        assert float(x["energy_std_per_molecule_kjmol"]) == pytest.approx(
+            float(x["energy_std_per_atom_meV"]) * 1e-3 * 96.485332, rel=1e-6)
+        assert float(x["lid_eV"]) - float(r[0]["energy_eV"]) == pytest.approx(8 * 5 / 96.485332, rel=1e-5)
+    assert json.loads((out / "run.json").read_text())["units"] == "atoms"
+    assert main(base + ["--out", str(out)]) == 2  # resuming with other units is refused
+    assert "--units atoms" in capsys.readouterr().err
+    assert main(base + ["--out", str(inputs / "x"), "--units", "atoms", "--molecules", "2"]) == 2
+    assert "--molecules does not apply" in capsys.readouterr().err and not (inputs / "x").exists()
+    assert main(base + ["--out", str(inputs / "x"), "--units", "atoms", "--moves", "rotate=1"]) == 2
+    assert "rotate" in capsys.readouterr().err and not (inputs / "x").exists()
+    no_moves = [a for a in base if a not in ("--moves", "displace=1:0.05,cell_volume=0.2:0.01")]
+    assert main(no_moves + ["--out", str(inputs / "d"), "--units", "atoms"]) == 0  # atom-wise defaults
+    assert {x["move"] for x in rows(inputs / "d" / "chain_000" / "steps.csv")[1:]} <= {
+        "displace", "cell_length", "cell_angle", "cell_volume"}

@@ -227,6 +227,8 @@ def test_driver_reports_imaginary_modes_per_volume(tmp_path):
     assert all(float(r[6]) < -0.05 for r in rows)
     summary = json.loads((out / "qha_summary.json").read_text())
     assert summary["volumes_with_imaginary_modes"] == expected
+    # issue 17: supercell_warning holds the supercell-size warning only, not another warning
+    assert summary["supercell_warning"] is None
     assert summary["n_imaginary_modes"] == len(rows)
     for i in range(len(scales)):
         assert (summary["imaginary_modes_per_volume"][f"{i:02d}"]["mean"] > 0) is (i in expected)

@@ -42,6 +42,8 @@ DEFAULT_STEPS = {"translate": 0.3, "rotate": 10.0, "displace": 0.05,
 CELL_MOVES = ("cell_length", "cell_angle", "cell_volume")
 #: the default move set of ``committee-mc`` in the :func:`parse_moves` text form
 DEFAULT_MOVES = "translate=2:0.3,rotate=2:10,cell_length=1:0.02,cell_angle=1:1.5,cell_volume=1:0.03"
+#: the default when every atom is its own unit (network solids, metals): no rotations
+DEFAULT_ATOM_MOVES = "displace=2:0.1,cell_length=1:0.02,cell_angle=1:1.5,cell_volume=1:0.03"
 
 
 # ---------------------------------------------------------------- rotations

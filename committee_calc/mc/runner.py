@@ -15,6 +15,10 @@ energies from ``info["energy"]`` or the committee alone).  Chain ``c`` runs
 exactly where it stopped (same random stream); a label appended just before a
 kill is found by the gate's labeller, never duplicated.
 
+``settings.units="atoms"`` makes every atom its own unit (network solids, metals): no
+molecule detection, per-atom ``translate``/``displace`` and cell moves, and per-molecule
+values (lid in kJ/mol, σ per molecule) count per atom.
+
 Every input (settings, lids, moves, molecule topology of every start) is
 validated before the first file is written.
 """
@@ -24,8 +28,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..gate import Gate, require_gate
+from ..measures import check_molecules
 from ..molecules import count_molecules
 from ..units import check_positive
 from .io import ChainFiles, load_run, save_run, save_summary
@@ -35,6 +42,7 @@ from .starts import select_starts
 from .threshold import MODES, ThresholdMC, lid_from_units
 
 log = logging.getLogger("committee_calc.mc")
+UNITS = ("molecules", "atoms")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class MCSettings:
     moves: :class:`~committee_calc.mc.moves.MoveSet` spec (dict).
     adaptive_target, adaptive_every, seed: see :class:`~committee_calc.mc.threshold.ThresholdMC`.
     plots: write energy.png and uncertainty.png per chain.
+    units: ``molecules`` (found from connectivity) or ``atoms`` (every atom one unit:
+        network solids; per-molecule values are then per atom).
     """
 
     steps: int = 1000
@@ -65,8 +75,11 @@ class MCSettings:
     adaptive_every: int = 50
     seed: int = 0
     plots: bool = True
+    units: str = "molecules"
 
     def __post_init__(self):
+        if self.units not in UNITS:
+            raise ConfigError(f"units must be one of {UNITS}, got {self.units!r}")
         if self.steps < 0 or self.n_starts < 1:
             raise ConfigError("--steps must be >= 0 and --n-starts >= 1")
         if self.mode not in MODES:
@@ -80,6 +93,9 @@ class MCSettings:
             raise ConfigError("give the lid once: --lid-kjmol or --lid-eV-per-atom, not both")
         if self._raises() and not self.lid_every:
             raise ConfigError("--lid-raise-* needs --lid-every K")
+        if self.units == "atoms" and "rotate" in MoveSet(self.moves).names:
+            raise ConfigError("rotate turns a molecule about its centre; with units 'atoms' every "
+                              "unit is one atom: use displace/translate and cell moves")
         MoveSet(self.moves)
 
     def _raises(self) -> bool:
@@ -102,14 +118,31 @@ def fixed_molecule_count(structures):
     return counts.pop() if len(counts) == 1 else "auto"
 
 
+def unit_count(structures, units: str = "molecules", molecules=None):
+    """The count per structure behind per-molecule measures: ``molecules`` (int or "auto")
+    when given, else :func:`fixed_molecule_count`; with ``units="atoms"`` the atom count
+    shared by every structure (None when they differ).  ConfigError for an unknown unit or
+    ``molecules`` given with atom units."""
+    if units not in UNITS:
+        raise ConfigError(f"units must be one of {UNITS}, got {units!r}")
+    if units == "atoms":
+        if molecules is not None:
+            raise ConfigError("--molecules does not apply with --units atoms (every atom is one unit)")
+        counts = {len(a) for a in structures}
+        return counts.pop() if len(counts) == 1 else None
+    return check_molecules(molecules) if molecules is not None else fixed_molecule_count(structures)
+
+
 def _chain(out, c, atoms, gate, settings, seed):
     """(files, state, chain) of chain ``c``: the fresh chain is built even on resume, so the
     settings and the start's molecules are validated before anything is written."""
     files = ChainFiles(Path(out) / f"chain_{c:03d}")
-    lid, raise_ = settings.lids(len(atoms), count_molecules(atoms))
+    atomwise = settings.units == "atoms"
+    labels = np.arange(len(atoms)) if atomwise else None
+    lid, raise_ = settings.lids(len(atoms), len(atoms) if atomwise else count_molecules(atoms))
     mc = ThresholdMC(atoms, gate, settings.moves, lid_eV=lid, mode=settings.mode, lid_raise_eV=raise_,
                      lid_every=settings.lid_every, max_lid_raises=settings.max_lid_raises,
-                     seed=[seed, c], adaptive_target=settings.adaptive_target,
+                     molecules=labels, seed=[seed, c], adaptive_target=settings.adaptive_target,
                      adaptive_every=settings.adaptive_every,
                      run_id=f"{Path(out).resolve().name}/chain_{c:03d}")
     state = files.load_state()
@@ -153,13 +186,17 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
     structures = list(structures)
     run = load_run(out)
     if run is None:
-        run = {"starts": _starts(structures, settings, gate), "seed": settings.seed, **(info or {})}
+        run = {"starts": _starts(structures, settings, gate), "seed": settings.seed,
+               "units": settings.units, **(info or {})}
         new = True
     else:
         new = False
         if run["seed"] != settings.seed:
             raise ConfigError(f"{out} was started with --seed {run['seed']}; resume with the same "
                               "seed or use a new --out")
+        if run.get("units", "molecules") != settings.units:
+            raise ConfigError(f"{out} was started with --units {run.get('units', 'molecules')}; "
+                              "resume with the same units or use a new --out")
         if max(run["starts"]) >= len(structures):
             raise ConfigError(f"{out} was started from start structure {max(run['starts'])}, but the "
                               f"input holds {len(structures)}; give the same structures or a new --out")
@@ -182,4 +219,4 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
     return totals
 
 
-__all__ = ["MCSettings", "run_threshold_mc", "fixed_molecule_count"]
+__all__ = ["MCSettings", "UNITS", "run_threshold_mc", "fixed_molecule_count", "unit_count"]

@@ -41,6 +41,16 @@ def read_log(path, columns=None) -> dict:
     return out
 
 
+def log_has_steps(path) -> bool:
+    """True when the MD CSV at ``path`` holds at least one step row (a run stopped by the
+    gate at its first step has only the header)."""
+    try:
+        with open(path, newline="") as fh:
+            return sum(1 for _ in zip(range(2), csv.reader(fh))) > 1
+    except FileNotFoundError:
+        return False
+
+
 def load_selection(out_dir, params: dict) -> list | None:
     """The steps selected earlier in ``out_dir`` with the same ``params``, else None."""
     record = load_json(Path(out_dir) / SELECTION, default=None)
@@ -57,5 +67,5 @@ def save_selection(out_dir, params: dict, steps, labelled=None) -> str:
     return str(path)
 
 
-__all__ = ["TRAJECTORY", "LOG", "STATE", "UNPHYSICAL", "SELECTION", "PLOT", "read_log",
+__all__ = ["TRAJECTORY", "LOG", "STATE", "UNPHYSICAL", "SELECTION", "PLOT", "read_log", "log_has_steps",
            "load_selection", "save_selection"]

@@ -32,7 +32,7 @@ from ase.io import read
 from ..errors import ConfigError
 from ..gate import Gate, require_gate
 from .dynamics import CommitteeMD, MDResult
-from .io import PLOT, load_selection, save_selection
+from .io import PLOT, load_selection, log_has_steps, save_selection
 from .plots import plot_uncertainty_trace
 from .select import Selection, label_frames
 
@@ -46,7 +46,8 @@ class MDRun:
     md: the dynamics' :class:`~committee_calc.md.dynamics.MDResult`;
     selected_steps: MD steps chosen for labelling (record mode);
     labelled: {step: label-store index} of the selected frames (empty without a store);
-    label_store: path of the label store, or None; plot: path of the figure.
+    label_store: path of the label store, or None; plot: path of the figure (None when the
+    run stopped at its first step: nothing to plot).
     """
 
     md: MDResult
@@ -54,7 +55,7 @@ class MDRun:
     selected_steps: list
     labelled: dict
     label_store: str | None
-    plot: str
+    plot: str | None
 
     @property
     def stopped(self) -> bool:
@@ -115,7 +116,8 @@ def run_md(atoms, gate, out_dir, n_steps: int, mode: str = "online", selection=N
     if mode == "record" and selection is not None and not result.stopped:
         frames = read(result.trajectory, index=":", format="extxyz")
         steps, labelled = select_and_label(frames, selection, gate, md.out_dir)
-    plot = plot_uncertainty_trace(result.log, Path(out_dir) / PLOT, selected_steps=steps)
+    plot = (plot_uncertainty_trace(result.log, Path(out_dir) / PLOT, selected_steps=steps)
+            if log_has_steps(result.log) else None)
     store = None if gate.label_store is None else str(gate.label_store.path)
     return MDRun(result, mode, steps, labelled, store, plot)
 
