@@ -10,10 +10,15 @@ Policies: ``fallback`` (reference step above the thresholds, label appended),
 ``stop`` (stop a relaxation when U = max‖σ_F‖/max‖F̄‖ > U_max, given by
 ``--threshold-force-uncertainty-relative`` or ``--u-max``; other thresholds, if
 any, still fall back), ``stop_and_label`` (as stop, and label the last
-structure).  Outputs in ``--out``: ``relaxed.extxyz``, ``summary.csv``,
-``trajectories/``, ``clusters.csv`` (with ``--cluster``), ``landscape.png``.
-Rerunning the same command resumes: finished candidates are skipped,
-unfinished ones continue from their last saved frame.
+structure).  After a fallback a candidate stays on the reference until the
+spread is below threshold × ``--reentry-factor``.  With a reference, every
+committee minimum is checked by a reference single point; where the reference
+disagrees, ``--polish N`` reference-only steps follow (status ``converged`` only
+when the reference agrees, else ``unverified``; ``--no-verify`` skips the check).
+Outputs in ``--out``: ``relaxed.extxyz``, ``summary.csv``, ``trajectories/``,
+``clusters.csv`` (with ``--cluster``), ``landscape.png``.  Rerunning the same
+command resumes: finished candidates are skipped, unfinished ones continue from
+their last saved frame.  Exit code 2 when the reference failed for every candidate.
 """
 from __future__ import annotations
 
@@ -21,24 +26,26 @@ import argparse
 import sys
 
 from committee_calc.cli import (
+    ArgumentParser,
     add_committee_arguments,
     add_gate_arguments,
     build_gate,
+    check_outputs,
     check_species,
     limits_from_args,
     load_committee_from_args,
     load_reference_from_args,
     run_cli,
 )
-from committee_calc.errors import ConfigError
+from committee_calc.errors import ConfigError, ReferenceCalculationError
 from committee_calc.relax.gated import OPTIMIZERS, POLICIES, GatedRelaxer, policy_thresholds
 from committee_calc.relax.runner import run_pool
 from committee_calc.structures import read_structures
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="committee-relax", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="committee-relax", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidates", help="structures: extxyz/cif/ASE-db file or a folder of files")
     add_committee_arguments(p)
     add_gate_arguments(p)
@@ -51,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=500)
     p.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
     p.add_argument("--pressure-GPa", type=float, default=0.0, help="external pressure with --cell")
-    p.add_argument("--fix-symmetry", action="store_true", help="keep the starting space group")
+    p.add_argument("--fix-symmetry", action="store_true",
+                   help="keep the starting space group (the structure's own constraints are kept too)")
+    p.add_argument("--stress-tol-GPa", type=float, default=0.1,
+                   help="with --cell: residual stress allowed at convergence, GPa")
+    p.add_argument("--reentry-factor", type=float, default=0.7, help="hysteresis: after a fallback "
+                   "the committee is used again once its spread is below threshold x this factor")
+    p.add_argument("--max-reentries", type=int, default=3, help="returns to the committee after "
+                   "which the next fallback is final (-1: no limit)")
+    p.add_argument("--stall-steps", type=int, default=20, help="end a candidate as 'stalled' when it "
+                   "moves < 1e-4 Å in this many steps (0: never)")
+    p.add_argument("--no-verify", action="store_true", help="do not check committee minima with a "
+                   "reference single point (default: checked when a reference is given)")
+    p.add_argument("--polish", type=int, default=0, metavar="N", help="reference-only steps at most "
+                   "when the reference disagrees at a committee minimum (0: none, status 'unverified')")
     p.add_argument("--cluster", action="store_true", help="DBSCAN-cluster the relaxed pool")
     p.add_argument("--cluster-eps", type=float, default=0.5,
                    help="DBSCAN eps in standardised descriptor units")
@@ -71,12 +91,17 @@ def make_relaxer(args, committee) -> GatedRelaxer:
     gate = build_gate(args, driver="relax", committee=committee, thresholds=thresholds)
     return GatedRelaxer(gate, policy=args.policy, u_max=u_max, optimizer=args.optimizer,
                         fmax=args.fmax, max_steps=args.max_steps, cell=args.cell,
-                        pressure_GPa=args.pressure_GPa, fix_symmetry=args.fix_symmetry)
+                        pressure_GPa=args.pressure_GPa, fix_symmetry=args.fix_symmetry,
+                        stress_tol_GPa=args.stress_tol_GPa, reentry_factor=args.reentry_factor,
+                        max_reentries=None if args.max_reentries < 0 else args.max_reentries,
+                        stall_steps=args.stall_steps, verify=False if args.no_verify else None,
+                        polish=args.polish)
 
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # everything is validated before the first output file is written
+    check_outputs(args)
     images = read_structures(args.candidates)
     committee = load_committee_from_args(args)
     check_species(committee, images)
@@ -91,8 +116,11 @@ def run(argv=None) -> int:
             print(f"  #{t['rank']:<3d} {t['id']:<14s} {t['relative_energy_meV_atom']:8.1f} meV/atom "
                   f"± {t['energy_std_per_atom_meV']:.1f}  rho={t['density_gcm3']:.3f} g/cm3 "
                   f"({t['n_members']} in cluster)")
-    print(f"{len(res.rows)} candidates: {res.status}; reference calls {res.n_reference_calls} / "
-          f"{res.n_evaluations} evaluations; outputs in {res.out}")
+    print(res.describe())
+    if res.all_failed:  # nearly always the reference's settings: a user-facing error (exit 2)
+        raise ReferenceCalculationError(
+            f"the reference calculation failed for all {res.n_failed} candidates (first: "
+            f"{res.rows[0]['reason']}); every reason is in {res.out / 'summary.csv'}")
     return 0
 
 

@@ -92,6 +92,13 @@ class SlowEMT(EMT):
         super().calculate(atoms, properties, system_changes)
 
 
+class FailingEMT(EMT):
+    """A reference that fails on every call (stands in for a DFT code that never converges)."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        raise RuntimeError("SCF did not converge")
+
+
 class Harmonic(Calculator):
     """E = k/2 Σ_i |r_i - (R_i + shift)|² (no cell, no stress): a constructed member."""
 

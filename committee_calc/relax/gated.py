@@ -6,8 +6,8 @@
     from committee_calc.relax.gated import GatedRelaxer
 
     gate = Gate(committee, reference, thresholds={"forces_std_max": 0.05}, label_store=store)
-    result = GatedRelaxer(gate, policy="fallback", fmax=0.05, cell=True).relax(atoms)
-    result.energy, result.n_reference_calls, result.atoms
+    result = GatedRelaxer(gate, policy="fallback", fmax=0.05, cell=True, polish=10).relax(atoms)
+    result.status, result.energy, result.reference_energy, result.n_reference_calls
 
     GatedRelaxer(Gate(committee), policy="stop", u_max=0.2).relax(atoms)   # committee only
 
@@ -17,9 +17,17 @@ is the committee-only evaluator).  What happens when the committee is
 uncertain is the *policy*:
 
 ``fallback``
-    the gate's decision is used as is: above its thresholds the reference
-    result drives the step and the structure is appended to the label store;
-    the optimiser goes on on the mixed surface.
+    above the gate's thresholds the reference result drives the step and the
+    structure is appended to the label store.  The relaxation runs on one
+    surface at a time (:mod:`.surface`): once it fell back it stays on the
+    reference until the spread is below ``threshold × reentry_factor``
+    (hysteresis, default 0.7), and every change of surface restarts the
+    optimiser with fresh memory from the current geometry (counters go on).
+    After ``max_reentries`` returns to the committee, the next fallback is
+    final (the committee keeps sending the structure back where it is
+    uncertain: its minimum is not one to trust).  ``reentry_factor=1,
+    restart_on_switch=False, max_reentries=None`` is the behaviour of earlier
+    versions (one mixed surface, discontinuous at the threshold).
 ``stop``
     Hessmann et al.: the relaxation stops as soon as the relative force
     uncertainty ``U = max_i ‖σ_F,i‖ / max_i ‖F̄_i‖`` (result key
@@ -30,95 +38,71 @@ uncertain is the *policy*:
     as ``stop``, and that last structure is labelled through
     :meth:`Gate.label <committee_calc.gate.Gate.label>` (the paper's pool cycles).
 
-:func:`policy_thresholds` gives the gate thresholds a policy implies.  The
-relaxation also ends at ``fmax`` (status ``"converged"``), ``max_steps``
-(``"max_steps"``) or when the gate's hard cap raises
-:class:`~committee_calc.errors.GateStop` (``"hard_cap"``).  The user's
-``atoms`` is never modified: the relaxer works on a copy.
+End of a relaxation (``RelaxResult.status``, each with a ``reason`` sentence)
+    ``converged``: the test of :mod:`.criteria` holds (generalised force <
+    ``fmax``; with ``cell`` also residual stress ≤ ``stress_tol_GPa``) and,
+    when verified, the *reference* agrees.  ``unverified``: converged on the
+    committee surface, the reference disagrees and ``polish`` steps did not fix
+    it.  ``stalled``: no progress over ``stall_steps`` steps
+    (:class:`~.criteria.StallDetector`).  ``max_steps``: the step budget is
+    spent (the reason names the force reached against the target).
+    ``uncertain``: a stop policy fired.  ``hard_cap``: the gate's hard cap
+    raised :class:`~committee_calc.errors.GateStop`.  (``reference_failed`` is
+    set by the pool when the reference raises.)
 
-Call counters (``n_committee_calls``, ``n_reference_calls``, ``n_labels``) are
-the gate's own counters over this relaxation: a structure the label store
-already holds costs no reference call and adds no label.
+Verification (``verify``, default on when the gate has a reference)
+    a structure that converged on the committee surface gets a reference
+    single point (through ``gate.label``: appended to the label store, which
+    de-duplicates); if the reference does not pass the convergence test, up to
+    ``polish`` reference-only optimiser steps follow.  A structure that
+    converged on the reference surface is verified already.  Without a
+    reference (or ``verify=False``) ``converged`` means the committee surface
+    (``RelaxResult.verified`` is None).
+
+The user's ``atoms`` is never modified: the relaxer works on a copy that keeps
+the user's constraints (``FixAtoms`` …), also with ``fix_symmetry`` (added to
+them), on resume and on the returned structure.  Call counters are the gate's
+own counters over this relaxation: a structure the label store already holds
+costs no reference call and adds no label.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.units import GPa
 
 from .. import keys as K
-from ..errors import ConfigError, GateStop
+from ..errors import ConfigError
 from ..gate import require_gate
-from ..io import attach_uncertainties, read_uncertainties
-from ..structures import is_bulk, same_geometry
-from ..units import check_positive
-
-POLICIES = ("fallback", "stop", "stop_and_label")
-OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
-STATUSES = ("converged", "max_steps", "uncertain", "hard_cap")
-_RESULT_KEYS = (K.ENERGY, K.FORCES, K.STRESS)
-
-
-def optimizer_class(name: str):
-    """The ASE optimiser class of ``name`` (one of :data:`OPTIMIZERS`); ConfigError otherwise."""
-    import ase.optimize as opt
-
-    key = str(name).upper()
-    if key not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    return getattr(opt, key)
-
-
-def policy_thresholds(policy: str, thresholds=None, u_max=None) -> tuple:
-    """The gate thresholds and U_max a policy implies -> ``(thresholds, u_max)``.
-
-    thresholds: ``{measure key: value}`` in internal units (e.g. from
-        :func:`committee_calc.cli.limits_from_args`); not modified.
-    u_max: U_max of the stop policies; default ``thresholds["force_uncertainty_relative"]``.
-
-    ``fallback``: the thresholds as given (at least one needed).
-    ``stop``: U_max is the stop criterion, not a fallback threshold: it is
-    removed; other thresholds, if any, still fall back (none: committee only).
-    ``stop_and_label``: U_max needed; the threshold on U is set to U_max, so
-    the gate labels exactly when U > U_max.
-    Raises :class:`~committee_calc.errors.ConfigError`.
-    """
-    if policy not in POLICIES:
-        raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
-    th = dict(thresholds or {})
-    u_max = u_max if u_max is not None else th.get(K.FORCE_UNCERTAINTY_RELATIVE)
-    if policy == "stop":
-        th.pop(K.FORCE_UNCERTAINTY_RELATIVE, None)
-    elif policy == "stop_and_label":
-        if u_max is None:
-            raise ConfigError("policy 'stop_and_label' needs U_max (--u-max or "
-                              "--threshold-force-uncertainty-relative)")
-        th[K.FORCE_UNCERTAINTY_RELATIVE] = u_max
-    elif not th:
-        raise ConfigError("policy 'fallback' needs at least one threshold (--threshold-* option) "
-                          "and a reference")
-    return th, u_max
+from ..structures import is_bulk
+from ..units import check_positive, gpa_to_ev_per_a3
+from .criteria import StallDetector, convergence, max_force, stress_residual_GPa
+from .policy import OPTIMIZERS, POLICIES, STATUSES, count_setting, optimizer_class, policy_thresholds
+from .surface import PolicyCalculator, RelaxState, Stop, resume_results
 
 
 @dataclass(frozen=True)
 class RelaxResult:
-    """Outcome of one relaxation (units: eV, Å, eV/Å).
+    """Outcome of one relaxation (units: eV, Å, eV/Å, GPa).
 
-    atoms: final structure; its calculator holds the result used (energy,
-        forces, stress), uncertainties sit in ``info``/``arrays`` under the
+    atoms: final structure (user constraints kept); its calculator holds the result used
+        (energy, forces, stress), uncertainties sit in ``info``/``arrays`` under the
         ``committee_`` prefix, plus ``info['relax_status']``.
     status: one of :data:`STATUSES`; reason: a sentence saying why it ended.
-    steps: optimiser steps (geometry updates), counted over resumes.
+    steps: optimiser steps (geometry updates), counted over resumes and restarts.
     energy: final energy [eV] (committee mean or reference, see ``decision``).
     energy_std, forces_std_max, force_uncertainty_relative: committee spread at
         the final structure [eV, eV/Å, 1] (NaN if never evaluated by the committee).
-    fmax: final max force [eV/Å] the optimiser saw (includes cell dofs with ``cell``).
+    fmax: final largest generalised force [eV/Å] (includes cell dofs with ``cell``).
     n_committee_calls, n_reference_calls, n_labels: calls made for this structure.
-    trajectory: list of Atoms, one per evaluated geometry (first = start).
+    trajectory: list of Atoms, one per evaluation (first = start).
+    committee_energy, reference_energy: both at the final structure [eV] (NaN where not known:
+        no reference result there).
+    reference_fmax: largest atomic force of the reference there [eV/Å] (constraints applied);
+        reference_stress_GPa: its residual stress max |σ − σ_target| [GPa] (with ``cell``).
+    verified: True (the reference agrees), False (it does not), None (not checked).
+    n_switches, n_polish_steps: surface changes; reference-only steps after verification.
     """
 
     atoms: object
@@ -135,115 +119,47 @@ class RelaxResult:
     n_reference_calls: int
     n_labels: int
     trajectory: list = field(default_factory=list, repr=False)
-
-
-class _Stop(Exception):
-    def __init__(self, status, reason):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-class _PolicyCalculator(Calculator):
-    """The calculator the optimiser sees: gate evaluation + bookkeeping + policy."""
-
-    implemented_properties = (K.ENERGY, K.FREE_ENERGY, K.FORCES, K.STRESS)
-
-    def __init__(self, relaxer, info, on_frame, counts, reuse=None):
-        super().__init__()
-        self.r = relaxer
-        self.gate = relaxer.gate
-        self.info = dict(info or {})
-        self.on_frame = on_frame
-        self.counts = counts
-        self.reuse = reuse  # (atoms, results, committee_results, decision) of a resumed frame
-        self.frames = []
-        self.last = None  # (results, committee_results, decision)
-
-    def _gate_calls(self):
-        g = self.gate
-        return g.n_committee_calls, g.n_reference_calls, g.n_labels
-
-    def _count(self, before):
-        """Add the gate's calls since ``before`` (a :meth:`_gate_calls` tuple) to the counters."""
-        for key, b, a in zip(("committee", "reference", "labels"), before, self._gate_calls()):
-            self.counts[key] += a - b
-
-    def calculate(self, atoms=None, properties=(K.ENERGY,), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
-        step = self.counts["steps"] = self.counts["evaluations"]
-        if self.reuse is not None and same_geometry(self.reuse[0], atoms):
-            results, com, decision = self.reuse[1], self.reuse[2], self.reuse[3]
-            self.reuse = None
-            new = False
-        else:
-            self.reuse = None
-            props = (K.ENERGY, K.FORCES) + ((K.STRESS,) if self.r.cell else ())
-            before = self._gate_calls()
-            try:
-                res = self.gate.evaluate(atoms, step=step, info=self.info, properties=props)
-            except GateStop as exc:
-                raise _Stop("hard_cap", f"hard cap exceeded: {exc}") from None
-            finally:
-                self._count(before)
-            results, com, decision = dict(res.results), res.committee_results, res.decision
-            new = True
-        self.counts["evaluations"] += 1
-        self.results = {k: results[k] for k in _RESULT_KEYS if k in results}
-        self.results[K.FREE_ENERGY] = self.results[K.ENERGY]
-        if K.STRESS in properties and K.STRESS not in self.results:
-            raise ConfigError("the cell is relaxed but the result has no stress; use members and "
-                              "a reference that compute stress, or relax positions only")
-        self.last = (results, com, decision)
-        frame = self._frame(atoms, results, com, decision, step)
-        self.frames.append(frame)
-        if self.on_frame is not None and new:
-            self.on_frame(frame)
-        if self.r.policy != "fallback" and com is not None and self.r.stop_criterion(com):
-            if self.r.policy == "stop_and_label" and decision != K.REFERENCE and new:
-                before = self._gate_calls()
-                try:
-                    self.gate.label(atoms, com, info=dict(self.info, step=step, reason="stop_and_label"))
-                finally:
-                    self._count(before)
-            u = com[K.FORCE_UNCERTAINTY_RELATIVE]
-            raise _Stop("uncertain", f"relative force uncertainty U = {u:.4g} > U_max = {self.r.u_max:g}")
-
-    def _frame(self, atoms, results, com, decision, step):
-        f = atoms.copy()
-        f.constraints = []
-        f.calc = SinglePointCalculator(f, **{k: results[k] for k in _RESULT_KEYS if k in results})
-        if com:
-            attach_uncertainties(f, com, members=False)
-        f.info.update(self.info)
-        f.info.update({"relax_step": int(step), K.GATE_DECISION: decision,
-                       "relax_committee_calls": self.counts["committee"],
-                       "relax_reference_calls": self.counts["reference"],
-                       "relax_labels": self.counts["labels"]})
-        return f
+    committee_energy: float = math.nan
+    reference_energy: float = math.nan
+    reference_fmax: float = math.nan
+    reference_stress_GPa: float = math.nan
+    verified: bool | None = None
+    n_switches: int = 0
+    n_polish_steps: int = 0
 
 
 class GatedRelaxer:
-    """Relax structures through a gate with a policy for uncertain steps.
+    """Relax structures through a gate with a policy for uncertain steps (module docstring).
 
     Parameters
     ----------
     gate: a :class:`committee_calc.gate.Gate`, the one evaluator (``Gate(committee)``:
         committee only); anything else is a ConfigError.
-    policy: ``fallback`` | ``stop`` | ``stop_and_label`` (see module docstring).
+    policy: ``fallback`` | ``stop`` | ``stop_and_label``.
     u_max: U_max for the stop policies (relative force uncertainty, no unit).
     optimizer: ``FIRE`` | ``BFGS`` | ``LBFGS``; optimizer_kwargs passed to it.
-    fmax: convergence on the max force [eV/Å] (generalised force with ``cell``).
-    max_steps: optimiser steps at most (counted over resumes).
+    fmax: convergence on the largest force [eV/Å] (generalised force with ``cell``).
+    max_steps: optimiser steps at most (counted over resumes; polishing not included).
     cell: also relax the cell (ASE ``FrechetCellFilter``) at ``pressure_GPa``.
     constant_volume: with ``cell``, relax the cell shape at fixed volume.
-    fix_symmetry: keep the starting space group (ASE ``FixSymmetry``, needs spglib).
+    stress_tol_GPa: with ``cell``, residual stress allowed at convergence [GPa].
+    fix_symmetry: keep the starting space group (ASE ``FixSymmetry``, needs spglib), together
+        with the structure's own constraints.
+    reentry_factor: in (0, 1]; back to the committee below threshold × factor.
+    restart_on_switch: restart the optimiser (fresh memory) when the surface changes.
+    max_reentries: returns to the committee before a fallback is final (None: no limit).
+    stall_steps, stall_tol: no progress over that many steps within ``stall_tol`` [Å] ends the
+        relaxation as ``stalled`` (None: no stall test).
+    verify: reference single point at a committee minimum (None: when the gate has a reference).
+    polish: reference-only steps at most after a failed verification (0: none).
     Raises :class:`~committee_calc.errors.ConfigError` for invalid settings.
     """
 
     def __init__(self, gate, policy="fallback", u_max=None, optimizer="FIRE", fmax=0.05,
                  max_steps=500, cell=False, pressure_GPa=0.0, fix_symmetry=False,
-                 symprec=1e-3, optimizer_kwargs=None, constant_volume=False):
+                 symprec=1e-3, optimizer_kwargs=None, constant_volume=False, stress_tol_GPa=0.1,
+                 reentry_factor=0.7, restart_on_switch=True, max_reentries=3, stall_steps=20,
+                 stall_tol=1e-4, verify=None, polish=0):
         require_gate(gate, "GatedRelaxer")
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
@@ -258,15 +174,36 @@ class GatedRelaxer:
         self.optimizer = optimizer_class(optimizer)
         self.optimizer_name = str(optimizer).upper()
         self.fmax = check_positive("fmax", fmax)
-        if int(max_steps) < 0:
-            raise ConfigError(f"max_steps must be >= 0, got {max_steps}")
-        self.max_steps = int(max_steps)
+        self.max_steps = count_setting("max_steps", max_steps)
         self.cell, self.fix_symmetry, self.symprec = bool(cell), bool(fix_symmetry), symprec
         self.pressure_GPa = float(pressure_GPa)
         self.constant_volume = bool(constant_volume)
         if self.constant_volume and not self.cell:
             raise ConfigError("constant_volume relaxes the cell shape: give cell=True too")
+        self.stress_tol_GPa = check_positive("stress_tol_GPa", stress_tol_GPa)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.reentry_factor = check_positive("reentry_factor", reentry_factor)
+        if self.reentry_factor > 1:
+            raise ConfigError(f"reentry_factor must be in (0, 1], got {reentry_factor!r}")
+        self.restart_on_switch = bool(restart_on_switch)
+        self.max_reentries = None if max_reentries is None else count_setting("max_reentries", max_reentries)
+        self.stall_steps = None if not stall_steps else count_setting("stall_steps", stall_steps)
+        self.stall_tol = check_positive("stall_tol", stall_tol)
+        if verify and gate.reference is None:
+            raise ConfigError("verify=True needs a gate with a reference calculator")
+        self.verify = gate.reference is not None if verify is None else bool(verify)
+        self.polish = count_setting("polish", polish)
+
+    def settings(self) -> dict:
+        """The settings that decide a relaxation's path (JSON-able; written to ``pool.json``)."""
+        return {"policy": self.policy, "u_max": self.u_max, "optimizer": self.optimizer_name,
+                "fmax": self.fmax, "max_steps": self.max_steps, "cell": self.cell,
+                "pressure_GPa": self.pressure_GPa, "fix_symmetry": self.fix_symmetry,
+                **({"constant_volume": True} if self.constant_volume else {}),
+                "stress_tol_GPa": self.stress_tol_GPa, "reentry_factor": self.reentry_factor,
+                "restart_on_switch": self.restart_on_switch, "max_reentries": self.max_reentries,
+                "stall_steps": self.stall_steps, "stall_tol": self.stall_tol,
+                "verify": self.verify, "polish": self.polish}
 
     def stop_criterion(self, committee_results) -> bool:
         """Hessmann's criterion: True when U = max‖σ_F‖/max‖F̄‖ strictly exceeds U_max (NaN: True).
@@ -284,28 +221,26 @@ class GatedRelaxer:
             e.g. ``{"candidate": "c07"}``).
         on_frame: callable(frame Atoms) after each *new* evaluation (checkpointing).
         resume: a frame previously passed to ``on_frame``: the relaxation
-            restarts there; its stored result is reused (no new call) and the
-            step/call counters continue.
+            restarts there (geometry from the frame, constraints from ``atoms``,
+            phase — relaxing, verifying, polishing — and counters from its ``info``);
+            its stored result is reused (no new call).
         Raises ConfigError (cell relaxation of a non-bulk structure, no stress),
         and what the gate raises besides GateStop (e.g. ReferenceCalculationError).
         """
-        start = resume if resume is not None else atoms
-        work = start.copy()
+        work = atoms.copy()
         work.calc = None
-        counts = {"evaluations": 0, "steps": 0, "committee": 0, "reference": 0, "labels": 0}
-        reuse = None
+        user = list(work.constraints)
+        state, reuse = RelaxState(), None
         if resume is not None:
-            i = resume.info
-            counts.update(evaluations=int(i.get("relax_step", 0)),
-                          committee=int(i.get("relax_committee_calls", 0)),
-                          reference=int(i.get("relax_reference_calls", 0)),
-                          labels=int(i.get("relax_labels", 0)))
-            reuse = _resume_results(resume)
+            state, reuse = RelaxState.from_frame(resume), resume_results(resume)
+            work.set_cell(resume.cell, scale_atoms=False)
+            work.positions = resume.positions  # the array itself: constraints do not apply
         if self.fix_symmetry:
             from ase.constraints import FixSymmetry
 
-            work.set_constraint(FixSymmetry(work, symprec=self.symprec))
-        calc = _PolicyCalculator(self, info, on_frame, counts, reuse)
+            # FixSymmetry first: the user's constraints act on the symmetrised step and win
+            work.set_constraint([FixSymmetry(work, symprec=self.symprec)] + user)
+        calc = PolicyCalculator(self, info, on_frame, state, reuse, constraints=user)
         work.calc = calc
         target = work
         if self.cell:
@@ -313,53 +248,124 @@ class GatedRelaxer:
 
             if not is_bulk(work):
                 raise ConfigError("cell relaxation needs a 3-D periodic structure; drop --cell")
-            target = FrechetCellFilter(work, scalar_pressure=self.pressure_GPa * GPa,
+            target = FrechetCellFilter(work, scalar_pressure=gpa_to_ev_per_a3(self.pressure_GPa),
                                        constant_volume=self.constant_volume)
-        opt = self.optimizer(target, logfile=None, **self.optimizer_kwargs)
-        remaining = max(self.max_steps - counts["evaluations"], 0)
-        status, reason = "max_steps", f"reached max_steps = {self.max_steps}"
         try:
-            for _ in opt.irun(fmax=self.fmax, steps=remaining):
-                pass
-            if _fmax(target) < self.fmax:
-                status, reason = "converged", f"max force below fmax = {self.fmax:g} eV/Å"
-        except _Stop as stop:
+            if state.phase in ("verify", "polish"):
+                status, reason = self._verify(calc, target, work)
+            else:
+                status, reason = self._descend(calc, target, work)
+                if status == "converged":
+                    status, reason = self._verify(calc, target, work)
+        except Stop as stop:
             status, reason = stop.status, stop.reason
-        return self._result(calc, target, status, reason)
+        return self._result(calc, target, work, status, reason)
 
-    def _result(self, calc, target, status, reason):
-        c = calc.counts
+    # ------------------------------------------------------------------ phases
+    def _check(self, target, work):
+        return convergence(target, work, self.fmax, self.cell, self.stress_tol_GPa,
+                           self.pressure_GPa, self.constant_volume)
+
+    def _descend(self, calc, target, work) -> tuple:
+        """Gated descent, one optimiser per surface -> (status, reason)."""
+        stall = StallDetector(self.stall_steps, self.stall_tol) if self.stall_steps else None
+        s = calc.state
+        while True:
+            calc.switched, restart = False, False
+            opt = self.optimizer(target, logfile=None, **self.optimizer_kwargs)
+            # fmax=0: the optimiser never stops itself; convergence is decided here
+            for _ in opt.irun(fmax=0.0, steps=max(self.max_steps - s.steps, 0)):
+                check = self._check(target, work)
+                if check.converged:
+                    on = "reference" if s.surface == K.REFERENCE else "committee"
+                    return "converged", (f"converged on the {on} surface: "
+                                         f"{check.describe(self.fmax, self._tol())}")
+                moved = stall.push(work) if stall is not None else None
+                if moved is not None:
+                    return "stalled", (
+                        f"no progress: the structure moved {moved:.2g} Å (< {self.stall_tol:g} Å) "
+                        f"in the last {self.stall_steps} steps at "
+                        f"{check.describe(self.fmax, self._tol())} ({s.switches} surface changes)")
+                if calc.switched and s.surface == K.REFERENCE and self.max_reentries is not None \
+                        and s.reentries >= self.max_reentries and not calc.forced:
+                    s.phase, calc.forced, restart = "pinned", True, True
+                    break
+                if calc.switched and self.restart_on_switch:
+                    restart = True
+                    break
+            if not restart:
+                check = self._check(target, work)
+                return "max_steps", (f"reached max_steps = {self.max_steps} at "
+                                     f"{check.describe(self.fmax, self._tol())} "
+                                     f"({s.switches} surface changes)")
+
+    def _verify(self, calc, target, work) -> tuple:
+        """Reference verdict at a minimum, then polishing -> (status, reason)."""
+        s = calc.state
+        if s.phase in ("relax", "pinned"):
+            check = self._check(target, work)
+            if s.surface == K.REFERENCE:
+                pinned = (f" (kept there after {s.reentries} returns to the committee)"
+                          if s.phase == "pinned" else "")
+                return "converged", (f"converged on the reference surface{pinned}: "
+                                     f"{check.describe(self.fmax, self._tol())}")
+            if not self.verify:
+                return "converged", (f"converged on the committee surface (not verified by the "
+                                     f"reference): {check.describe(self.fmax, self._tol())}")
+            s.verify_step = s.steps
+            calc.reevaluate_here("verify")
+        check = self._check(target, work)  # the verification single point (or its resumed frame)
+        if check.converged:
+            done = s.steps - s.verify_step
+            return "converged", (f"the reference agrees{f' after {done} polish steps' if done else ''}"
+                                 f": {check.describe(self.fmax, self._tol())}")
+        budget = self.polish - (s.steps - s.verify_step)
+        if budget > 0:
+            s.phase = "polish"
+            opt = self.optimizer(target, logfile=None, **self.optimizer_kwargs)
+            for _ in opt.irun(fmax=0.0, steps=budget):
+                check = self._check(target, work)
+                if check.converged:
+                    return "converged", (f"the reference agrees after {s.steps - s.verify_step} "
+                                         f"polish steps: {check.describe(self.fmax, self._tol())}")
+        done = s.steps - s.verify_step
+        return "unverified", (f"converged on the committee surface, but the reference disagrees "
+                              f"after {done} polish steps (--polish {self.polish}): "
+                              f"{check.describe(self.fmax, self._tol())}")
+
+    def _tol(self):
+        return self.stress_tol_GPa if self.cell else None
+
+    def _result(self, calc, target, work, status, reason):
+        s = calc.state
         if not calc.frames:  # hard cap at the very first evaluation
-            return RelaxResult(None, status, reason, c["steps"], math.nan, math.nan, math.nan,
-                               math.nan, math.nan, "none", c["committee"], c["reference"],
-                               c["labels"], [])
+            return RelaxResult(None, status, reason, s.steps, math.nan, math.nan, math.nan,
+                               math.nan, math.nan, "none", s.committee, s.reference, s.labels, [])
         final = calc.frames[-1].copy()
         final.calc = SinglePointCalculator(final, **calc.frames[-1].calc.results)
         results, com, decision = calc.last
-        fmax = float(_fmax(target)) if status != "hard_cap" else math.nan
+        fmax = float(max_force(target.get_forces())) if status != "hard_cap" else math.nan
         final.info.update(relax_status=status, relax_fmax=fmax)
         com = com or {}
+        ref = decision == K.REFERENCE
+        verified = None
+        if status in ("converged", "unverified") and (ref or self.verify):
+            verified = status == "converged"
+        ref_f = max_force(final.get_forces()) if ref else math.nan
+        ref_s = (stress_residual_GPa(final.get_stress(), self.pressure_GPa, self.constant_volume)
+                 if ref and self.cell else math.nan)
         return RelaxResult(
-            atoms=final, status=status, reason=reason, steps=int(final.info["relax_step"]),
+            atoms=final, status=status, reason=reason, steps=int(s.steps),
             energy=float(results[K.ENERGY]), energy_std=float(com.get(K.ENERGY_STD, math.nan)),
             forces_std_max=float(com.get(K.FORCES_STD_MAX, math.nan)),
             force_uncertainty_relative=float(com.get(K.FORCE_UNCERTAINTY_RELATIVE, math.nan)),
-            fmax=fmax, decision=decision, n_committee_calls=c["committee"],
-            n_reference_calls=c["reference"], n_labels=c["labels"], trajectory=calc.frames)
-
-
-def _fmax(target) -> float:
-    f = target.get_forces()
-    return float(np.sqrt((f ** 2).sum(axis=1)).max()) if len(f) else 0.0
-
-
-def _resume_results(frame):
-    """(atoms, results, committee_results, decision) stored on a checkpoint frame."""
-    res = dict(frame.calc.results) if frame.calc is not None else {}
-    if K.ENERGY not in res or K.FORCES not in res:
-        return None
-    com = read_uncertainties(frame) or None
-    return frame, res, com, str(frame.info.get(K.GATE_DECISION, K.COMMITTEE))
+            fmax=fmax, decision=decision, n_committee_calls=s.committee,
+            n_reference_calls=s.reference, n_labels=s.labels, trajectory=calc.frames,
+            committee_energy=float(com.get(K.ENERGY, math.nan)),
+            reference_energy=float(results[K.ENERGY]) if ref else math.nan,
+            reference_fmax=ref_f, reference_stress_GPa=ref_s, verified=verified,
+            n_switches=s.switches, n_polish_steps=max(s.steps - s.verify_step, 0)
+            if s.verify_step >= 0 else 0)
 
 
 __all__ = ["GatedRelaxer", "RelaxResult", "POLICIES", "OPTIMIZERS", "STATUSES",

@@ -8,15 +8,24 @@
 Output folder layout (everything a rerun resumes from)
     ``trajectories/<id>.extxyz``
         one frame per *new* evaluation, appended and fsynced as it happens
-        (result used, committee uncertainties, gate decision, call counters).
-        Its last complete frame is the candidate's saved state: a rerun
-        restarts the optimiser there, reusing the stored result (no new call).
-        A torn last frame from a kill is cut off.  Optimiser memory (FIRE
-        velocities, BFGS Hessian) is not kept: the restart begins afresh from
-        that geometry.
+        (result used, committee uncertainties, gate decision, call counters,
+        surface changes, phase: ``relax``/``pinned``/``verify``/``polish``; the
+        user's constraints, e.g. ``FixAtoms`` as ``move_mask``).  Its last
+        complete frame is the candidate's saved state: a rerun restarts the
+        optimiser there, in the same phase (a candidate killed during its
+        verification goes on polishing), reusing the stored result (no new
+        call), with the constraints of the input structure.  A torn last frame
+        from a kill is cut off.  Optimiser memory (FIRE velocities, BFGS
+        Hessian) is not kept: the restart begins afresh from that geometry.
     ``summary.csv``
         one row per *finished* candidate (written after its last frame); a
-        candidate with a row is never relaxed again.
+        candidate with a row is never relaxed again.  Columns
+        :data:`SUMMARY_COLUMNS`, among them per candidate the committee and
+        reference energy at the final structure [eV], the reference's largest
+        force [eV/Å] and residual stress [GPa, with ``cell``] there (empty
+        where no reference result exists), ``verified`` (``yes``/``no``/``not
+        verified``) and ``reference_calls``.  A reference failure gives status
+        ``reference_failed`` with the error in ``reason``.
     ``relaxed.extxyz``
         the final frames of all finished candidates in input order,
         rewritten atomically from the trajectories after every candidate.
@@ -29,19 +38,38 @@ revisits (it restarts from the previous frame), so no label is duplicated.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import math
 from pathlib import Path
 
 from ..errors import ConfigError, ReferenceCalculationError
-from ..fileio import CsvLog, append_frame, load_json, read_frames_repair, save_json_atomic, write_structures_atomic
+from ..fileio import (
+    CsvLog,
+    append_frame,
+    atomic_write_text,
+    load_json,
+    read_frames_repair,
+    save_json_atomic,
+    write_structures_atomic,
+)
 from ..progress import progress_iter
 from ..structures import density_gcm3
 
 log = logging.getLogger("committee_calc.relax.gated")
 
+#: columns of ``summary.csv``; the last six (verification, surface changes) are newer: a
+#: ``summary.csv`` of an earlier version is extended in place when its pool is resumed
 SUMMARY_COLUMNS = ("id", "status", "steps", "committee_calls", "reference_calls", "labels",
                    "energy_eV", "energy_per_atom_eV", "energy_std_eV", "forces_std_max_eVA",
-                   "force_uncertainty_relative", "fmax_eVA", "density_gcm3", "natoms", "reason")
+                   "force_uncertainty_relative", "fmax_eVA", "density_gcm3", "natoms", "reason",
+                   "committee_energy_eV", "reference_energy_eV", "reference_fmax_eVA",
+                   "reference_stress_max_GPa", "verified", "surface_switches")
+#: ``verified`` column: the reference agrees / disagrees / was not asked
+VERIFIED = {True: "yes", False: "no", None: "not verified"}
+
+
 def candidate_ids(images) -> list:
     """``info['candidate_id']``/``'id'``/``'name'`` when present and unique, else c0000, c0001..."""
     for key in ("candidate_id", "id", "name"):
@@ -71,12 +99,7 @@ class RelaxPool:
         self.progress = progress
 
     def _settings(self):
-        r = self.relaxer
-        return {"policy": r.policy, "u_max": r.u_max, "optimizer": r.optimizer_name, "fmax": r.fmax,
-                "max_steps": r.max_steps, "cell": r.cell, "pressure_GPa": r.pressure_GPa,
-                "fix_symmetry": r.fix_symmetry,
-                # only when set, so pool.json of earlier runs still matches
-                **({"constant_volume": True} if r.constant_volume else {})}
+        return self.relaxer.settings()
 
     def _check_pool(self, ids, images):
         meta = load_json(self.out / "pool.json")
@@ -94,12 +117,13 @@ class RelaxPool:
     def run(self, images, ids=None) -> list:
         """Relax all unfinished candidates; return all summary rows (input order)."""
         images = list(images)
-        ids = list(ids) if ids is not None else candidate_ids(images)
+        ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
         if len(ids) != len(images) or len(set(ids)) != len(ids):
             raise ConfigError("candidate ids must be unique, one per structure")
         self.out.mkdir(parents=True, exist_ok=True)
         self.traj_dir.mkdir(exist_ok=True)
         self._check_pool(ids, images)
+        upgrade_summary(self.out / "summary.csv")
         summary = CsvLog(self.out / "summary.csv", SUMMARY_COLUMNS)
         done = {r["id"] for r in summary.rows()}
         todo = [(i, a) for i, a in zip(ids, images) if i not in done]
@@ -109,8 +133,7 @@ class RelaxPool:
             row = self.relax_one(cid, atoms)
             summary.append(row)
             self.write_relaxed(ids, summary)
-            log.info("%s: %s after %s steps (%s reference calls), E = %s eV", cid, row["status"],
-                     row.get("steps"), row.get("reference_calls"), row.get("energy_eV"))
+            log.info("%s", describe_row(row))
         self.write_relaxed(ids, summary)
         by_id = {r["id"]: r for r in summary.rows()}
         return [by_id[i] for i in ids if i in by_id]
@@ -120,7 +143,8 @@ class RelaxPool:
         frames = read_frames_repair(path)
         resume = frames[-1] if frames else None
         if resume is not None:
-            log.info("%s: resuming from step %s", cid, resume.info.get("relax_step"))
+            log.info("%s: resuming from step %s (%s)", cid, resume.info.get("relax_step", 0),
+                     resume.info.get("relax_phase", "relax"))
         try:
             res = self.relaxer.relax(atoms, info={"candidate": cid},
                                      on_frame=lambda f: append_frame(path, f), resume=resume)
@@ -131,12 +155,18 @@ class RelaxPool:
         final = res.atoms
         row = {"id": cid, "status": res.status, "steps": res.steps,
                "committee_calls": res.n_committee_calls, "reference_calls": res.n_reference_calls,
-               "labels": res.n_labels, "reason": res.reason, "natoms": len(atoms)}
+               "labels": res.n_labels, "reason": res.reason, "natoms": len(atoms),
+               "verified": VERIFIED[res.verified] if res.status in ("converged", "unverified") else "",
+               "surface_switches": res.n_switches}
         if final is not None:
             row.update(energy_eV=res.energy, energy_per_atom_eV=res.energy / len(final),
                        energy_std_eV=res.energy_std, forces_std_max_eVA=res.forces_std_max,
                        force_uncertainty_relative=res.force_uncertainty_relative,
-                       fmax_eVA=res.fmax, density_gcm3=density_gcm3(final))
+                       fmax_eVA=res.fmax, density_gcm3=density_gcm3(final),
+                       committee_energy_eV=_number(res.committee_energy),
+                       reference_energy_eV=_number(res.reference_energy),
+                       reference_fmax_eVA=_number(res.reference_fmax),
+                       reference_stress_max_GPa=_number(res.reference_stress_GPa))
             if not frames or len(res.trajectory) > 1 or "relax_status" not in frames[-1].info:
                 append_frame(path, final)  # the final frame carries relax_status
         return row
@@ -159,12 +189,61 @@ class RelaxPool:
         return out
 
 
+def describe_row(row) -> str:
+    """One log line for a summary row (no ``None``: missing values are left out)."""
+    head = f"{row['id']}: {row['status']}"
+    if row.get("steps") not in (None, ""):
+        head += f" after {row['steps']} steps ({row.get('reference_calls', 0)} reference calls)"
+    if row.get("energy_eV") not in (None, ""):
+        head += f", E = {float(row['energy_eV']):.6g} eV"
+    return f"{head}; {row['reason']}" if row.get("reason") else head
+
+
+def upgrade_summary(path) -> None:
+    """Extend a ``summary.csv`` written with an earlier prefix of :data:`SUMMARY_COLUMNS` by the
+    newer (empty) columns, atomically; anything else is left to :class:`CsvLog` to refuse."""
+    path = Path(path)
+    if not path.exists() or not path.stat().st_size:
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0] if rows else []
+    n = len(header)
+    if 0 < n < len(SUMMARY_COLUMNS) and tuple(header) == SUMMARY_COLUMNS[:n]:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(SUMMARY_COLUMNS)
+        for r in rows[1:]:
+            if len(r) == n:  # a torn last line is dropped, as CsvLog would
+                w.writerow(r + [""] * (len(SUMMARY_COLUMNS) - n))
+        atomic_write_text(path, buf.getvalue())
+        log.info("%s: added the columns %s of this version", path, SUMMARY_COLUMNS[n:])
+
+
+def _number(x):
+    """A finite float, or an empty CSV cell for a value that is not known."""
+    return float(x) if x is not None and math.isfinite(x) else ""
+
+
 def read_relaxed(out_dir) -> list:
+    """The structures of ``relaxed.extxyz``; ``info['candidate']`` as a string (extxyz reads a
+    numeric id such as ``1`` back as a number)."""
     from ase.io import read
 
     p = Path(out_dir) / "relaxed.extxyz"
-    return read(p, ":") if p.exists() and p.stat().st_size else []
+    images = read(p, ":") if p.exists() and p.stat().st_size else []
+    for a in images:
+        if "candidate" in a.info:
+            a.info["candidate"] = str(a.info["candidate"])
+    return images
 
 
-__all__ = ["RelaxPool", "SUMMARY_COLUMNS", "candidate_ids", "read_frames_repair",
-           "read_relaxed"]
+def final_frame(out_dir, cid):
+    """The last saved frame of candidate ``cid`` (its trajectory file is named by the id
+    string, so ids such as ``01`` survive), or None."""
+    frames = read_frames_repair(Path(out_dir) / "trajectories" / f"{cid}.extxyz")
+    return frames[-1] if frames else None
+
+
+__all__ = ["RelaxPool", "SUMMARY_COLUMNS", "VERIFIED", "candidate_ids", "describe_row",
+           "final_frame", "read_frames_repair", "read_relaxed", "upgrade_summary"]

@@ -22,7 +22,7 @@ import numpy as np
 from ..analysis.cluster import cluster_structures, ranked_table
 from ..analysis.plots import plot_landscape
 from .io import write_clusters_csv
-from .pool import RelaxPool, candidate_ids, read_relaxed
+from .pool import RelaxPool, candidate_ids, final_frame
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class PoolRun:
         (steps + 1 per row).
     clusters: the ranked cluster table (:func:`~committee_calc.analysis.cluster.ranked_table`),
         None without clustering.
+    verified: {"yes" | "no" | "not verified": number of converged or unverified candidates}.
     """
 
     out: Path
@@ -45,15 +46,38 @@ class PoolRun:
     n_reference_calls: int
     n_evaluations: int
     clusters: list | None = field(default=None)
+    verified: dict = field(default_factory=dict)
+
+    @property
+    def n_failed(self) -> int:
+        """Candidates whose reference calculation failed."""
+        return self.status.get("reference_failed", 0)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every candidate's reference failed (nothing was relaxed)."""
+        return bool(self.rows) and self.n_failed == len(self.rows)
+
+    def describe(self) -> str:
+        """The pool in one line: statuses, verification, failures, reference calls."""
+        status = ", ".join(f"{n} {k}" for k, n in self.status.items())
+        text = f"{len(self.rows)} candidates: {status}"
+        if self.verified:
+            text += "; reference check: " + ", ".join(
+                f"{n} {'agree' if k == 'yes' else 'disagree' if k == 'no' else k}"
+                for k, n in self.verified.items())
+        if self.n_failed:
+            text += f"; reference failed for {self.n_failed} of {len(self.rows)} (see summary.csv)"
+        return (f"{text}; reference calls {self.n_reference_calls} / {self.n_evaluations} "
+                f"evaluations; outputs in {self.out}")
 
 
 def cluster_pool(out_dir, finished, committee=None, eps=0.5, descriptor="auto") -> tuple:
     """Cluster the finished candidates of a pool folder -> ``(labels (n,), ranked table)``;
     writes ``clusters.csv``.  ``eps`` in standardised descriptor units."""
     out = Path(out_dir)
-    relaxed = {a.info["candidate"]: a for a in read_relaxed(out)}
-    labels = cluster_structures([relaxed[r["id"]] for r in finished], committee=committee, eps=eps,
-                                descriptor=descriptor)
+    structures = [final_frame(out, r["id"]) for r in finished]  # ids are strings, also "1"
+    labels = cluster_structures(structures, committee=committee, eps=eps, descriptor=descriptor)
     table = ranked_table(finished, labels)
     write_clusters_csv(out / "clusters.csv", table)
     return labels, table
@@ -81,7 +105,7 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
     Raises ConfigError for a folder of a different pool; see :meth:`RelaxPool.run`.
     """
     images = list(images)
-    ids = list(ids) if ids is not None else candidate_ids(images)
+    ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
     out = Path(out_dir)
     rows = RelaxPool(relaxer, out, progress=progress).run(images, ids)
     finished = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
@@ -91,12 +115,18 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
                                      eps=cluster_eps, descriptor=descriptor)
     if finished:
         plot_pool(finished, out / "landscape.png", labels)
-    status = {}
-    for r in rows:
-        status[r["status"]] = status.get(r["status"], 0) + 1
-    return PoolRun(out=out, rows=rows, finished=finished, status=status,
+    return PoolRun(out=out, rows=rows, finished=finished, status=_tally(r["status"] for r in rows),
                    n_reference_calls=sum(int(r.get("reference_calls") or 0) for r in rows),
-                   n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table)
+                   n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table,
+                   verified=_tally(r.get("verified") or "not verified" for r in rows
+                                   if r["status"] in ("converged", "unverified")))
+
+
+def _tally(values) -> dict:
+    out = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
 
 
 __all__ = ["PoolRun", "cluster_pool", "run_pool"]

@@ -1,0 +1,214 @@
+"""The calculator a gated relaxation's optimiser sees: one surface at a time.
+
+Every evaluation goes through the relaxer's :class:`~committee_calc.gate.Gate`.
+The *surface* of the relaxation is the decision of its last evaluation
+(``committee`` or ``reference``).  Hysteresis: on the reference surface the
+gate is asked with ``threshold_scale = reentry_factor`` (< 1), so a structure
+that fell back returns to the committee only once its spread is below
+``threshold × reentry_factor``.  A change of surface sets ``switched`` (the
+relaxer restarts its optimiser with fresh memory); a change back to the
+committee counts as a re-entry.
+
+``forced`` (reference only: verification, polishing, a structure pinned to
+the reference) evaluates the committee for the record and takes the reference
+result: ``gate.evaluate(..., threshold_scale=0)`` falls back on any spread, and
+a structure the gate still trusts (zero spread, no thresholds) is labelled
+through ``gate.label``.
+
+Each new evaluation becomes a checkpoint *frame* (passed to ``on_frame``): a
+copy of the structure with the user's constraints (not ``FixSymmetry``), the
+result used, the committee uncertainties and :class:`RelaxState` in ``info``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from .. import keys as K
+from ..errors import ConfigError, GateStop
+from ..io import attach_uncertainties, read_uncertainties
+from ..structures import same_geometry
+
+RESULT_KEYS = (K.ENERGY, K.FORCES, K.STRESS)
+#: what a relaxation is doing: gated descent, pinned to the reference, verification, polishing
+PHASES = ("relax", "pinned", "verify", "polish")
+
+
+class Stop(Exception):
+    """Ends a relaxation from inside an evaluation with ``status`` and ``reason``."""
+
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class RelaxState:
+    """Counters and surface of one relaxation; saved in every frame's ``info`` (``relax_*``).
+
+    evaluations: index of the next new geometry; steps: index of the current one;
+    committee, reference, labels: calls made; switches, reentries: surface changes (all, and
+    back to the committee); surface: decision of the last evaluation (None before the first);
+    phase: one of :data:`PHASES`; verify_step: step of the verification (-1: not yet).
+    """
+
+    evaluations: int = 0
+    steps: int = 0
+    committee: int = 0
+    reference: int = 0
+    labels: int = 0
+    switches: int = 0
+    reentries: int = 0
+    surface: str | None = None
+    phase: str = "relax"
+    verify_step: int = -1
+
+    def info(self) -> dict:
+        return {"relax_step": int(self.steps), "relax_committee_calls": self.committee,
+                "relax_reference_calls": self.reference, "relax_labels": self.labels,
+                "relax_switches": self.switches, "relax_reentries": self.reentries,
+                "relax_phase": self.phase, "relax_verify_step": self.verify_step}
+
+    @classmethod
+    def from_frame(cls, frame) -> RelaxState:
+        """The state a checkpoint frame was written in (frames of earlier versions: phase relax)."""
+        i = frame.info
+        phase = str(i.get("relax_phase", "relax"))
+        return cls(evaluations=int(i.get("relax_step", 0)), steps=int(i.get("relax_step", 0)),
+                   committee=int(i.get("relax_committee_calls", 0)),
+                   reference=int(i.get("relax_reference_calls", 0)),
+                   labels=int(i.get("relax_labels", 0)), switches=int(i.get("relax_switches", 0)),
+                   reentries=int(i.get("relax_reentries", 0)),
+                   surface=str(i.get(K.GATE_DECISION, K.COMMITTEE)),
+                   phase=phase if phase in PHASES else "relax",
+                   verify_step=int(i.get("relax_verify_step", -1)))
+
+
+def resume_results(frame):
+    """(atoms, results, committee_results, decision) stored on a checkpoint frame, or None."""
+    res = dict(frame.calc.results) if frame.calc is not None else {}
+    if K.ENERGY not in res or K.FORCES not in res:
+        return None
+    com = read_uncertainties(frame) or None
+    return frame, res, com, str(frame.info.get(K.GATE_DECISION, K.COMMITTEE))
+
+
+class PolicyCalculator(Calculator):
+    """Gate evaluation + surface bookkeeping + checkpoint frames + stop policies.
+
+    relaxer: the :class:`~committee_calc.relax.gated.GatedRelaxer`; state: its
+    :class:`RelaxState`; reuse: a resumed frame's stored result (no new call for it);
+    constraints: the user's constraints, put on every frame.
+    """
+
+    implemented_properties = (K.ENERGY, K.FREE_ENERGY, K.FORCES, K.STRESS)
+
+    def __init__(self, relaxer, info, on_frame, state, reuse=None, constraints=()):
+        super().__init__()
+        self.r = relaxer
+        self.gate = relaxer.gate
+        self.info = dict(info or {})
+        self.on_frame = on_frame
+        self.state = state
+        self.reuse = reuse
+        self.constraints = list(constraints)
+        self.forced = state.phase != "relax"
+        self.switched = False
+        self.reevaluate = False  # the next evaluation is of the current geometry again
+        self.frames = []
+        self.last = None  # (results, committee_results, decision)
+
+    def reevaluate_here(self, phase: str) -> None:
+        """Evaluate the current geometry again, reference only, in ``phase`` (verification)."""
+        self.state.phase, self.forced, self.reevaluate = phase, True, True
+        self.reset()
+
+    def _gate_calls(self):
+        g = self.gate
+        return g.n_committee_calls, g.n_reference_calls, g.n_labels
+
+    def _count(self, before):
+        s = self.state
+        c, r, n = (a - b for a, b in zip(self._gate_calls(), before))
+        s.committee, s.reference, s.labels = s.committee + c, s.reference + r, s.labels + n
+
+    def _evaluate(self, atoms, step):
+        """(results, committee_results, decision) of ``atoms`` on the current surface."""
+        props = (K.ENERGY, K.FORCES) + ((K.STRESS,) if self.r.cell else ())
+        if not self.forced:
+            scale = self.r.reentry_factor if self.state.surface == K.REFERENCE else 1.0
+            res = self.gate.evaluate(atoms, step=step, info=self.info, properties=props,
+                                     threshold_scale=scale)
+            return dict(res.results), res.committee_results, res.decision
+        info = dict(self.info, reason=self.state.phase)
+        res = self.gate.evaluate(atoms, step=step, info=info, properties=props, threshold_scale=0.0)
+        if res.decision == K.REFERENCE:
+            return dict(res.results), res.committee_results, K.REFERENCE
+        com = res.committee_results
+        label = self.gate.label(atoms, com, info=dict(info, step=step))
+        results = {k: v for k, v in (com or {}).items() if k in K.COMMITTEE_KEYS}
+        results.update(label.results)
+        return results, com, K.REFERENCE
+
+    def calculate(self, atoms=None, properties=(K.ENERGY,), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms, s = self.atoms, self.state
+        step = s.steps if self.reevaluate else s.evaluations
+        s.steps = step
+        if self.reuse is not None and same_geometry(self.reuse[0], atoms):
+            _, results, com, decision = self.reuse
+            self.reuse, new = None, False
+        else:
+            self.reuse, new = None, True
+            before = self._gate_calls()
+            try:
+                results, com, decision = self._evaluate(atoms, step)
+            except GateStop as exc:
+                raise Stop("hard_cap", f"hard cap exceeded: {exc}") from None
+            finally:
+                self._count(before)
+        if not self.reevaluate:
+            s.evaluations += 1
+        self.reevaluate = False
+        if new and not self.forced and s.surface is not None and decision != s.surface:
+            s.switches += 1
+            s.reentries += decision == K.COMMITTEE
+            self.switched = True
+        s.surface = decision
+        self.results = {k: results[k] for k in RESULT_KEYS if k in results}
+        self.results[K.FREE_ENERGY] = self.results[K.ENERGY]
+        if K.STRESS in properties and K.STRESS not in self.results:
+            raise ConfigError("the cell is relaxed but the result has no stress; use members and "
+                              "a reference that compute stress, or relax positions only")
+        self.last = (results, com, decision)
+        frame = self._frame(atoms, results, com, decision)
+        self.frames.append(frame)
+        if self.on_frame is not None and new:
+            self.on_frame(frame)
+        if self.r.policy != "fallback" and com is not None and not self.forced \
+                and self.r.stop_criterion(com):
+            if self.r.policy == "stop_and_label" and decision != K.REFERENCE and new:
+                before = self._gate_calls()
+                try:
+                    self.gate.label(atoms, com, info=dict(self.info, step=step, reason="stop_and_label"))
+                finally:
+                    self._count(before)
+            u = com[K.FORCE_UNCERTAINTY_RELATIVE]
+            raise Stop("uncertain", f"relative force uncertainty U = {u:.4g} > U_max = {self.r.u_max:g}")
+
+    def _frame(self, atoms, results, com, decision):
+        f = atoms.copy()
+        f.set_constraint(copy.deepcopy(self.constraints))
+        f.calc = SinglePointCalculator(f, **{k: results[k] for k in RESULT_KEYS if k in results})
+        if com:
+            attach_uncertainties(f, com, members=False)
+        f.info.update(self.info)
+        f.info.update(self.state.info())
+        f.info[K.GATE_DECISION] = decision
+        return f
+
+
+__all__ = ["PHASES", "PolicyCalculator", "RelaxState", "Stop", "resume_results"]
