@@ -6,7 +6,7 @@
 * :func:`read_structures` — every structure of a file or folder, with clear errors.
 * :func:`cell_widths` — perpendicular widths of a cell [Å].
 * :func:`density_gcm3` — mass density [g/cm³].
-* :func:`atoms_to_dict` / :func:`atoms_from_dict` — JSON-able geometry.
+* :func:`atoms_to_dict` / :func:`atoms_from_dict` — JSON-able geometry (with the ASE constraints).
 * :func:`same_geometry` — positions and cell equal within a tolerance [Å].
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from .errors import CellError, StructureReadError
+from .errors import CellError, ConfigError, StructureReadError
 from .units import AMU_PER_A3_TO_GCM3
 
 
@@ -75,15 +75,66 @@ def density_gcm3(atoms) -> float:
     return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_GCM3)
 
 
+def _jsonable(value, what: str):
+    """``value`` with numpy arrays/scalars as lists/numbers and Atoms as ``{"__atoms__": …}``."""
+    if isinstance(value, Atoms):
+        return {"__atoms__": atoms_to_dict(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, what) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v, what) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ConfigError(f"{what} holds {type(value).__name__} {value!r}, which cannot be stored; "
+                      "use ASE's built-in constraints (FixAtoms, FixCartesian, FixedLine, …)")
+
+
+def _from_jsonable(value):
+    if isinstance(value, dict):
+        if set(value) == {"__atoms__"}:
+            return atoms_from_dict(value["__atoms__"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
+def constraints_to_list(atoms) -> list:
+    """The ASE constraints of ``atoms`` (FixAtoms, FixCartesian, FixSymmetry, …) as JSON-able
+    dicts (``constraint.todict()``); raises ConfigError for a constraint that cannot be stored."""
+    out = []
+    for c in atoms.constraints:
+        if not hasattr(c, "todict"):
+            raise ConfigError(f"constraint {c!r} has no todict() and cannot be stored")
+        out.append(_jsonable(c.todict(), f"constraint {type(c).__name__}"))
+    return out
+
+
+def constraints_from_list(items) -> list:
+    """Inverse of :func:`constraints_to_list` (``ase.constraints.dict2constraint``)."""
+    from ase.constraints import dict2constraint
+
+    return [dict2constraint(_from_jsonable(d)) for d in items or ()]
+
+
 def atoms_to_dict(atoms) -> dict:
-    """numbers, positions [Å], cell [Å], pbc as JSON-able lists."""
-    return {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
-            "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+    """numbers, positions [Å], cell [Å], pbc as JSON-able lists, and ``constraints``
+    (:func:`constraints_to_list`) when the structure has any."""
+    d = {"numbers": atoms.numbers.tolist(), "positions": atoms.positions.tolist(),
+         "cell": atoms.cell.array.tolist(), "pbc": atoms.pbc.tolist()}
+    if atoms.constraints:
+        d["constraints"] = constraints_to_list(atoms)
+    return d
 
 
 def atoms_from_dict(d) -> Atoms:
-    """Inverse of :func:`atoms_to_dict`."""
-    return Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+    """Inverse of :func:`atoms_to_dict` (the user's constraints restored)."""
+    atoms = Atoms(numbers=d["numbers"], positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+    if d.get("constraints"):
+        atoms.set_constraint(constraints_from_list(d["constraints"]))
+    return atoms
 
 
 def same_geometry(a, b, tol: float = 1e-6) -> bool:

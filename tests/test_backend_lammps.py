@@ -60,9 +60,9 @@ def test_glob_parameter_files_and_per_atom_energies(tmp_path):
     import os
 
     from committee_calc.members.lammps import import_lammps as _il
+    from committee_calc.members.lammps import potentials_env
 
-    _il()
-    src = os.path.join(os.environ["LAMMPS_POTENTIALS"], "Si.sw")
+    src = os.path.join(potentials_env(_il())["LAMMPS_POTENTIALS"], "Si.sw")
     text = open(src).read()
     for k, eps in enumerate((2.1683, 2.20)):
         (tmp_path / f"Si_{k}.sw").write_text(text.replace("2.1683", f"{eps}"))

@@ -32,7 +32,12 @@ def relax_with_baseline(atoms, calculator, fmax=0.05, max_steps=200, cell=True,
     cell] and ``arrays[forces_key]`` [eV/Å, (N, 3)] at the relaxed geometry,
     ``info["relax_steps"]`` (optimiser steps), ``info["relax_converged"]``
     (bool) and ``info["relax_fmax"]`` [eV/Å] (largest atomic force at the
-    end).  The user's ``atoms`` is left untouched.
+    end, after the constraints).  The user's ``atoms`` is left untouched.
+
+    User constraints (``FixAtoms``, ``FixCartesian``, …) are kept: on the copy
+    returned and during the relaxation (fixed atoms move 0 Å at fixed cell; with
+    ``cell=True`` they follow the cell's homogeneous strain, ASE's filter semantics).
+    ``arrays[forces_key]`` holds the full baseline forces, also on fixed atoms.
 
     Raises ConfigError for fmax <= 0, max_steps < 1, an unknown optimizer, or
     ``cell=True`` on a structure that is not 3-D periodic.
@@ -43,7 +48,7 @@ def relax_with_baseline(atoms, calculator, fmax=0.05, max_steps=200, cell=True,
                            cell=cell)
     res = relaxer.relax(atoms)
     final = res.atoms
-    forces = np.array(final.get_forces(), float)
+    forces = np.array(final.get_forces(apply_constraint=False), float)  # full forces
     out = atoms.copy()
     out.calc = None
     out.set_cell(final.cell, scale_atoms=False)
@@ -52,5 +57,8 @@ def relax_with_baseline(atoms, calculator, fmax=0.05, max_steps=200, cell=True,
     out.arrays[forces_key] = forces
     out.info["relax_steps"] = int(res.steps)
     out.info["relax_converged"] = res.status == "converged"
-    out.info["relax_fmax"] = float(np.sqrt((forces ** 2).sum(1)).max()) if len(out) else 0.0
+    free = forces.copy()  # the optimiser's forces: the user's constraints applied
+    for c in out.constraints:
+        c.adjust_forces(out, free)
+    out.info["relax_fmax"] = float(np.sqrt((free ** 2).sum(1)).max()) if len(out) else 0.0
     return out

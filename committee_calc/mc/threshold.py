@@ -20,8 +20,13 @@ non-finite committee output it has no reference for
 (:class:`~committee_calc.errors.NonFiniteOutputError`: ``"non-finite output: …"``);
 with a reference, non-finite output is labelled like any untrusted structure.
 
+User constraints: ASE constraints on the start structure (``FixAtoms``, ``FixCartesian``,
+…) are applied to every trial move against the current structure
+(:meth:`ThresholdMC.constrained`), so fixed atoms never move, and are kept in the
+saved state.
+
 Resumability: :meth:`ThresholdMC.state` is a JSON-able dict with the current
-structure, energies, lid schedule, adapted step sizes, counters and the
+structure (and its constraints), energies, lid schedule, adapted step sizes, counters and the
 numpy ``bit_generator.state``; :meth:`ThresholdMC.from_state` continues the
 same Markov chain with the same random stream.  A step whose label was
 appended just before a kill is labelled again on resume through the gate's
@@ -199,6 +204,7 @@ class ThresholdMC:
             raise ConfigError(f"the chain has terminated ({self.terminated}); start a new one")
         k = self.step_index + 1
         trial, name, _ = self.moves.propose(self.atoms, self.topology, self.rng)
+        trial = self.constrained(trial)
         step_size = self.moves.steps[name]
         try:
             res = self._evaluate(trial, k)
@@ -214,6 +220,19 @@ class ThresholdMC:
         rec = self._record(k, name, acc, res, step_size)
         self._adapt(name, acc)
         return rec
+
+    def constrained(self, trial):
+        """``trial`` with the user's ASE constraints of the current structure applied to the move
+        (``set_positions(..., apply_constraint=True)`` from the current positions): atoms held by
+        ``FixAtoms`` stay where they are, ``FixCartesian``/``FixedLine``/``FixedPlane`` keep their
+        fixed components, also under cell moves.  Without constraints ``trial`` is returned as is."""
+        if not self.atoms.constraints:
+            return trial
+        out = self.atoms.copy()  # current positions and the constraints
+        out.calc = None
+        out.set_cell(trial.cell, scale_atoms=False)
+        out.set_positions(trial.positions, apply_constraint=True)
+        return out
 
     def _adapt(self, name, accepted):
         if self.adaptive_target is None:

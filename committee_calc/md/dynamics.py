@@ -24,6 +24,12 @@ output are handled by the gate alone.  Outputs in ``out_dir``:
   continues from it, drops any frame/CSV row written after it, and so repeats
   the same steps exactly (:mod:`committee_calc.md.state`).
 
+User constraints (ASE ``FixAtoms``, ``FixCartesian``, …) on ``atoms`` are kept on every
+step, in every frame written (extxyz ``move_mask``) and across a resume (the saved state
+records them; a resume with other constraints is refused); ``nvt`` and ``nve`` run with
+constraints, the cell-changing ensembles refuse them
+(:func:`committee_calc.md.schedule.check_constraints`).
+
 Safety: the run stops with ``MDResult.stop_reason`` (everything written so far
 kept, the offending structure in ``md_unphysical.extxyz``) when two atoms come
 closer than ``min_distance_A``, the volume leaves ``[V0/max_volume_ratio,
@@ -47,12 +53,14 @@ from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..fileio import CsvLog, append_frame, write_structures_atomic
 from ..gate import require_gate
 from ..io import attach_uncertainties
-from ..structures import cell_widths, is_bulk
+from ..structures import cell_widths, constraints_to_list, is_bulk
 from ..units import check_positive, ev_per_a3_to_gpa
 from .io import LOG, STATE, TRAJECTORY, UNPHYSICAL, read_log
 from .schedule import (
     ENSEMBLES,
     TemperatureSchedule,
+    active_constraints,
+    check_constraints,
     make_integrator,
     restore_atoms,
     restore_integrator_state,
@@ -142,12 +150,17 @@ class CommitteeMD:
         self.out_dir = Path(out_dir)
         self.paths = {k: self.out_dir / v for k, v in
                       (("trajectory", TRAJECTORY), ("log", LOG), ("state", STATE), ("unphysical", UNPHYSICAL))}
-        self.checkpoint = Checkpoint(self.out_dir, self.paths, atoms.numbers)
-        self.atoms = atoms.copy()
+        self.atoms = atoms.copy()  # keeps the user's constraints (FixAtoms, …)
         self.atoms.calc = None
         if len(self.atoms) == 0:
             raise ConfigError("the structure has no atoms")
+        self.atoms.set_constraint(active_constraints(self.atoms))
+        check_constraints(self.atoms, ensemble)
+        self.checkpoint = Checkpoint(self.out_dir, self.paths, atoms.numbers,
+                                     constraints=constraints_to_list(self.atoms))
         self._check_cell(self.atoms, at_start=True)
+        if self.atoms.constraints:  # no momenta along constrained directions (fixed atoms)
+            self.atoms.set_momenta(self.atoms.get_momenta(), apply_constraint=True)
         if init_velocities and not np.any(self.atoms.get_momenta()):
             thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
             thermalize(self.atoms, temperature_K=self.schedule(0), rng=np.random.default_rng(self.seed))

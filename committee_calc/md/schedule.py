@@ -16,6 +16,10 @@ ensemble       ASE class                                        cell
 ``nve``        ``verlet.VelocityVerlet``                        fixed cell
 =============  ===============================================  ==============
 
+User constraints: ``nvt`` (Nose-Hoover chain, thermostat on the free degrees of
+freedom) keeps :data:`NVT_CONSTRAINTS`, ``nve`` keeps every ASE constraint; the
+cell-changing ensembles refuse constraints (:func:`check_constraints`).
+
 ``set_target_temperature(dyn, T)`` moves the thermostat target (and the
 barostat's kT) without touching the fixed thermostat/barostat masses, so a
 ramp acts on every step.  ``integrator_state``/``restore_integrator_state``
@@ -34,6 +38,35 @@ from ..units import check_positive, gpa_to_ev_per_a3
 
 ENSEMBLES = ("mtk_iso", "mtk", "langevin", "berendsen", "nvt", "nve")
 NPT_ENSEMBLES = ("mtk_iso", "mtk", "langevin", "berendsen")
+#: ASE constraints the Nose-Hoover chain (nvt) integrates correctly: linear projections of
+#: positions, momenta and forces (VelocityVerlet, nve, applies every ASE constraint)
+NVT_CONSTRAINTS = ("FixAtoms", "FixCartesian", "FixedLine", "FixedPlane", "FixCom")
+
+
+def active_constraints(atoms) -> list:
+    """The constraints of ``atoms`` that hold something (an empty ``FixAtoms`` is dropped)."""
+    return [c for c in atoms.constraints if not (type(c).__name__ == "FixAtoms" and len(c.index) == 0)]
+
+
+def check_constraints(atoms, ensemble: str) -> None:
+    """Refuse (ConfigError) user constraints an integrator would not keep.
+
+    The cell-changing ensembles move every atom with the cell (ASE's MTK integrators do
+    not support constraints at all), so a structure with constraints runs in ``nvt``
+    (:data:`NVT_CONSTRAINTS`) or ``nve`` (any ASE constraint) only.
+    """
+    names = [type(c).__name__ for c in active_constraints(atoms)]
+    if not names:
+        return
+    if ensemble in NPT_ENSEMBLES:
+        raise ConfigError(f"the structure has constraints {names}, but ensemble {ensemble!r} changes "
+                          "the cell and moves every atom with it; use ensemble 'nvt' or 'nve' for a "
+                          "structure with fixed atoms, or remove the constraints")
+    bad = [n for n in names if n not in NVT_CONSTRAINTS]
+    if ensemble == "nvt" and bad:
+        raise ConfigError(f"ensemble 'nvt' (Nose-Hoover chain) keeps only the constraints "
+                          f"{NVT_CONSTRAINTS}, not {bad}; use ensemble 'nve' (VelocityVerlet "
+                          "applies every ASE constraint)")
 
 
 class TemperatureSchedule:
@@ -114,6 +147,7 @@ def make_integrator(atoms, ensemble: str, timestep_fs: float, temperature_K: flo
     p_au = gpa_to_ev_per_a3(pressure_GPa)
     if ensemble in NPT_ENSEMBLES and not is_bulk(atoms):
         raise ConfigError(f"ensemble {ensemble!r} changes the cell: the structure must be 3-D periodic")
+    check_constraints(atoms, ensemble)
     dt = dt_fs * units.fs
     if ensemble == "mtk_iso":
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
@@ -127,7 +161,10 @@ def make_integrator(atoms, ensemble: str, timestep_fs: float, temperature_K: flo
     if ensemble == "nvt":
         from ase.md.nose_hoover_chain import NoseHooverChainNVT
 
-        return NoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=tdamp)
+        dyn = NoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=tdamp)
+        if atoms.constraints:
+            _thermostat_dof(dyn._thermostat, atoms.get_number_of_degrees_of_freedom(), tdamp)
+        return dyn
     if ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
 
@@ -144,6 +181,18 @@ def make_integrator(atoms, ensemble: str, timestep_fs: float, temperature_K: flo
     beta = check_positive("compressibility_per_GPa", compressibility_per_GPa) / units.GPa
     return cls(atoms, dt, temperature_K=temperature_K, pressure_au=p_au, taut=tdamp, taup=pdamp,
                compressibility_au=beta)
+
+
+def _thermostat_dof(thermostat, n_dof: int, tdamp: float) -> None:
+    """Couple a Nose-Hoover chain to ``n_dof`` degrees of freedom instead of 3N.
+
+    ASE's chain counts 3N; with fixed atoms the free atoms would be thermostatted to
+    3N/n_dof times the target.  The chain's "atom count" (it uses 3·count everywhere:
+    target kinetic energy, first thermostat mass Q₁, conserved energy) becomes n_dof/3.
+    """
+    n_eff = n_dof / 3.0
+    thermostat._num_atoms_global = n_eff
+    thermostat._Q[0] = 3 * n_eff * thermostat._kT * tdamp ** 2
 
 
 def set_target_temperature(dyn, temperature_K: float) -> None:
@@ -220,10 +269,11 @@ def integrator_state(dyn) -> dict:
 
 
 def restore_atoms(atoms, state: dict) -> None:
-    """Put positions, momenta and cell of a saved state onto ``atoms``."""
+    """Put positions, momenta and cell of a saved state onto ``atoms`` exactly (the saved
+    values already obey the constraints of ``atoms``, which are kept, not re-applied)."""
     atoms.set_cell(np.array(state["cell"], dtype=float), scale_atoms=False)
-    atoms.set_positions(np.array(state["positions"], dtype=float))
-    atoms.set_momenta(np.array(state["momenta"], dtype=float))
+    atoms.set_positions(np.array(state["positions"], dtype=float), apply_constraint=False)
+    atoms.set_momenta(np.array(state["momenta"], dtype=float), apply_constraint=False)
 
 
 def restore_integrator_state(dyn, state: dict) -> None:

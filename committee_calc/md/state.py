@@ -5,6 +5,8 @@
 * ``step``, ``time_fs`` [fs], ``n_frames``, ``volume0`` [Å³] and the run settings
   (``ensemble``, ``timestep_fs`` [fs], ``pressure_GPa`` [GPa], ``schedule``);
 * ``numbers`` (N,) and ``pbc`` (3,): the system, checked on resume;
+* ``constraints``: the user's ASE constraints (``todict()`` form,
+  :func:`committee_calc.structures.constraints_to_list`), checked on resume;
 * ``integrator``: positions (N,3) [Å], momenta (N,3) [eV fs/Å in ASE units],
   cell (3,3) [Å], thermostat/barostat chain variables and RNG state
   (:func:`committee_calc.md.schedule.integrator_state`);
@@ -50,10 +52,11 @@ class Checkpoint:
     numbers (N,) of the system this run belongs to.
     """
 
-    def __init__(self, out_dir, paths: dict, numbers):
+    def __init__(self, out_dir, paths: dict, numbers, constraints=None):
         self.out_dir = out_dir
         self.paths = paths
         self.numbers = [int(z) for z in numbers]
+        self.constraints = list(constraints or [])
 
     def load(self) -> dict | None:
         return load_json(self.paths["state"])
@@ -67,6 +70,7 @@ class Checkpoint:
         state = {"results": cached, "version": STATE_VERSION, "step": int(step),
                  "time_fs": step * settings["timestep_fs"], "numbers": self.numbers,
                  "pbc": atoms.pbc.tolist(), "n_frames": int(n_frames),
+                 "constraints": self.constraints,
                  "integrator": integrator_state(dyn)}
         state.update(settings)
         if gate_state:
@@ -82,6 +86,11 @@ class Checkpoint:
     def check(self, state: dict, settings: dict) -> None:
         """Refuse a saved state of another system or with other dynamics settings."""
         self.check_same_system(state.get("numbers", []), "the saved MD state")
+        saved = state.get("constraints", self.constraints)  # states before constraints were kept
+        if saved != self.constraints:
+            raise ConfigError(f"the saved MD state in {str(self.out_dir)!r} has the constraints "
+                              f"{_names(saved)}, the structure given has {_names(self.constraints)}; "
+                              "resume with the same constrained structure or a new folder")
         for key in SETTINGS:
             if state.get(key) != settings[key]:
                 raise ConfigError(f"the saved MD state in {str(self.out_dir)!r} has {key}="
@@ -124,6 +133,10 @@ class Checkpoint:
         for p in (self.paths["trajectory"], self.paths["log"]):
             if p.exists():
                 p.unlink()
+
+
+def _names(constraints) -> list:
+    return [c.get("name") for c in constraints] or "none"
 
 
 def inject_results(gate, atoms, results) -> None:

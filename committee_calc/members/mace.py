@@ -31,9 +31,11 @@ from ._torch_common import (
     check_dtype,
     dtype_name,
     import_framework,
+    keeps_torch_globals,
     torch_dtype,
     torch_env,
     torch_load,
+    torch_scope,
     voigt,
 )
 from .base import BatchedMember
@@ -43,12 +45,27 @@ _INFO_KEYS = {"total_spin": "spin", "total_charge": "charge", "external_field": 
 _ARRAYS_KEYS = {"Qs": "charges"}
 
 
+def _model_input(atoms):
+    """What the model reads of ``atoms``: numbers, positions, cell, pbc and the
+    :data:`_INFO_KEYS`/:data:`_ARRAYS_KEYS` entries.  Training-only keys (``config_weight``,
+    ``config_type``, …) of a structure read from a training file are dropped: MACE's
+    ``config_from_atoms`` fails on a non-numeric weight, which never matters for a prediction."""
+    from ase import Atoms
+
+    clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    clean.info.update({k: atoms.info[k] for k in _INFO_KEYS if k in atoms.info})
+    for k in _ARRAYS_KEYS:
+        if k in atoms.arrays:
+            clean.arrays[k] = atoms.arrays[k]
+    return clean
+
+
 def _mace():
-    torch_env()
     import_framework("mace", "mace-torch", "mace")
-    import torch
-    from mace import data as mace_data
-    from mace.tools import torch_geometric, torch_tools, utils
+    with torch_env():
+        import torch
+        from mace import data as mace_data
+        from mace.tools import torch_geometric, torch_tools, utils
 
     return torch, mace_data, torch_geometric, torch_tools, utils
 
@@ -66,6 +83,7 @@ class MACEMember(BatchedMember):
     backend = "mace"
     implemented_properties = ("energy", "forces", "stress", "energies")
 
+    @keeps_torch_globals
     def __init__(self, model, name=None, path=None, device="cpu", dtype=None, head=None,
                  jit=True, skin=0.0):
         super().__init__(name or (f"mace:{path}" if path else "mace"))
@@ -132,7 +150,6 @@ class MACEMember(BatchedMember):
 
     @classmethod
     def from_file(cls, path, **kwargs) -> MACEMember:
-        torch_env()
         _mace()
         model = torch_load(path, "mace", device=kwargs.get("device", "cpu"))
         return cls(model, path=str(path), **kwargs)
@@ -160,13 +177,16 @@ class MACEMember(BatchedMember):
 
     def build_batch(self, structures, cutoff=None):
         """One MACE batch (graph) of ``structures`` (edges within ``cutoff``, default r_max)."""
-        torch, mace_data, torch_geometric, torch_tools, _ = _mace()
+        torch, mace_data, torch_geometric, _, _ = _mace()
         keyspec = mace_data.KeySpecification(info_keys=dict(_INFO_KEYS),
                                              arrays_keys=dict(_ARRAYS_KEYS))
-        with torch_tools.default_dtype(self.dtype):
+        # the graph is built at the model's dtype; torch_scope restores the caller's default
+        # dtype on every exit path (mace's own torch_tools.default_dtype does not on an error)
+        with torch_scope(self.dtype):
             graphs = [
                 mace_data.AtomicData.from_config(
-                    mace_data.config_from_atoms(a, key_specification=keyspec, head_name=self.head),
+                    mace_data.config_from_atoms(_model_input(a), key_specification=keyspec,
+                                                head_name=self.head),
                     z_table=self.z_table, cutoff=cutoff or self.cutoff, heads=self.heads)
                 for a in structures
             ]
@@ -209,6 +229,7 @@ class MACEMember(BatchedMember):
     group_fields = "element table, dtype, device or head"
 
     @classmethod
+    @keeps_torch_globals
     def predict_batch(cls, members, structures, properties=("energy", "forces")) -> list:
         """Predictions of every member for every structure.
 

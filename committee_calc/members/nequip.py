@@ -23,17 +23,17 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFileError
 from ..structures import is_bulk
-from ._torch_common import check_device, check_model_file, import_framework, torch_env, voigt
+from ._torch_common import check_device, check_model_file, import_framework, keeps_torch_globals, torch_env, voigt
 from .base import BatchedMember
 
 
 def _nequip():
-    torch_env()
     import_framework("nequip", "nequip", "nequip")
-    import torch
-    from nequip.data import AtomicData, AtomicDataDict
-    from nequip.data.transforms import TypeMapper
-    from nequip.scripts import deploy
+    with torch_env():
+        import torch
+        from nequip.data import AtomicData, AtomicDataDict
+        from nequip.data.transforms import TypeMapper
+        from nequip.scripts import deploy
 
     return torch, AtomicData, AtomicDataDict, TypeMapper, deploy
 
@@ -60,6 +60,7 @@ class NequIPMember(BatchedMember):
 
     backend = "nequip"
 
+    @keeps_torch_globals
     def __init__(self, path, name=None, device="cpu", species_to_type_name=None):
         super().__init__(name or f"nequip:{path}")
         torch, _, _, TypeMapper, deploy = _nequip()
@@ -139,6 +140,7 @@ class NequIPMember(BatchedMember):
     group_fields = "type names, dtype or device"
 
     @classmethod
+    @keeps_torch_globals
     def predict_batch(cls, members, structures, properties=("energy", "forces")) -> list:
         """``out[i][k]``: member k on structure i (energy eV, forces (N,3) eV/Å,
         energies (N,) eV, stress (6,) eV/Å³ for 3-D periodic structures)."""

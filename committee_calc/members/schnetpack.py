@@ -23,12 +23,19 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFileError
 from ..structures import is_bulk
-from ._torch_common import check_device, check_dtype, import_framework, torch_dtype, torch_env, torch_load, voigt
+from ._torch_common import (
+    check_device,
+    check_dtype,
+    import_framework,
+    keeps_torch_globals,
+    torch_dtype,
+    torch_load,
+    voigt,
+)
 from .base import BatchedMember
 
 
 def _spk():
-    torch_env()
     spk = import_framework("schnetpack", "schnetpack", "schnetpack-deps")
     import torch
 
@@ -54,6 +61,7 @@ class SchNetPackMember(BatchedMember):
 
     backend = "schnetpack"
 
+    @keeps_torch_globals
     def __init__(self, model, name=None, path=None, cutoff=None, energy_key="energy",
                  forces_key="forces", stress_key="stress", energy_unit="eV",
                  position_unit="Ang", dtype="float64", device="cpu", species=None):
@@ -129,6 +137,7 @@ class SchNetPackMember(BatchedMember):
     group_fields = "dtype or device"
 
     @classmethod
+    @keeps_torch_globals
     def predict_batch(cls, members, structures, properties=("energy", "forces")) -> list:
         """``out[i][k]``: member k on structure i (energy eV, forces (N,3) eV/Å,
         stress (6,) eV/Å³ for 3-D periodic structures when the model has it)."""

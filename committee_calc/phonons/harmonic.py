@@ -12,6 +12,10 @@ Every thermal quantity is per **primitive cell** (phonopy's normalisation):
 E(V) and V given to a QHA must be on the same cell (trap 3 of the fixtures).
 Internal units: eV, Å, K, eV/K; frequencies in THz (phonopy's unit).
 
+Constraints: phonopy displaces every atom, so phonons are always those of the full
+structure; ASE constraints on the input (``FixAtoms``, …) are ignored here, with a
+PhononWarning (:func:`warn_constraints`).
+
 Committee: the best-estimate force constants come from the committee mean
 forces (the "mean potential"); each member also gets its own force constants
 from its own forces, so every harmonic quantity has a per-member value. A
@@ -142,17 +146,29 @@ def run_phonons(atoms: Atoms, gate: Gate, settings: PhononSettings | None = None
     """Harmonic phonons of ``atoms`` through ``gate`` (mean potential + every member).
 
     ``atoms`` (never modified) is used as given: relax it first.  Warns (PhononWarning)
-    when the supercell is thinner than twice the committee cutoff and about imaginary
-    modes; ``info`` goes into the provenance of labels the gate appends.  Raises
-    ConfigError for a non-Gate evaluator or a cell of rank < 3.
+    when the supercell is thinner than twice the committee cutoff, about imaginary
+    modes and when ``atoms`` has constraints (phonons ignore them); ``info`` goes into
+    the provenance of labels the gate appends.  Raises ConfigError for a non-Gate
+    evaluator or a cell of rank < 3.
     """
     require_gate(gate, "run_phonons")
     settings = settings or PhononSettings()
+    warn_constraints(atoms)
     ph = make_phonopy(atoms, settings)
     check_supercell_size(ph, max_cutoff(gate.committee))
     result = phonons_from_forces(ph, compute_forces(ph, gate, info=info), settings)
     report_imaginary(result.mean, label="structure")
     return result
+
+
+def warn_constraints(atoms: Atoms, label: str = "structure") -> None:
+    """Warn (PhononWarning) when ``atoms`` carries ASE constraints: phonopy displaces every
+    atom of the full (super)cell, so phonons and free energies ignore them."""
+    if atoms.constraints:
+        names = sorted({type(c).__name__ for c in atoms.constraints})
+        warnings.warn(f"{label} has constraints {names}: phonons are computed on the full "
+                      "structure (phonopy displaces every atom, also fixed ones); the constraints "
+                      "act only on relaxations", PhononWarning, stacklevel=3)
 
 
 def report_imaginary(result: HarmonicResult, label: str) -> None:

@@ -7,6 +7,11 @@ static energy per member, displaced supercells → forces (``gate.evaluate_many`
 phonons.  Energies are returned per **primitive cell** of the phonopy object, matching
 the normalisation of the thermal properties.
 
+User constraints (``FixAtoms``, …) travel with every copy (scaled structures, relaxed
+structures: :class:`~committee_calc.relax.gated.GatedRelaxer` keeps them); phonopy's
+displacements ignore them by nature, so the phonons are those of the full structure
+(a PhononWarning says so).
+
 E(V) must come from one potential-energy surface, so the relaxation and the static
 energy use the committee alone (:func:`committee_only`: the gate's hard caps still
 stop it); the gate's reference fallback applies to the displaced supercells (the
@@ -27,7 +32,7 @@ from ..gate import Gate, require_gate
 from ..relax.gated import GatedRelaxer
 from ..units import check_positive
 from .forces import compute_forces, used_members
-from .harmonic import PhononResult, phonons_from_forces
+from .harmonic import PhononResult, phonons_from_forces, warn_constraints
 from .settings import PhononSettings
 from .supercell import check_supercell_size, make_phonopy
 
@@ -142,8 +147,10 @@ def run_volume_point(atoms: Atoms, gate: Gate, settings: PhononSettings, relax: 
     relaxed at that pressure instead.  Relaxation and static energies use the committee
     alone (:func:`committee_only`), the displaced supercells go through ``gate`` (labels
     get ``info`` as provenance).  Warns when the supercell is thinner than twice the
-    committee cutoff.  Returns a :class:`VolumePoint` (per primitive cell).
+    committee cutoff, and when ``atoms`` has ASE constraints: the relaxation keeps them,
+    the phonons are those of the full structure.  Returns a :class:`VolumePoint` (per primitive cell).
     """
+    warn_constraints(atoms, "the QHA structure")
     committee = committee_only(gate)
     relaxed = relax_structure(atoms, committee, relax, fmax_eVA, steps, pressure_GPa=pressure_GPa)
     ph = make_phonopy(relaxed, settings)
