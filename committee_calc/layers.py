@@ -22,7 +22,7 @@ Layers, lowest first (:data:`ORDER`):
 3    gate         measures table, label store, reference, labeller, gate
 4a   analysis     selection, clustering, landscapes
 4b   relax        gated relaxation and pools (may use analysis)
-4c   science      mc, md, phonons, active: may use relax and analysis, never each other
+4c   science      mc, md, phonons, active, campaign: may use relax and analysis, never each other
 5    cli          the one builder shared by the drivers
 6    drivers      console commands; a driver never imports another driver
 ==== ============ =========================================================================
@@ -39,7 +39,7 @@ NAMES = {
     "3": "measures / labels / reference / gate",
     "4a": "analysis",
     "4b": "relax",
-    "4c": "science (mc, md, phonons, active)",
+    "4c": "science (mc, md, phonons, active, campaign)",
     "5": "cli",
     "6": "drivers",
 }
@@ -83,6 +83,7 @@ LAYERS = {
     "committee_calc.md.*": "4c",
     "committee_calc.phonons.*": "4c",
     "committee_calc.active.*": "4c",
+    "committee_calc.campaign.*": "4c",
     # 5 cli, 6 drivers
     "committee_calc.cli": "5",
     "drivers.*": "6",
@@ -90,7 +91,8 @@ LAYERS = {
 
 #: groups of packages on one layer that must not import each other
 SIBLING_AREAS = (
-    ("committee_calc.mc", "committee_calc.md", "committee_calc.phonons", "committee_calc.active"),
+    ("committee_calc.mc", "committee_calc.md", "committee_calc.phonons", "committee_calc.active",
+     "committee_calc.campaign"),
 )
 
 #: packages whose modules must not import each other (each driver stands alone)

@@ -26,7 +26,7 @@ LABEL_KEYWORDS = {"reference_results", "committee_results", "provenance", "basel
 #: methods that run a committee (ASE calculate, member/committee predict, raw member evaluation)
 EVAL_METHODS = {"calculate", "predict", "predict_batch", "evaluate_members"}
 SCIENCE = ("committee_calc.relax", "committee_calc.mc", "committee_calc.md", "committee_calc.phonons",
-           "committee_calc.active", "committee_calc.analysis")
+           "committee_calc.active", "committee_calc.analysis", "committee_calc.campaign")
 #: the committee machinery itself, which may aggregate member predictions
 AGGREGATORS = {"committee_calc.committee", "committee_calc.uncertainty", "committee_calc.delta",
                "committee_calc.gate"}

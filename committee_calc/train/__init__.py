@@ -6,7 +6,13 @@ yaml_path = train_committee("labels.extxyz", "models/round1", backend="mace", n_
                             bootstrap=True, max_epochs=50, model_options={"num_channels": 32})
 retrain = make_retrainer(backend="mace", out_dir="models", n_members=4)
 committee = retrain("labels.extxyz")         # a CommitteeCalculator on the new models
+fine_tune_committee(yaml_path, "more.extxyz", "models/ft")   # each member from its weights
 ```
+
+Backends: ``mace``, ``nequip``, ``schnetpack`` (one training process per member) and
+``ridge`` (the pair-ridge committee of :mod:`.ridge`, fitted in this process in seconds; its
+members are written inline as ``backend: ase`` entries).  The ``training:`` section of the
+written YAML holds everything a later fine-tune needs (:func:`fine_tune_committee`).
 
 Each member gets its own random seed; with ``bootstrap=True`` also its own
 bootstrap subset of the training set.  The seeds and the bootstrap/out-of-bag
@@ -19,12 +25,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import load_committee, write_yaml_atomic
-from ..errors import ConfigError
+from ..config import load_committee, read_yaml, write_yaml_atomic
+from ..errors import ConfigError, StructureReadError
+from ..members import expand_paths
 from . import _common
 
 TRAINERS = {"mace": "committee_calc.train.mace", "nequip": "committee_calc.train.nequip",
-            "schnetpack": "committee_calc.train.schnetpack"}
+            "schnetpack": "committee_calc.train.schnetpack", "ridge": "committee_calc.train.ridge"}
 
 
 def _trainer(backend: str):
@@ -38,11 +45,18 @@ def _trainer(backend: str):
 def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None, bootstrap=False,
                     energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress",
                     max_epochs=None, model_options=None, device="cpu", dtype="float64",
-                    n_jobs=1, timeout_s=None, calibration=None) -> str:
+                    n_jobs=1, timeout_s=None, calibration=None, init_models=None,
+                    finetune_epochs=None, finetune_options=None) -> str:
     """Train ``n_members`` models on ``train_file``; write models + ``out_dir/committee.yaml``.
 
     Returns the path of the committee YAML.  ``stress_key`` is passed to the
     trainer when any structure carries it (None disables).
+    init_models: one model file per member to start from (a fine-tune: each member goes on
+        from its current weights; MACE: ``--foundation_model``); None trains from scratch.
+        In-process trainers (``ridge``) refit on all data instead.
+    finetune_epochs, finetune_options: epochs (default ``max_epochs``) and model options
+        (over ``model_options``, e.g. a smaller ``lr``) of a later fine-tune of this committee,
+        recorded under ``training:`` and read by :func:`fine_tune_committee`.
     """
     trainer = _trainer(backend)
     seeds = _common.member_seeds(n_members, seeds)
@@ -54,6 +68,37 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
     epochs = trainer.DEFAULT_EPOCHS if max_epochs is None else int(max_epochs)
     if epochs < 1:
         raise ConfigError(f"max_epochs must be ≥ 1, got {max_epochs!r}")
+    if init_models is not None and len(init_models) != len(seeds):
+        raise ConfigError(f"got {len(init_models)} models to fine-tune for {len(seeds)} members")
+    if getattr(trainer, "IN_PROCESS", False):
+        members, records, fitted = trainer.train_members(
+            frames, seeds, bootstrap=bool(bootstrap), energy_key=energy_key, forces_key=forces_key,
+            model_options=model_options)
+        calibration = calibration or fitted
+    else:
+        members, records = _train_member_jobs(
+            trainer, backend, train_file, frames, out, seeds, bootstrap, init_models, n_jobs,
+            timeout_s, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key,
+            max_epochs=epochs, model_options=model_options, device=device, dtype=dtype)
+    spec = {"members": members}
+    if calibration:
+        spec["calibration"] = dict(calibration)
+    spec["training"] = {"backend": backend, "train_file": str(Path(train_file).resolve()),
+                        "energy_key": energy_key, "forces_key": forces_key,
+                        "stress_key": stress_key, "max_epochs": epochs, "bootstrap": bool(bootstrap),
+                        "model_options": dict(model_options or {}), "members": records}
+    if finetune_epochs is not None:
+        spec["training"]["finetune_epochs"] = int(finetune_epochs)
+    if finetune_options:
+        spec["training"]["finetune_options"] = dict(finetune_options)
+    path = out / "committee.yaml"
+    write_yaml_atomic(path, spec)
+    return str(path)
+
+
+def _train_member_jobs(trainer, backend, train_file, frames, out, seeds, bootstrap, init_models,
+                       n_jobs, timeout_s, model_options, **job_options) -> tuple:
+    """One training process per member (``trainer.member_job``) -> (member entries, records)."""
     jobs, records = [], []
     for k, seed in enumerate(seeds):
         work = out / f"member_{k}"
@@ -66,10 +111,9 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
             rec.update(bootstrap_indices=idx, oob_indices=oob)
             _common.save_json(work / "bootstrap.json", {"seed": seed, "indices": idx, "oob": oob,
                                                        "train_file": str(train_file)})
-        argv = trainer.member_job(data, work.resolve(), seed, energy_key=energy_key,
-                                  forces_key=forces_key, stress_key=stress_key,
-                                  max_epochs=epochs, model_options=model_options,
-                                  device=device, dtype=dtype)
+        extra = {} if init_models is None else {"init_model": str(Path(init_models[k]).resolve())}
+        argv = trainer.member_job(data, work.resolve(), seed, model_options=model_options,
+                                  **job_options, **extra)
         jobs.append((argv, str(work), str(work / "train.log")))
         records.append(rec)
     _common.run_jobs(jobs, n_jobs=n_jobs, timeout_s=timeout_s)
@@ -82,16 +126,7 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
             entry.update(trainer.member_spec_extra(frames, model_options or {}))
         members.append(entry)
         rec["path"] = name
-    spec = {"members": members}
-    if calibration:
-        spec["calibration"] = dict(calibration)
-    spec["training"] = {"backend": backend, "train_file": str(Path(train_file).resolve()),
-                        "energy_key": energy_key, "forces_key": forces_key,
-                        "stress_key": stress_key, "max_epochs": epochs, "bootstrap": bool(bootstrap),
-                        "model_options": dict(model_options or {}), "members": records}
-    path = out / "committee.yaml"
-    write_yaml_atomic(path, spec)
-    return str(path)
+    return members, records
 
 
 def make_retrainer(backend="mace", out_dir="retrain", **options):
@@ -118,4 +153,144 @@ def make_retrainer(backend="mace", out_dir="retrain", **options):
     return retrain
 
 
-__all__ = ["train_committee", "make_retrainer", "TRAINERS"]
+def read_training(committee_yaml) -> dict:
+    """The ``training:`` section of a committee YAML (written by :func:`train_committee`),
+    checked: a known backend, and model files for the members of a file-based backend.
+    Raises ConfigError naming what is missing (e.g. a YAML without the section)."""
+    path = Path(committee_yaml)
+    spec = read_yaml(path)
+    training = spec.get("training")
+    if not isinstance(training, dict) or not training:
+        raise ConfigError(f"committee YAML {str(path)!r} has no 'training:' section; it holds the "
+                          "settings to fine-tune the committee (backend, keys, epochs, model options, "
+                          "seed set) and is written by committee_calc.train.train_committee")
+    if training.get("backend") not in TRAINERS:
+        raise ConfigError(f"{path}: training.backend must be one of {sorted(TRAINERS)}, got "
+                          f"{training.get('backend')!r}")
+    if not training.get("train_file"):
+        raise ConfigError(f"{path}: training.train_file (the seed training set) is missing")
+    if spec.get("baseline"):
+        raise ConfigError(f"{path}: fine-tuning a Δ-learning committee (baseline:) is not supported")
+    return training
+
+
+def training_files(committee_yaml) -> list:
+    """The seed training set(s) of ``training.train_file``: a path, a list, or paths joined by
+    ``" + "``; relative paths against the YAML's folder.  Raises StructureReadError if missing."""
+    path = Path(committee_yaml)
+    given = read_training(path)["train_file"]
+    names = given if isinstance(given, list) else str(given).split(" + ")
+    out = []
+    for name in names:
+        p = Path(str(name).strip()).expanduser()
+        p = p if p.is_absolute() else path.parent / p
+        if not p.is_file():
+            raise StructureReadError(f"{path}: seed training file {str(p)!r} (training.train_file) "
+                                     "does not exist")
+        out.append(p.resolve())
+    return out
+
+
+def member_seeds_of(training: dict, n_members: int) -> list:
+    """The members' seeds recorded under ``training.members`` (default 1000 + k)."""
+    recs = training.get("members") or []
+    return [int(recs[k]["seed"]) if k < len(recs) and "seed" in recs[k] else 1000 + k
+            for k in range(n_members)]
+
+
+def fine_tune_committee(committee_yaml, train_file, out_dir, seeds=None, bootstrap=None,
+                        max_epochs=None, n_jobs=1, device=None, timeout_s=None) -> str:
+    """Fine-tune every member of a committee from its current weights on ``train_file``.
+
+    The settings come from the YAML's ``training:`` section (:func:`read_training`): backend,
+    keys, model options (with ``finetune_options`` over them), epochs (``finetune_epochs``,
+    else ``max_epochs``; ``max_epochs`` overrides).  seeds: one per member (default: the
+    recorded seeds + 1); bootstrap: default the recorded choice.  File-based members (MACE)
+    start from their model files; the in-process ridge trainer refits on all data.  The
+    calibration of a file-based committee is carried over; the ridge trainer fits its own.
+    Returns ``out_dir/committee.yaml``, whose ``training:`` section allows the next fine-tune.
+    Raises ConfigError, TrainingError.
+    """
+    path = Path(committee_yaml)
+    spec = read_yaml(path)
+    training = read_training(path)
+    backend = training["backend"]
+    trainer = _trainer(backend)
+    in_process = getattr(trainer, "IN_PROCESS", False)
+    init = None
+    if not in_process:
+        if not getattr(trainer, "FINE_TUNE", False):
+            raise ConfigError(f"backend {backend!r} cannot fine-tune from current weights yet")
+        init = [p for e in spec["members"] for p in expand_paths(e["path"], path.parent)]
+    n = len(spec["members"]) if in_process else len(init)
+    seeds = [s + 1 for s in member_seeds_of(training, n)] if seeds is None else seeds
+    epochs = max_epochs or training.get("finetune_epochs") or training.get("max_epochs")
+    out = train_committee(
+        train_file, out_dir, backend=backend, n_members=n, seeds=seeds,
+        bootstrap=training.get("bootstrap", False) if bootstrap is None else bootstrap,
+        energy_key=training.get("energy_key", "REF_energy"),
+        forces_key=training.get("forces_key", "REF_forces"),
+        stress_key=training.get("stress_key", "REF_stress"), max_epochs=epochs,
+        model_options={**(training.get("model_options") or {}), **(training.get("finetune_options") or {})},
+        device=device or training.get("device", "cpu"),
+        dtype=training.get("dtype", "float64"), n_jobs=n_jobs, timeout_s=timeout_s,
+        calibration=None if in_process else spec.get("calibration"), init_models=init,
+        finetune_epochs=training.get("finetune_epochs"))
+    new = read_yaml(out)
+    new["training"]["model_options"] = dict(training.get("model_options") or {})
+    if training.get("finetune_options"):
+        new["training"]["finetune_options"] = dict(training["finetune_options"])
+    new.update({k: spec[k] for k in ("molecules", "stress", "name") if k in spec})
+    new["training"]["finetuned_from"] = str(path.resolve())
+    write_yaml_atomic(out, new)
+    return out
+
+
+def committee_retrainer(committee_yaml, out_dir, n_jobs=1):
+    """``retrain(label_file) -> committee`` for on-the-fly retraining (``--retrain-every``).
+
+    Every call fine-tunes the current committee (first the one of ``committee_yaml``, then the
+    previous round's) from its current weights on the seed set of its ``training:`` section plus
+    every label in ``label_file``, into ``out_dir/labels_NNNNN/`` (NNNNN = labels trained on).
+    A call with a label count already trained on reuses that round (a resumed run rebuilds its
+    committee without training again).  The section is checked now (ConfigError without it).
+    """
+    from ase.io import read, write
+
+    read_training(committee_yaml)
+    out_dir = Path(out_dir)
+
+    def retrain(label_file):
+        labels = read(str(label_file), index=":")
+        rnd = out_dir / f"labels_{len(labels):05d}"
+        if (rnd / "committee.yaml").is_file():
+            return load_committee(rnd / "committee.yaml")
+        earlier = sorted(p for p in out_dir.glob("labels_*") if (p / "committee.yaml").is_file()
+                         and p.name < rnd.name)
+        current = earlier[-1] / "committee.yaml" if earlier else Path(committee_yaml)
+        seeds = [a for f in training_files(committee_yaml) for a in read(str(f), index=":")]
+        rnd.mkdir(parents=True, exist_ok=True)
+        train_file = rnd / "train.extxyz"
+        write(str(train_file), seeds + labels, format="extxyz")
+        yaml_path = fine_tune_committee(current, train_file, rnd / "committee", n_jobs=n_jobs)
+        write_yaml_atomic(rnd / "committee.yaml", _relocated(yaml_path, rnd))
+        retrain.last_yaml = str(rnd / "committee.yaml")
+        return load_committee(rnd / "committee.yaml")
+
+    retrain.last_yaml = None
+    retrain.out_dir = str(out_dir)
+    return retrain
+
+
+def _relocated(yaml_path, folder) -> dict:
+    """The committee spec of ``yaml_path`` with member paths valid from ``folder``."""
+    yaml_path = Path(yaml_path)
+    spec = read_yaml(yaml_path)
+    for entry in spec.get("members", []):
+        if "path" in entry and not Path(entry["path"]).is_absolute():
+            entry["path"] = str((yaml_path.parent / entry["path"]).resolve())
+    return spec
+
+
+__all__ = ["train_committee", "fine_tune_committee", "make_retrainer", "committee_retrainer", "read_training",
+           "training_files", "member_seeds_of", "TRAINERS"]

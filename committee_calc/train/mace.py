@@ -35,11 +35,21 @@ def _flags(options: dict) -> list:
 
 
 def member_job(train_file, work_dir, seed, *, energy_key, forces_key, stress_key,
-               max_epochs, model_options, device="cpu", dtype="float64"):
-    """argv for one member's training run; its model lands in ``work_dir/member.model``."""
+               max_epochs, model_options, device="cpu", dtype="float64", init_model=None):
+    """argv for one member's training run; its model lands in ``work_dir/member.model``.
+
+    init_model: a MACE model file to fine-tune (mace-torch's ``--foundation_model``, single
+    head: the architecture and the isolated-atom energies E0 are the model's, the
+    architecture options of ``model_options`` are ignored by mace); None trains from scratch.
+    E0 is passed explicitly (:func:`model_e0s`): ``--E0s foundation`` fails on a
+    one-element model in mace-torch 0.3.16.
+    """
     opts = {"model": "MACE", "E0s": "average", "valid_fraction": 0.1, "plot": "False",
             "eval_interval": 1, "save_cpu": True}
     opts.update(model_options or {})
+    if init_model is not None:
+        opts.update(foundation_model=str(init_model), multiheads_finetuning="False",
+                    E0s=model_e0s(init_model))
     argv = [python_exe(), "-m", "mace.cli.run_train", "--name", "member",
             "--work_dir", str(work_dir), "--train_file", str(train_file), "--seed", str(seed),
             "--energy_key", energy_key,
@@ -53,6 +63,17 @@ def member_job(train_file, work_dir, seed, *, energy_key, forces_key, stress_key
     return argv + _flags(opts)
 
 
+def model_e0s(path) -> str:
+    """The isolated-atom energies [eV] of a MACE model file as ``--E0s`` text ``{Z: E0, ...}``
+    (first head)."""
+    import torch
+
+    model = torch.load(str(path), map_location="cpu", weights_only=False)
+    zs = [int(z) for z in model.atomic_numbers]
+    e0 = model.atomic_energies_fn.atomic_energies.detach().cpu().double().reshape(-1, len(zs))[0]
+    return str({z: float(e) for z, e in zip(zs, e0.tolist())})
+
+
 def collect_model(work_dir, dest) -> str:
     """Move the trained model into place (atomic rename)."""
     return install_model(Path(work_dir) / "member.model", dest,
@@ -61,3 +82,5 @@ def collect_model(work_dir, dest) -> str:
 
 MODEL_SUFFIX = ".model"
 DEFAULT_EPOCHS = 100
+#: member_job takes ``init_model`` (fine-tuning from the current weights)
+FINE_TUNE = True

@@ -7,7 +7,10 @@ JCTC 15, 906 (2019)) on energies, forces, or Δ-values of both, and calibrates
 the spread with the out-of-sample α.  :meth:`PairRidgeCommittee.as_committee`
 wraps it as a :class:`~committee_calc.committee.CommitteeCalculator` of
 :class:`~committee_calc.members.ridge.RidgeMember` s.  :class:`RidgeTrainer`
-is the active-learning trainer over it (seconds, in-process).
+is the active-learning trainer over it (seconds, in-process).  :func:`train_members` and
+:class:`RidgeMemberCalculator` are the ``backend: ridge`` adapter of
+:func:`committee_calc.train.train_committee` (members written inline into the committee YAML
+as ``backend: ase`` entries; a fine-tune is a refit on all data).
 
 The resampling helpers (:func:`_subsets`, :func:`_calibrate`) are shared with
 the expected-improvement surrogate
@@ -21,12 +24,14 @@ Units: energies eV, forces eV/Å; α is dimensionless.
 from __future__ import annotations
 
 import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read
 
 from .. import keys as K
 from ..committee import CommitteeCalculator
 from ..errors import ConfigError
 from ..members.ridge import PairBasis, RidgeMember, pair_predict
+from ._common import bootstrap_indices
 
 
 def _ridge(A, b, lam):
@@ -157,8 +162,11 @@ class PairRidgeCommittee:
         self.alpha = 1.0
         self.bias_std = 0.0     # eV per structure (calibration="bias" only)
 
-    def fit(self, structures, energies, forces=None):
-        """Fit on energies (n,) [eV] and optionally forces (list of (N,3)) [eV/Å]; returns self."""
+    def fit(self, structures, energies, forces=None, subsets=None):
+        """Fit on energies (n,) [eV] and optionally forces (list of (N,3)) [eV/Å]; returns self.
+
+        subsets: one index array per member (e.g. bootstrap samples, repeats allowed) instead
+        of the committee's own resampling; ``len(subsets)`` must equal ``n_members``."""
         structures = list(structures)
         E = np.asarray(energies, float).reshape(-1)
         if len(structures) != len(E) or not len(E):
@@ -175,7 +183,11 @@ class PairRidgeCommittee:
                 A = np.vstack([phi[None, :] / n, -self.force_weight * dphi.reshape(3 * n, -1)])
                 b = np.concatenate([[E[s] / n], self.force_weight * F.reshape(-1)])
             blocks.append((A, b, phi))
-        if self.resampling == "stable":
+        if subsets is not None:
+            subsets = [np.asarray(sub, int) for sub in subsets]
+            if len(subsets) != self.n_members or any(len(sub) == 0 for sub in subsets):
+                raise ConfigError(f"need {self.n_members} non-empty member subsets, got {len(subsets)}")
+        elif self.resampling == "stable":
             subsets = _stable_subsets(len(blocks), self.n_members, self.subsample, self.seed)
         else:
             subsets = _subsets(len(blocks), self.n_members, self.subsample, np.random.default_rng(self.seed))
@@ -226,3 +238,82 @@ class RidgeTrainer:
         F = [np.asarray(f.arrays[self.forces_key]) for f in frames] if use_forces else None
         self.model = PairRidgeCommittee(self.species, **self.options).fit(frames, E, F)
         return self.model.as_committee(molecules=self.molecules)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ``backend: ridge`` training adapter of :func:`committee_calc.train.train_committee`
+#: trained in this process (no member jobs); one epoch is one exact least-squares fit
+IN_PROCESS = True
+DEFAULT_EPOCHS = 1
+MEMBER_CALCULATOR = "committee_calc.train.ridge.RidgeMemberCalculator"
+
+
+class RidgeMemberCalculator(Calculator):
+    """One fitted pair-ridge member as an ASE calculator (``backend: ase`` in a committee YAML).
+
+    species, r_cut [Å], n_basis: the :class:`PairBasis`; weights: (d,) fitted weights.
+    Energy [eV] and forces [eV/Å], no stress.  Raises ConfigError when the weights do not fit
+    the basis.
+    """
+
+    implemented_properties = (K.ENERGY, K.FREE_ENERGY, K.FORCES)
+
+    def __init__(self, species, weights, r_cut=5.0, n_basis=12, **kwargs):
+        super().__init__(**kwargs)
+        self.basis = PairBasis(species, r_cut=r_cut, n_basis=n_basis)
+        self.weights = np.asarray(weights, float).reshape(-1)
+        if len(self.weights) != self.basis.n_features:
+            raise ConfigError(f"ridge member has {len(self.weights)} weights; its basis needs "
+                              f"{self.basis.n_features}")
+
+    def calculate(self, atoms=None, properties=(K.ENERGY,), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        p = pair_predict(self.basis, self.weights, self.atoms, forces=True)[0]
+        self.results = {K.ENERGY: p[K.ENERGY], K.FREE_ENERGY: p[K.ENERGY], K.FORCES: p[K.FORCES]}
+
+
+def _member_subsets(n, seeds, bootstrap, subsample):
+    """One training subset per member seed: a bootstrap sample, or ``round(subsample·n)``
+    structures without repeats -> (subsets, records with the indices and out-of-bag rest)."""
+    subsets, records = [], []
+    for seed in seeds:
+        if bootstrap:
+            idx, oob = bootstrap_indices(n, seed)
+        else:
+            k = max(1, min(n, int(round(subsample * n))))
+            idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).tolist()
+            oob = np.setdiff1d(np.arange(n), idx).tolist()
+        subsets.append(np.asarray(idx, int))
+        records.append({"seed": int(seed), "n_train": n, "bootstrap_indices": idx, "oob_indices": oob})
+    return subsets, records
+
+
+def train_members(frames, seeds, *, bootstrap, energy_key, forces_key, model_options=None) -> tuple:
+    """Fit one pair-ridge member per seed on ``frames`` (energies [eV], forces [eV/Å]).
+
+    Members differ by their subset: a bootstrap sample with ``bootstrap``, else a random
+    ``subsample`` fraction (option, default 0.7) drawn with the member's seed.
+    model_options: ``species`` (default: the elements of ``frames``), ``r_cut``, ``n_basis``,
+    ``ridge``, ``force_weight``, ``subsample``, ``calibration`` (of :class:`PairRidgeCommittee`).
+    Returns ``(member YAML entries, member records, calibration {energy: α, forces: α})``;
+    the entries hold the weights inline (``backend: ase`` + :class:`RidgeMemberCalculator`).
+    Raises ConfigError for unknown options or fewer than 2 members.
+    """
+    opts = dict(model_options or {})
+    species = sorted(opts.pop("species", None) or {s for a in frames for s in a.get_chemical_symbols()})
+    subsample = float(opts.pop("subsample", 0.7))
+    subsets, records = _member_subsets(len(frames), seeds, bootstrap, subsample)
+    try:
+        model = PairRidgeCommittee(species, n_members=len(seeds), **opts)
+    except TypeError as exc:
+        raise ConfigError(f"unknown ridge model option: {exc}") from None
+    E = [float(a.info[energy_key]) for a in frames]
+    F = [np.asarray(a.arrays[forces_key]) for a in frames] if forces_key else None
+    model.fit(frames, E, F, subsets=subsets)
+    basis = model.basis
+    members = [{"backend": "ase", "name": f"ridge_{k}", "calculator": MEMBER_CALCULATOR,
+                "species": list(basis.species), "cutoff": basis.r_cut,
+                "parameters": {"species": list(basis.species), "r_cut": basis.r_cut,
+                               "n_basis": basis.n_basis, "weights": model.weights[k].tolist()}}
+               for k in range(len(seeds))]
+    return members, records, {K.ENERGY: float(model.alpha), K.FORCES: float(model.alpha)}
