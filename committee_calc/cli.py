@@ -25,14 +25,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import load_committee, read_yaml
+from .config import load_committee
 from .errors import CommitteeError, ConfigError, GateStop
 from .fileio import check_dir
 from .gate import Gate
 from .imports import import_object
 from .measures import MEASURES, check_molecules, parse_limits
 from .reference import load_reference
-from .train import make_retrainer
+from .train import committee_retrainer
 
 log = logging.getLogger("committee_calc")
 
@@ -139,15 +139,16 @@ def check_species(committee, images) -> None:
 
 
 def retrainer_from_args(args):
-    """``retrain(label_file) -> committee`` from the committee YAML's ``training:`` block, or None."""
+    """``retrain(label_file) -> committee`` fine-tuning the committee of ``--committee`` (its YAML's
+    ``training:`` section, written by ``train_committee``) into ``<--out>/retrain/``, or None
+    without ``--retrain-every``.  ConfigError when the section is missing."""
     every = getattr(args, "retrain_every", None)
     if not every:
         return None
-    training = read_yaml(args.committee).get("training")
-    if not training:
-        raise ConfigError("--retrain-every needs a 'training:' block in the committee YAML "
-                          "(backend, out_dir and trainer options for make_retrainer)")
-    return make_retrainer(**training)
+    if isinstance(every, bool) or int(every) < 1:
+        raise ConfigError(f"--retrain-every must be a positive number of labels, got {every!r}")
+    out = getattr(args, "out", None) or "."
+    return committee_retrainer(args.committee, Path(out) / "retrain")
 
 
 def build_gate(args, driver: str, committee=None, molecules=None, thresholds=None,

@@ -66,10 +66,9 @@ def member_job(train_file, work_dir, seed, *, energy_key, forces_key, stress_key
                       max_epochs=max_epochs, model_options=model_options, dtype=dtype)
     path = Path(work_dir) / "nequip_config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if device == "cpu":
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    # the child hides GPUs itself for a CPU run; this process's environment is not touched
     return [python_exe(), "-m", "committee_calc.train.nequip", str(path),
-            str(Path(work_dir) / "member.pth")]
+            str(Path(work_dir) / "member.pth"), device]
 
 
 def collect_model(work_dir, dest) -> str:
@@ -77,8 +76,10 @@ def collect_model(work_dir, dest) -> str:
                          f"nequip training in {work_dir} finished without a deployed model")
 
 
-def _run(config_path: str, out_path: str) -> None:  # child process entry point
+def _run(config_path: str, out_path: str, device: str = "cpu") -> None:  # child process entry point
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    if device == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     from nequip.scripts import deploy, train
 
     cfg = yaml.safe_load(Path(config_path).read_text())
@@ -88,4 +89,4 @@ def _run(config_path: str, out_path: str) -> None:  # child process entry point
 
 
 if __name__ == "__main__":
-    _run(sys.argv[1], sys.argv[2])
+    _run(*sys.argv[1:4])
