@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ase.calculators.emt import EMT
 from ase.io import write
 
+from committee_calc.train import train_committee
 from drivers.active_learn import main as learn_main
+from drivers.campaign import main as campaign_main
 from drivers.npt_md import main as md_main
 from drivers.qha import main as qha_main
 from drivers.relax import main as relax_main
@@ -28,12 +31,27 @@ COMMITTEE = """members:
 REFERENCE = "calculator: ase.calculators.emt.EMT\nparameters: {}\n"
 
 
-def make_inputs(d: Path, n=6) -> dict:
+def _ridge_committee(d: Path) -> str:
+    """A committee with a ``training:`` section (what committee-campaign fine-tunes): 4 ridge
+    members trained in-process on EMT labels of the landscape's structures."""
+    seed = synthetic_landscape(6, seed=2, baseline=False)
+    for a in seed:
+        a.calc = EMT()
+        a.info["REF_energy"], a.arrays["REF_forces"] = a.get_potential_energy(), a.get_forces()
+        a.calc = None
+    write(d / "seed.extxyz", seed)
+    return train_committee(d / "seed.extxyz", d / "ridge", backend="ridge", n_members=4, bootstrap=True,
+                           model_options={"r_cut": 4.5, "n_basis": 8, "ridge": 1e-6})
+
+
+def make_inputs(d: Path, n=6, training=False) -> dict:
+    """Tiny inputs in ``d``; ``training``: the committee is one with a ``training:`` section."""
     d = Path(d)
     write(d / "land.extxyz", synthetic_landscape(n, seed=1))
     (d / "committee.yaml").write_text(COMMITTEE)
     (d / "ref.yaml").write_text(REFERENCE)
-    return {"structure": str(d / "land.extxyz"), "committee": str(d / "committee.yaml"),
+    committee = _ridge_committee(d) if training else str(d / "committee.yaml")
+    return {"structure": str(d / "land.extxyz"), "committee": committee,
             "reference": str(d / "ref.yaml"), "labels": str(d / "labels" / "labels.extxyz"),
             "out": str(d / "out"), "threshold": "1e-9", "extra": []}
 
@@ -61,10 +79,16 @@ DRIVERS = {
                                      "--no-progress", *i["extra"]]),
     "rerank": (rerank_main, lambda i: [i["structure"], *_gate(i), "--molecules", "none",
                                        "--out", i["out"], "--no-progress", *i["extra"]]),
+    "campaign": (campaign_main, lambda i: [i["structure"], "--committee", i["committee"], "--reference",
+                                           i["reference"], "--threshold-forces-std-max-eVA", i["threshold"],
+                                           "--out", i["out"], "--max-rounds", "1", "--max-steps", "2",
+                                           *i["extra"]]),
 }
 #: drivers without a --committee / --labels option
 NO_COMMITTEE = {"learn"}
-NO_LABELS = {"learn"}
+NO_LABELS = {"learn", "campaign"}
+#: drivers whose committee must carry a training: section
+NEEDS_TRAINING = {"campaign"}
 
 
 def argv(driver: str, inputs: dict) -> list:

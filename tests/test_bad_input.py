@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ase.io import read, write
 
-from driver_inputs import DRIVERS, NO_COMMITTEE, NO_LABELS, argv, make_inputs
+from driver_inputs import DRIVERS, NEEDS_TRAINING, NO_COMMITTEE, NO_LABELS, argv, make_inputs
 
 
 def _text(d, name, text):
@@ -108,7 +108,7 @@ MATRIX = [pytest.param(drv, kind, id=f"{drv}-{kind}") for drv in DRIVERS for kin
 
 @pytest.mark.parametrize("driver, kind", MATRIX)
 def test_bad_input_is_refused_cleanly(driver, kind, tmp_path, capsys):
-    inputs = make_inputs(tmp_path, n=3)
+    inputs = make_inputs(tmp_path, n=3, training=driver in NEEDS_TRAINING)
     spoil, expected = CASES[kind]
     spoil(tmp_path, inputs)
     before = snapshot(tmp_path)

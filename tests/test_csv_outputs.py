@@ -12,7 +12,7 @@ import re
 import pandas as pd
 import pytest
 
-from driver_inputs import DRIVERS, argv, make_inputs
+from driver_inputs import DRIVERS, NEEDS_TRAINING, argv, make_inputs
 
 #: extra options per driver so that it writes all of its CSV files
 EXTRA = {"relax": ["--cluster", "--descriptor", "pair"],
@@ -21,7 +21,8 @@ EXTRA = {"relax": ["--cluster", "--descriptor", "pair"],
 EXPECTED = {"relax": {"summary.csv", "clusters.csv"}, "mc": {"chain_000/steps.csv"},
             "md": {"md_log.csv"}, "qha": {"qha.csv", "qha_members.csv", "qha_pressure.csv",
                                           "imaginary_modes.csv"},
-            "learn": set(), "rerank": {"reranked.csv", "reference_calls.csv"}}
+            "learn": set(), "rerank": {"reranked.csv", "reference_calls.csv"},
+            "campaign": {"summary.csv"}}
 NUMPY_REPR = re.compile(r"np\.(float|int|bool|str)\w*\(|array\(")
 
 
@@ -51,7 +52,7 @@ def check_csv(path):
 @pytest.mark.filterwarnings("ignore:.*imaginary mode")  # rattled cells, no relaxation: expected
 @pytest.mark.parametrize("driver", list(DRIVERS))
 def test_driver_csv_outputs_are_numeric(driver, tmp_path):
-    inputs = make_inputs(tmp_path, n=4)
+    inputs = make_inputs(tmp_path, n=4, training=driver in NEEDS_TRAINING)
     inputs["threshold"] = "1e-6"
     inputs["extra"] = EXTRA.get(driver, [])
     rc = DRIVERS[driver][0](argv(driver, inputs))
