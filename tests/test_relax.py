@@ -136,13 +136,16 @@ def test_policy_thresholds_are_explicit_and_pure():
     assert policy_thresholds("fallback", given) == (given, 0.3)
     assert policy_thresholds("stop", given) == ({"forces_std_max": 0.2}, 0.3)
     assert policy_thresholds("stop", {"force_uncertainty_relative": 0.3}) == ({}, 0.3)
-    assert policy_thresholds("stop_and_label", given, u_max=0.1) == (
+    assert policy_thresholds("stop_and_label", {"forces_std_max": 0.2}, u_max=0.1) == (
         {"forces_std_max": 0.2, "force_uncertainty_relative": 0.1}, 0.1)
+    assert policy_thresholds("stop_and_label", given, u_max=0.3) == (given, 0.3)  # the same value twice
     assert given == {"forces_std_max": 0.2, "force_uncertainty_relative": 0.3}  # not modified
     with pytest.raises(ConfigError, match="U_max"):
         policy_thresholds("stop_and_label", {"forces_std_max": 0.2})
-    with pytest.raises(ConfigError, match="threshold"):
-        policy_thresholds("fallback", {})
+    # no thresholds: a plain committee relaxation (README: omit --reference for committee-only)
+    assert policy_thresholds("fallback", {}) == ({}, None)
+    with pytest.raises(ConfigError, match="given twice"):
+        policy_thresholds("stop", {"force_uncertainty_relative": 0.3}, u_max=0.2)
 
 
 @pytest.mark.parametrize("policy,extra", [
@@ -325,3 +328,18 @@ def test_bad_input_fails_cleanly_without_labels(tmp_path, case, capsys):
             "reference_not_installed": "not_a_dft_code", "species": "Cu"}[case] in err
     assert not (tmp_path / "labels.extxyz").exists()
     assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_committee_only_relaxation_with_the_defaults(tmp_path, capsys):
+    """No --reference and no thresholds: the default policy relaxes on the committee alone (no
+    label store, no reference call); the summary says the minima are not verified."""
+    from drivers.relax import main
+
+    write_inputs(tmp_path, n=2)
+    rc = main([str(tmp_path / "candidates.extxyz"), "--committee", str(tmp_path / "committee.yaml"),
+               "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert len(rows) == 2 and all(r["reference_calls"] == "0" for r in rows)
+    assert {r["verified"] for r in rows} == {"not verified"}
+    assert not (tmp_path / "labels.extxyz").exists()

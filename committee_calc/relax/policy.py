@@ -32,7 +32,8 @@ def policy_thresholds(policy: str, thresholds=None, u_max=None) -> tuple:
         :func:`committee_calc.cli.limits_from_args`); not modified.
     u_max: U_max of the stop policies; default ``thresholds["force_uncertainty_relative"]``.
 
-    ``fallback``: the thresholds as given (at least one needed).
+    ``fallback``: the thresholds as given; none: the committee answers every step (a plain
+    committee relaxation, verified at the end when the gate has a reference).
     ``stop``: U_max is the stop criterion, not a fallback threshold: it is
     removed; other thresholds, if any, still fall back (none: committee only).
     ``stop_and_label``: U_max needed; the threshold on U is set to U_max, so
@@ -42,7 +43,11 @@ def policy_thresholds(policy: str, thresholds=None, u_max=None) -> tuple:
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
     th = dict(thresholds or {})
-    u_max = u_max if u_max is not None else th.get(K.FORCE_UNCERTAINTY_RELATIVE)
+    given = th.get(K.FORCE_UNCERTAINTY_RELATIVE)
+    if u_max is not None and given is not None and float(u_max) != float(given):
+        raise ConfigError(f"U_max given twice with different values (--u-max {u_max:g} and "
+                          f"--threshold-force-uncertainty-relative {given:g}); give it once")
+    u_max = u_max if u_max is not None else given
     if policy == "stop":
         th.pop(K.FORCE_UNCERTAINTY_RELATIVE, None)
     elif policy == "stop_and_label":
@@ -50,9 +55,6 @@ def policy_thresholds(policy: str, thresholds=None, u_max=None) -> tuple:
             raise ConfigError("policy 'stop_and_label' needs U_max (--u-max or "
                               "--threshold-force-uncertainty-relative)")
         th[K.FORCE_UNCERTAINTY_RELATIVE] = u_max
-    elif not th:
-        raise ConfigError("policy 'fallback' needs at least one threshold (--threshold-* option) "
-                          "and a reference")
     return th, u_max
 
 
