@@ -202,7 +202,11 @@ def test_scan_and_options_validated_before_any_output():
                       (dict(linear_scales=SCALES[:4]), "at least 5 volumes"),
                       (dict(scale_range=(0.98, 1.02, 5.5)), "positive integer"),
                       (dict(linear_scales=SCALES, relax="full"), "relax mode"),
-                      (dict(linear_scales=SCALES, fmax_eVA=0), "fmax")]:
+                      (dict(linear_scales=SCALES, fmax_eVA=0), "fmax"),
+                      (dict(linear_scales=[1, 1, 1, 1, 1]), "distinct volumes"),
+                      (dict(volume_scales=[0.9, 0.95, 1.0, 1.0, 1.05]), "distinct volumes"),
+                      (dict(linear_scales=[-1, 0.98, 1.0, 1.01, 1.02]), "> 0"),
+                      (dict(scale_range=(-1, 1.01, 5)), "0 < MIN < MAX")]:
         with pytest.raises(ConfigError, match=match):
             VolumeScan(**kw)
     with pytest.raises(ConfigError, match="unknown EOS"):

@@ -97,6 +97,15 @@ class VolumeScan:
                 raise ConfigError(f"the N of scale_range (MIN, MAX, N) must be a positive "
                                   f"integer, got {n:g}")
         check_volume_count(self.n_volumes)
+        for k in ("linear_scales", "volume_scales", "pressures_GPa"):
+            values = getattr(self, k)
+            if values is not None and len(set(values)) != len(values):
+                raise ConfigError(f"{k} repeats a value ({list(values)}); the equation of state needs "
+                                  "distinct volumes")
+            if values is not None and k != "pressures_GPa" and min(values) <= 0:
+                raise ConfigError(f"{k} must be > 0, got {list(values)}")
+        if self.scale_range is not None and not 0 < self.scale_range[0] < self.scale_range[1]:
+            raise ConfigError(f"scale_range needs 0 < MIN < MAX, got {self.scale_range[:2]}")
         if self.relax not in RELAX_MODES:
             raise ConfigError(f"relax mode must be one of {RELAX_MODES}, got {self.relax!r}")
         check_positive("fmax_eVA", self.fmax_eVA)

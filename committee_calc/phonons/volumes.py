@@ -66,10 +66,7 @@ def committee_only(gate: Gate) -> Gate:
     ``Gate(gate.committee)`` with the same hard caps and molecule count (no thresholds, no
     reference, no labels): above a cap it still stops (GateStop)."""
     require_gate(gate, "committee_only")
-    if gate.reference is None:
-        return gate
-    return Gate(gate.committee, hard_cap=gate.hard_cap or None, molecules=gate.molecules,
-                stress=gate.stress_mode)
+    return gate if gate.reference is None else gate.committee_only()
 
 
 def relax_structure(atoms: Atoms, gate: Gate, mode: str = "internal", fmax_eVA: float = 0.005,
