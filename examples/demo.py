@@ -22,10 +22,14 @@ that flags the collapsed cells (11-13 Å³/atom) where the committee is
 confidently wrong by up to 160 meV/atom.  This committee is small and the
 calibrated energy spread is large everywhere (20-70 meV/atom on good frames),
 so a tighter energy threshold sends nearly every step to GPAW.
-Measured with these defaults (4 candidates, 2 shared cores): 8 min 46 s;
-93 GPAW calls of 352 evaluations (26 %); the lowest gated minima are dense
-cells (3.1 g/cm³) where the committee is still 70-125 meV/atom too low --
-the demo prints that comparison rather than hiding it.
+Measured with these defaults (4 candidates, 2 cores), since the relaxer keeps a
+structure on GPAW until the committee is trusted again (hysteresis) and checks
+every committee minimum with a GPAW single point: 12 min 57 s; 262 GPAW calls
+of 389 evaluations (67 %); 2 candidates converged on the GPAW surface (the
+reported minima equal GPAW single points), 2 ended at max_steps.  Before these
+changes the same run made 93 GPAW calls (26 %) but reported minima 70-125
+meV/atom below GPAW.  This example committee is not fit for the job (issue:
+an active relaxation campaign with retraining and a polymorph-ranking demo).
 Outputs: ``demo_output/relax/`` (relaxed.extxyz, summary.csv, clusters.csv,
 landscape.png, trajectories/).  Rerunning resumes; ``--fresh`` starts over.
 """
