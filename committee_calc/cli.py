@@ -12,6 +12,8 @@ label store here, from the same options, and runs through :func:`run_cli`.
 * :class:`ArgumentParser` (argparse with the same ``error:`` line) and :func:`check_outputs`
   (``--out`` and ``--labels`` can be created; nothing is created) are used by every driver
   before any work.
+* :data:`nonnegative_int`, :data:`positive_int`, :data:`finite_float`, :data:`positive_float`,
+  :data:`nonnegative_float`: argparse ``type=`` checks (seeds, counts, pressures, times).
 * :func:`run_cli` maps committee_calc errors (and OSErrors) to one ``error:`` line and exit 2,
   and hides known third-party warnings unless ``COMMITTEE_CALC_VERBOSE=1``.
 """
@@ -33,6 +35,7 @@ from .imports import import_object
 from .measures import MEASURES, check_molecules, parse_limits
 from .reference import load_reference
 from .train import committee_retrainer
+from .units import check_count, check_finite, check_positive
 
 log = logging.getLogger("committee_calc")
 
@@ -50,6 +53,27 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(2, f"error: {self.prog}: {' '.join(str(message).split())}\n")
+
+
+def _arg_type(check, label: str):
+    """An argparse ``type=`` that runs ``check(name, text)`` (a :mod:`committee_calc.units`
+    checker); its UnitError becomes argparse's usage error (one ``error:`` line, exit 2)."""
+    def parse(text):
+        try:
+            return check("value", text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("value must be", "must be", 1)) from None
+
+    parse.__name__ = label  # argparse names the type in its own messages
+    return parse
+
+
+#: argparse types for options checked at parse time (before anything is read or written)
+nonnegative_int = _arg_type(lambda n, t: check_count(n, t, 0), "integer >= 0")
+positive_int = _arg_type(lambda n, t: check_count(n, t, 1), "integer >= 1")
+finite_float = _arg_type(check_finite, "finite number")
+positive_float = _arg_type(check_positive, "number > 0")
+nonnegative_float = _arg_type(lambda n, t: check_positive(n, t, allow_zero=True), "number >= 0")
 
 
 def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

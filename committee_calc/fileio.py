@@ -105,10 +105,20 @@ def save_json_atomic(path, obj) -> None:
 
 
 def load_json(path, default=None):
+    """The JSON object stored in ``path`` (``default`` when the file does not exist).
+
+    A resume-state file that cannot be read or decoded (truncated, edited, not JSON, not
+    readable) is a :class:`~committee_calc.errors.ConfigError` naming it and the fix, never a
+    ``JSONDecodeError`` traceback.
+    """
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{str(path)!r} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
+                          "delete it to start that part again, or use a new --out folder") from None
 
 
 def _json_default(o):

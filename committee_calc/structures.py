@@ -1,7 +1,8 @@
 """Structure helpers used across the package, each defined once.
 
 * :func:`is_bulk` — 3-D periodic with a full-rank cell (stress is defined).
-* :func:`check_cell` — periodic directions have independent lattice vectors (CellError).
+* :func:`check_cell` — finite cell; periodic directions have independent lattice vectors (CellError).
+* :func:`check_structure` — atoms present, finite, no duplicated atom, usable cell (read time).
 * :func:`structure_hash` — identity of a geometry for de-duplication.
 * :func:`read_structures` — every structure of a file or folder, with clear errors.
 * :func:`cell_widths` — perpendicular widths of a cell [Å].
@@ -34,9 +35,12 @@ def check_cell(atoms, what: str = "structure") -> None:
     needs independent, non-zero vectors along its periodic directions.
     """
     pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    if not np.all(np.isfinite(cell)):
+        raise CellError(f"{what} has a non-finite cell ({cell.tolist()}); give finite lattice vectors "
+                        "(a NaN/inf cell usually comes from a NaN pressure or a diverged simulation)")
     if not pbc.any():
         return
-    cell = np.asarray(atoms.cell[:], dtype=float)
     vecs = cell[pbc]
     lengths = np.linalg.norm(vecs, axis=1)
     if np.any(lengths < 1e-8):
@@ -48,6 +52,37 @@ def check_cell(atoms, what: str = "structure") -> None:
     if s.min() < 1e-6:
         raise CellError(f"{what} has a degenerate periodic cell (lattice vectors {vecs.tolist()} are "
                         "linearly dependent, volume ~0); fix the lattice vectors")
+
+
+#: two atoms closer than this [Å] are taken as a duplicated atom (no physical structure has them)
+MIN_DISTANCE_A = 0.1
+
+
+def check_structure(atoms, what: str = "structure", min_distance: float = MIN_DISTANCE_A) -> None:
+    """Raise when ``atoms`` cannot be a physical structure: no atoms
+    (:class:`~committee_calc.errors.StructureReadError`), non-finite positions, a non-finite or
+    degenerate periodic cell (:func:`check_cell`, :class:`~committee_calc.errors.CellError`), or
+    two atoms closer than ``min_distance`` [Å] (minimum image along periodic directions; a
+    duplicated atom), each message naming ``what`` and the fix.
+    """
+    if len(atoms) == 0:
+        raise StructureReadError(f"{what} has no atoms; remove it from the input or give its atoms")
+    pos = np.asarray(atoms.positions, dtype=float)
+    bad = np.flatnonzero(~np.all(np.isfinite(pos), axis=1))
+    if bad.size:
+        raise StructureReadError(f"{what} has non-finite (NaN/inf) coordinates for atom(s) "
+                                 f"{bad[:10].tolist()}; fix the positions")
+    check_cell(atoms, what)
+    if len(atoms) > 1 and min_distance > 0:
+        from ase.neighborlist import neighbor_list
+
+        i, j, d = neighbor_list("ijd", atoms, min_distance, self_interaction=False)
+        if i.size:
+            k = int(np.argmin(d))
+            raise StructureReadError(
+                f"{what} has atoms {int(i[k])} and {int(j[k])} only {float(d[k]):.3g} Å apart "
+                f"(closer than {min_distance} Å: a duplicated atom); remove the duplicate or fix "
+                "the positions")
 
 
 def structure_hash(atoms, decimals: int = 6) -> str:
@@ -148,7 +183,8 @@ def read_structures(path, index=":") -> list:
     """Every structure of a file (any ASE format) or of the files in a folder.
 
     Raises :class:`~committee_calc.errors.StructureReadError` when the path is
-    missing, a file cannot be read, or nothing is found.
+    missing, a file cannot be read, or nothing is found, and :func:`check_structure`'s errors
+    for a structure with no atoms, NaN coordinates, a duplicated atom or an unusable cell.
     """
     from ase.io import read
 
@@ -167,7 +203,7 @@ def read_structures(path, index=":") -> list:
             ) from exc
         got = got if isinstance(got, list) else [got]
         for i, atoms in enumerate(got):
-            check_cell(atoms, f"structure {i} of {str(f)!r}")
+            check_structure(atoms, f"structure {i} of {str(f)!r}")
         images.extend(got)
     if not images:
         raise StructureReadError(f"{str(p)!r} holds no structures")

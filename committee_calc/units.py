@@ -102,7 +102,35 @@ def check_positive(name: str, value, allow_zero: bool = False, allow_inf: bool =
     except (TypeError, ValueError):
         raise UnitError(f"{name} must be a number, got {value!r}") from None
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise UnitError(f"{name} must be finite, got {value!r}")
+        raise UnitError(f"{name} must be finite, got {_show(value)}")
     if v < 0 or (v == 0 and not allow_zero):
-        raise UnitError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise UnitError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {_show(value)}")
     return v
+
+
+def _show(value) -> str:
+    """``value`` as the user wrote it (numpy scalars as plain numbers, not ``np.float64(nan)``)."""
+    return repr(value.item()) if hasattr(value, "item") and not isinstance(value, str) else repr(value)
+
+
+def check_finite(name: str, value) -> float:
+    """``value`` as a finite float (NaN/inf and non-numbers: UnitError naming ``name``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UnitError(f"{name} must be a number, got {_show(value)}") from None
+    if not math.isfinite(v):
+        raise UnitError(f"{name} must be finite, got {_show(value)}")
+    return v
+
+
+def check_count(name: str, value, minimum: int = 0) -> int:
+    """``value`` as an integer >= ``minimum`` (a count, a seed, an interval); anything else
+    (negative, fractional, not a number) is a UnitError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UnitError(f"{name} must be an integer >= {minimum}, got {_show(value)}") from None
+    if not math.isfinite(v) or v != int(v) or int(v) < minimum:
+        raise UnitError(f"{name} must be an integer >= {minimum}, got {_show(value)}")
+    return int(v)

@@ -28,6 +28,9 @@ from committee_calc.cli import (
     add_output_argument,
     check_outputs,
     load_reference_from_args,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
     run_cli,
 )
 from committee_calc.errors import ConfigError
@@ -39,19 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="reference-calculator YAML")
     add_output_argument(p)
     p.add_argument("--backend", default="ridge", help="trainer backend: ridge, mace, nequip, schnetpack")
-    p.add_argument("--n-members", type=int, default=8)
+    p.add_argument("--n-members", type=positive_int, default=8)
     p.add_argument("--strategy", choices=STRATEGIES, default="highest_uncertainty")
     p.add_argument("--quantity", choices=list(QUANTITIES), default="dE")
-    p.add_argument("--batch-size", type=int, default=10, help="labels per iteration (retrain interval)")
-    p.add_argument("--initial-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=10, help="labels per iteration (retrain interval)")
+    p.add_argument("--initial-size", type=positive_int, default=None)
     add_energy_option(p, "threshold", "label structures whose committee energy spread is above this")
     add_energy_option(p, "energy_cutoff", "candidates within this baseline energy of the minimum")
     add_energy_option(p, "ei_window", "expected-improvement energy window")
-    p.add_argument("--target-fraction", type=float, default=0.05,
+    p.add_argument("--target-fraction", type=nonnegative_float, default=0.05,
                    help="stop when at most this fraction of candidates is above the threshold")
-    p.add_argument("--max-train-size", type=int, default=None)
-    p.add_argument("--max-iterations", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train-size", type=positive_int, default=None)
+    p.add_argument("--max-iterations", type=positive_int, default=1000)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -33,14 +33,20 @@ from committee_calc.cli import (
     cap_hint,
     check_outputs,
     check_species,
+    finite_float,
     limits_from_args,
     load_committee_from_args,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
     run_cli,
 )
+from committee_calc.committee import require_stress
 from committee_calc.errors import ConfigError
 from committee_calc.md.io import UNPHYSICAL
 from committee_calc.md.runner import MODES, check_mode, run_md
-from committee_calc.md.schedule import ENSEMBLES, TemperatureSchedule
+from committee_calc.md.schedule import ENSEMBLES, NPT_ENSEMBLES, TemperatureSchedule
 from committee_calc.md.select import MEASURES, METHODS, Selection
 from committee_calc.structures import read_structures
 
@@ -58,25 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="record")
     md = p.add_argument_group("dynamics")
     md.add_argument("--ensemble", choices=ENSEMBLES, default="mtk_iso")
-    md.add_argument("--steps", type=int, required=True, help="total number of MD steps")
+    md.add_argument("--steps", type=positive_int, required=True, help="total number of MD steps")
     md.add_argument("--timestep-fs", type=float, default=1.0)
     md.add_argument("--temperature-K", dest="temperature_K", default="300",
                     help="'300' constant, '100:400' linear ramp, '100,200,300,400' set points")
     md.add_argument("--schedule-mode", choices=("hold", "ramp"), default="hold",
                     help="for comma-separated set points: hold each, or interpolate linearly")
-    md.add_argument("--pressure-GPa", type=float, default=0.0)
-    md.add_argument("--tdamp-fs", type=float, default=None, help="thermostat time (default 100 steps)")
-    md.add_argument("--pdamp-fs", type=float, default=None, help="barostat time (default 1000 steps)")
+    md.add_argument("--pressure-GPa", type=finite_float, default=0.0)
+    md.add_argument("--tdamp-fs", type=positive_float, default=None, help="thermostat time (default 100 steps)")
+    md.add_argument("--pdamp-fs", type=positive_float, default=None, help="barostat time (default 1000 steps)")
     md.add_argument("--anisotropic", action="store_true",
                     help="langevin/berendsen: let the cell shape change (mtk is always full-cell)")
-    md.add_argument("--write-interval", type=int, default=10,
+    md.add_argument("--write-interval", type=positive_int, default=10,
                     help="frame + checkpoint every N steps (a step count, no unit)")
-    md.add_argument("--seed", type=int, default=0, help="initial velocities / Langevin noise")
+    md.add_argument("--seed", type=nonnegative_int, default=0, help="initial velocities / Langevin noise")
     s = p.add_argument_group("safety")
-    s.add_argument("--min-distance-A", type=float, default=0.6)
-    s.add_argument("--max-volume-ratio", type=float, default=2.0,
+    s.add_argument("--min-distance-A", type=nonnegative_float, default=0.6)
+    s.add_argument("--max-volume-ratio", type=positive_float, default=2.0,
                    help="stop when V/V0 leaves [1/r, r] (dimensionless)")
-    s.add_argument("--cutoff-A", type=float, default=None,
+    s.add_argument("--cutoff-A", type=positive_float, default=None,
                    help="committee cutoff for the cell-size check (default: from the members)")
     q = p.add_argument_group("selection after a record run")
     q.add_argument("--select", choices=METHODS + ("none",), default="highest")
@@ -103,6 +109,7 @@ def _main(argv=None) -> int:
         args.select, args.select_measure, args.n_select, args.lower_trust, args.upper_trust, args.seed)
     committee = load_committee_from_args(args)
     check_species(committee, [atoms])
+    require_stress(committee, args.ensemble in NPT_ENSEMBLES, f"--ensemble {args.ensemble}")
     gate = build_gate(args, "md", committee=committee)
     run = run_md(atoms, gate, args.out, args.steps, mode=args.mode, selection=selection,
                  ensemble=args.ensemble, timestep_fs=args.timestep_fs, temperature=schedule,

@@ -19,6 +19,7 @@ from committee_calc.active.options import (
     add_committee_source_arguments,
     add_energy_option,
     add_landscape_arguments,
+    check_experimental,
     committee_from_args,
     landscape_from_args,
     spread_from_args,
@@ -34,6 +35,7 @@ from committee_calc.cli import (
     load_reference_from_args,
     run_cli,
 )
+from committee_calc.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,14 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None):
     args = build_parser().parse_args(argv)
     check_outputs(args)
+    if args.labels and not args.reference:
+        raise ConfigError("--labels is the store the reference writes to: give --reference too "
+                          "(without it the committee alone re-ranks and nothing is labelled)")
     ls = landscape_from_args(args)
+    experimental = check_experimental(ls, args.experimental)
     committee, delta = committee_from_args(args)
     check_species(committee, ls.structures)
     thresholds = spread_from_args(args, "sigma_cap", ls.unit, limits_from_args(args, "threshold"))
     caps = limits_from_args(args, "cap")
     reference = load_reference_from_args(args)
     r = rerank(ls, committee, args.out, reference=reference, thresholds=thresholds, logic=args.logic,
-               hard_cap=caps or None, delta=delta, experimental=args.experimental, label_store=args.labels,
+               hard_cap=caps or None, delta=delta, experimental=experimental, label_store=args.labels,
                progress=not args.no_progress)
     print(f"re-ranked {len(ls)} structures; {r['n_capped']} above the σ cap computed with the reference "
           f"({r['n_reference']} new calls); results in {args.out}")

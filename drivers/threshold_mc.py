@@ -39,6 +39,8 @@ from committee_calc.cli import (
     check_outputs,
     check_species,
     load_committee_from_args,
+    nonnegative_int,
+    positive_int,
     run_cli,
 )
 from committee_calc.mc.moves import DEFAULT_ATOM_MOVES, DEFAULT_MOVES, parse_moves
@@ -53,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_committee_arguments(p)
     add_gate_arguments(p)
     g = p.add_argument_group("Monte Carlo")
-    g.add_argument("--n-starts", type=int, default=1, help="chains: start structures chosen by FPS")
-    g.add_argument("--steps", type=int, default=1000, help="MC steps per chain")
+    g.add_argument("--n-starts", type=positive_int, default=1, help="chains: start structures chosen by FPS")
+    g.add_argument("--steps", type=nonnegative_int, default=1000, help="MC steps per chain")
     g.add_argument("--mode", choices=("threshold", "downhill"), default="threshold")
     g.add_argument("--units", choices=UNITS, default="molecules",
                    help="what moves and per-unit energies count: molecules (from connectivity, or "
@@ -64,15 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lid-eV-per-atom", dest="lid_eV_per_atom", type=float, help="lid, eV/atom")
     g.add_argument("--lid-raise-kjmol", type=float, help="raise the lid by this (kJ/mol per molecule)")
     g.add_argument("--lid-raise-eV-per-atom", dest="lid_raise_eV_per_atom", type=float)
-    g.add_argument("--lid-every", type=int, help="raise the lid every K steps")
-    g.add_argument("--max-lid-raises", type=int, default=None)
+    g.add_argument("--lid-every", type=positive_int, help="raise the lid every K steps")
+    g.add_argument("--max-lid-raises", type=nonnegative_int, default=None)
     g.add_argument("--moves", default=None,
                    help="NAME=PROB[:STEP],... with NAME in translate (Å), rotate (deg), displace "
                         "(Å), cell_length (fraction), cell_angle (deg), cell_volume (fraction); "
                         f"default {DEFAULT_MOVES} ({DEFAULT_ATOM_MOVES} with --units atoms)")
     g.add_argument("--adaptive-target", type=float, default=None, help="target acceptance (0-1)")
-    g.add_argument("--adaptive-every", type=int, default=50)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--adaptive-every", type=positive_int, default=50)
+    g.add_argument("--seed", type=nonnegative_int, default=0)
     g.add_argument("--no-plots", action="store_true")
     return p
 

@@ -96,3 +96,15 @@ def committee_from_args(args) -> tuple:
     if args.committee:
         return load_committee(args.committee), bool(args.delta)
     return committee_from_learn_dir(args.learn_dir)
+
+
+def check_experimental(landscape, names) -> list:
+    """``names`` (``--experimental``) as strings, each the name of a structure of
+    ``landscape``; ConfigError naming the unknown ones (a typo would silently mark nothing)."""
+    names = [str(n) for n in names or ()]
+    unknown = sorted(set(names) - set(landscape.names))
+    if unknown:
+        shown = ", ".join(landscape.names[:10]) + (" …" if len(landscape.names) > 10 else "")
+        raise ConfigError(f"--experimental names {unknown} are not structures of the landscape "
+                          f"(its names: {shown}); use the names in the file's 'name' info")
+    return names

@@ -36,6 +36,7 @@ campaign ends with the same labels and rounds as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from ..measures import parse_limits
 from ..relax.gated import OPTIMIZERS
 from ..relax.pool import candidate_ids
 from ..train import read_training
-from ..units import check_positive
+from ..units import check_count, check_finite, check_positive
 from .io import as_stored, probe_reference, write_outputs
 from .stages import close_round, label_stage, relax_stage
 from .state import CANDIDATES_FILE, CampaignState
@@ -99,17 +100,32 @@ def campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budg
             "thresholds": parse_limits(thresholds, what="stop threshold"),
             "fmax": fmax, "max_steps": int(max_steps), "max_rounds": int(max_rounds),
             "label_budget": None if label_budget is None else int(label_budget),
-            "cell": bool(cell), "pressure_GPa": float(pressure_GPa),
+            "cell": bool(cell), "pressure_GPa": check_finite("pressure_GPa", pressure_GPa),
             "optimizer": str(optimizer).upper(), "fix_symmetry": bool(fix_symmetry),
             "verify_fmax": fmax if verify_fmax is None else check_positive("verify_fmax", verify_fmax),
             "verify_stress_GPa": check_positive("verify_stress_GPa", verify_stress_GPa),
             "molecules": molecules}
 
 
+#: training devices a trainer understands: cpu, cuda, cuda:N, mps, xpu (checked without torch)
+DEVICE_PATTERN = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+
+
+def check_training_options(max_epochs=None, n_jobs=1, device=None) -> None:
+    """ConfigError for max_epochs < 1 (--max-epochs), n_jobs < 1 (--n-jobs) or a device that is
+    not ``cpu``, ``cuda[:N]``, ``mps`` or ``xpu`` (--device) — before anything is written."""
+    if max_epochs is not None:
+        check_count("max_epochs (--max-epochs)", max_epochs, 1)
+    check_count("n_jobs (--n-jobs)", n_jobs, 1)
+    if device is not None and not (isinstance(device, str) and DEVICE_PATTERN.fullmatch(device)):
+        raise ConfigError(f"unknown training device {device!r} (--device); use cpu, cuda, cuda:N, "
+                          "mps or xpu")
+
+
 def _start(out, images, ids, committee_yaml, reference, settings) -> CampaignState:
     """A new campaign folder: probe the reference (its label becomes the first), then write the
     candidates and the state."""
-    check_dir(out)
+    check_dir(out, "output folder (--out)")
     labels = out / "labels.extxyz"
     if not labels.exists():  # a folder of a run killed right after its probe keeps that label
         probe_reference(reference, images, ids, labels, provenance=PROVENANCE)
@@ -169,6 +185,7 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
     settings = campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budget, cell,
                                  pressure_GPa, optimizer, fix_symmetry, verify_fmax,
                                  verify_stress_GPa, molecules)
+    check_training_options(max_epochs, n_jobs, device)
     if heldout_file is None and read_training(committee_yaml).get("heldout_file"):
         heldout_file = Path(committee_yaml).parent / read_training(committee_yaml)["heldout_file"]
     trainer = RoundTrainer(committee_yaml, heldout_file=heldout_file, heldout_fraction=heldout_fraction,

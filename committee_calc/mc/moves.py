@@ -165,10 +165,19 @@ def centres_of_mass(atoms, topo: Topology) -> np.ndarray:
     return com / tot[:, None]
 
 
+def _fractional(cell, xyz) -> np.ndarray:
+    """(n, 3) fractional coordinates of Cartesian points ``xyz`` [Å]; a cell without a vector
+    along a non-periodic direction (a slab with c = 0) is completed with a unit vector
+    orthogonal to the others (:meth:`ase.cell.Cell.complete`), so no singular solve."""
+    return np.linalg.solve(cell.complete().array.T, np.asarray(xyz, float).T).T
+
+
 def wrap_molecules(atoms, topo: Topology):
     """Shift each whole molecule by a lattice vector so its centre of mass lies in the cell."""
+    if not np.any(atoms.pbc):  # a cluster or molecule: nothing to wrap
+        return atoms
     com = centres_of_mass(atoms, topo)
-    frac = np.linalg.solve(atoms.cell.array.T, com.T).T
+    frac = _fractional(atoms.cell, com)
     shift = -np.floor(frac + 1e-12) * atoms.pbc
     if np.any(shift):
         atoms.positions = atoms.positions + (shift @ atoms.cell.array)[topo.labels]
@@ -216,7 +225,7 @@ def _apply_cell(atoms, topo, new_cell):
     new = _copy(atoms)
     old_cell = atoms.cell.array
     com = centres_of_mass(atoms, topo)
-    frac = np.linalg.solve(old_cell.T, com.T).T
+    frac = _fractional(atoms.cell, com)
     shift = frac @ (np.asarray(new_cell) - old_cell)
     new.set_cell(new_cell, scale_atoms=False)
     new.positions = atoms.positions + shift[topo.labels]

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..gate import Gate, require_gate
 from ..measures import check_molecules
 from ..molecules import count_molecules
-from ..units import check_positive
+from ..units import check_count, check_finite, check_positive
 from .io import ChainFiles, load_run, save_run, save_summary
 from .moves import DEFAULT_MOVES, MoveSet, parse_moves
 from .plots import plot_chain
@@ -80,8 +80,17 @@ class MCSettings:
     def __post_init__(self):
         if self.units not in UNITS:
             raise ConfigError(f"units must be one of {UNITS}, got {self.units!r}")
-        if self.steps < 0 or self.n_starts < 1:
-            raise ConfigError("--steps must be >= 0 and --n-starts >= 1")
+        check_count("--steps", self.steps, 0)
+        check_count("--n-starts", self.n_starts, 1)
+        check_count("--seed", self.seed, 0)
+        check_count("--adaptive-every", self.adaptive_every, 1)
+        if self.lid_every is not None:
+            check_count("--lid-every", self.lid_every, 1)
+        if self.max_lid_raises is not None:
+            check_count("--max-lid-raises", self.max_lid_raises, 0)
+        if self.adaptive_target is not None and not 0 < check_finite("--adaptive-target",
+                                                                     self.adaptive_target) < 1:
+            raise ConfigError(f"--adaptive-target is an acceptance ratio in (0, 1), got {self.adaptive_target}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("lid_kjmol", "lid_eV_per_atom", "lid_raise_kjmol", "lid_raise_eV_per_atom"):
@@ -186,6 +195,9 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
     structures = list(structures)
     run = load_run(out)
     if run is None:
+        if settings.n_starts > len(structures):
+            raise ConfigError(f"--n-starts {settings.n_starts} asks for more chains than the "
+                              f"{len(structures)} input structure(s); give at most {len(structures)}")
         run = {"starts": _starts(structures, settings, gate), "seed": settings.seed,
                "units": settings.units, **(info or {})}
         new = True

@@ -103,10 +103,15 @@ def run_md(atoms, gate, out_dir, n_steps: int, mode: str = "online", selection=N
     n_steps: total steps; selection: :class:`~committee_calc.md.select.Selection` or None
     (record mode only); md_kwargs: :class:`~committee_calc.md.dynamics.CommitteeMD` options
     (ensemble, timestep_fs, temperature, pressure_GPa, write_interval, …).
-    Raises ConfigError on bad settings (before any output is written).
+    Raises ConfigError on bad settings or a structure of fewer than 2 atoms (before any
+    output is written).
     """
     check_mode(mode)
     require_gate(gate, "run_md")
+    if len(atoms) < 2:
+        raise ConfigError(f"MD needs at least 2 atoms, the structure has {len(atoms)}: with the "
+                          "centre-of-mass motion removed one atom has no degrees of freedom "
+                          "(temperature undefined, barostat singular); label it directly instead")
     if selection is not None and not isinstance(selection, Selection):
         raise ConfigError(f"selection must be a Selection or None, got {selection!r}")
     evaluator = recording_gate(gate) if mode == "record" else gate

@@ -103,10 +103,14 @@ class TemperatureSchedule:
         """``"300"`` constant, ``"100:400"`` ramp, ``"100,200,300,400"`` set points."""
         s = str(text).strip()
         sep = ":" if ":" in s else ","
-        try:
-            pts = [float(x) for x in s.split(sep) if x.strip()]
+        parts = s.split(sep)
+        try:  # an empty part ("100,,200", "100:") is a typo, not a set point to skip
+            if any(not x.strip() for x in parts) or (sep == ":" and len(parts) != 2):
+                raise ValueError(text)
+            pts = [float(x) for x in parts]
         except ValueError:
-            raise ConfigError(f"temperature {text!r} must be a number, 'T0:T1' or 'T1,T2,...' in K") from None
+            raise ConfigError(f"--temperature-K {text!r} must be a number, 'T0:T1' or 'T1,T2,...' "
+                              "in K (no empty entries)") from None
         return cls(pts, n_steps, "ramp" if sep == ":" else mode)
 
     @property

@@ -40,13 +40,18 @@ def make_phonopy(atoms: Atoms, settings: PhononSettings, generate: bool = True):
     ``primitive_matrix=None`` means the input cell itself (identity), whatever the phonopy
     version (phonopy >= 4 would otherwise pick 'auto', which can resolve differently at
     different volumes of a scan and change the per-primitive-cell normalisation).
-    Raises :class:`~committee_calc.errors.ConfigError` for a cell of rank < 3.
+    Raises :class:`~committee_calc.errors.ConfigError` for a cell of rank < 3 or a supercell
+    matrix whose determinant is not positive.
     """
     from phonopy import Phonopy
 
     if atoms.cell.rank != 3:
         raise ConfigError("phonons need a 3-D periodic cell; the structure has "
                           f"cell rank {atoms.cell.rank}")
+    if np.linalg.det(np.asarray(settings.supercell_matrix, dtype=float)) <= 0:
+        raise ConfigError(f"the supercell matrix {np.asarray(settings.supercell_matrix).tolist()} "
+                          "(--supercell) must have a positive determinant: give positive "
+                          "multiples, e.g. --supercell 3 or 2 2 2")
     ph = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=settings.supercell_matrix,
                  primitive_matrix=np.eye(3) if settings.primitive_matrix is None
                  else settings.primitive_matrix, symprec=settings.symprec)
