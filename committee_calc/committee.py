@@ -296,3 +296,31 @@ def max_cutoff(committee) -> float | None:
     cuts = [getattr(m, "cutoff", None) for m in getattr(committee, "members", None) or []]
     cuts = [float(c) for c in cuts if c]
     return max(cuts) if cuts else None
+
+
+def require_stress(calc, needed: bool = True, what: str = "this run") -> None:
+    """Refuse, before any work, a run that changes the cell (``needed``) on a calculator that
+    cannot compute stress.
+
+    calc: a :class:`CommitteeCalculator` (every member must provide ``stress``, and it must not
+        be built with ``stress=False``), a :class:`~committee_calc.gate.Gate`-like object with a
+        ``committee``, or any ASE calculator (its ``implemented_properties``).
+    what: the option that asks for the cell change, e.g. ``"--cell"``, named in the message.
+    Raises MemberPropertyError (a CommitteeError: exit 2 in the drivers) naming the members.
+    """
+    if not needed:
+        return
+    calc = getattr(calc, "committee", calc) if not hasattr(calc, "members") else calc
+    members = getattr(calc, "members", None)
+    if members is not None:
+        lacking = [m.name for m in members if "stress" not in m.implemented_properties]
+        if getattr(calc, "stress_mode", "auto") is False:
+            raise MemberPropertyError(f"{what} changes the cell, which needs stress, but the "
+                                      "committee was built with stress=False")
+    else:
+        props = getattr(calc, "implemented_properties", ())
+        lacking = [] if "stress" in props else [type(calc).__name__]
+    if lacking:
+        raise MemberPropertyError(
+            f"{what} changes the cell, which needs stress, but committee members {lacking} cannot "
+            "compute stress; use members that provide stress or run without changing the cell")

@@ -28,12 +28,15 @@ from committee_calc.cli import (
     add_committee_arguments,
     add_gate_arguments,
     check_species,
+    finite_float,
     limits_from_args,
     load_committee_from_args,
     load_reference_from_args,
     molecules_from_args,
+    positive_int,
     run_cli,
 )
+from committee_calc.committee import require_stress
 from committee_calc.errors import ConfigError
 from committee_calc.relax.gated import OPTIMIZERS, policy_thresholds
 from committee_calc.structures import read_structures
@@ -55,21 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference max force of a converged candidate, eV/Å (default --fmax)")
     p.add_argument("--verify-stress-GPa", type=float, default=0.1,
                    help="reference residual stress of a converged candidate with --cell, GPa")
-    p.add_argument("--max-steps", type=int, default=200, help="optimiser steps per round")
-    p.add_argument("--max-rounds", type=int, default=10, help="rounds at most")
-    p.add_argument("--label-budget", type=int, default=None, help="labels (reference calls) at most")
+    p.add_argument("--max-steps", type=positive_int, default=200, help="optimiser steps per round")
+    p.add_argument("--max-rounds", type=positive_int, default=10, help="rounds at most")
+    p.add_argument("--label-budget", type=positive_int, default=None, help="labels (reference calls) at most")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="FIRE")
     p.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
-    p.add_argument("--pressure-GPa", type=float, default=0.0, help="external pressure with --cell")
+    p.add_argument("--pressure-GPa", type=finite_float, default=0.0, help="external pressure with --cell")
     p.add_argument("--fix-symmetry", action="store_true", help="keep the starting space group")
     t = p.add_argument_group("retraining")
     t.add_argument("--heldout", default=None,
                    help="held-out set (extxyz, seed-set keys); default: --heldout-fraction of the labels")
     t.add_argument("--heldout-fraction", type=float, default=0.1,
                    help="fraction of the labels held out (never trained on) without --heldout")
-    t.add_argument("--max-epochs", type=int, default=None,
+    t.add_argument("--max-epochs", type=positive_int, default=None,
                    help="fine-tune epochs (default: training.finetune_epochs of the committee YAML)")
-    t.add_argument("--n-jobs", type=int, default=1, help="members trained at the same time")
+    t.add_argument("--n-jobs", type=positive_int, default=1, help="members trained at the same time")
     t.add_argument("--device", default=None, help="training device (default: the YAML's, or cpu)")
     return p
 
@@ -86,6 +89,7 @@ def run(argv=None) -> int:
     images = read_structures(args.candidates)
     committee = load_committee_from_args(args)
     check_species(committee, images)
+    require_stress(committee, args.cell, "--cell")
     reference = load_reference_from_args(args)
     if reference is None:
         raise ConfigError("a campaign labels with a reference: give --reference reference.yaml")

@@ -27,6 +27,7 @@ import argparse
 import logging
 
 from committee_calc import cli
+from committee_calc.committee import require_stress
 from committee_calc.errors import ConfigError
 from committee_calc.phonons.qha_io import inputs_from_phonopy_files
 from committee_calc.phonons.qha_run import VOLUME_CHOICES, QHAOptions, VolumeScan, run_qha_files, run_qha_scan
@@ -54,14 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--relax", choices=("none", "internal", "shape"), default="internal",
                    help="fixed-volume relaxation at each volume (default internal)")
     g.add_argument("--fmax-eVA", type=float, default=0.005)
-    g.add_argument("--relax-steps", type=int, default=500)
+    g.add_argument("--relax-steps", type=cli.nonnegative_int, default=500)
     g = p.add_argument_group("phonons (phonopy)")
     g.add_argument("--supercell", type=int, nargs="+", default=[3], help="1, 3 or 9 integers")
     g.add_argument("--primitive-matrix", default=None,
                    help="'auto', or 9 comma-separated numbers; default: the input cell")
     g.add_argument("--distance-A", type=float, default=0.01)
     g.add_argument("--plusminus", choices=("auto", "yes", "no"), default="auto")
-    g.add_argument("--mesh", type=int, nargs=3, default=[20, 20, 20])
+    g.add_argument("--mesh", type=cli.positive_int, nargs=3, default=[20, 20, 20])
     g.add_argument("--gamma-center", action="store_true")
     g.add_argument("--exclude-gamma-acoustic", choices=("auto", "yes", "no"), default="auto")
     g.add_argument("--tmin-K", type=float, default=0.0)
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--screen-temperature-K", type=float, default=300.0)
     g.add_argument("--ddof", type=int, choices=(0, 1), default=1, help="std estimator")
     g.add_argument("--no-plots", action="store_true")
-    g.add_argument("--band-npoints", type=int, default=51)
+    g.add_argument("--band-npoints", type=cli.positive_int, default=51)
     g = p.add_argument_group("QHA step alone (phonopy-qha inputs)")
     g.add_argument("--ev", help="e-v.dat (V, E per cell)")
     g.add_argument("--thermal-properties", nargs="+", help="thermal_properties.yaml per volume")
@@ -127,6 +128,7 @@ def run(argv=None) -> int:
     settings = settings_from_args(args)
     committee = cli.load_committee_from_args(args)
     cli.check_species(committee, [atoms])
+    require_stress(committee, args.pressures_GPa is not None, "--pressures-GPa")
     gate = cli.build_gate(args, "qha", committee=committee)
     res = run_qha_scan(atoms, gate, settings, scan, args.out, options,
                        committee_file=args.committee, reference_file=args.reference)

@@ -18,7 +18,8 @@ when the reference agrees, else ``unverified``; ``--no-verify`` skips the check)
 Outputs in ``--out``: ``relaxed.extxyz``, ``summary.csv``, ``trajectories/``,
 ``clusters.csv`` (with ``--cluster``), ``landscape.png``.  Rerunning the same
 command resumes: finished candidates are skipped, unfinished ones continue from
-their last saved frame.  Exit code 2 when the reference failed for every candidate.
+their last saved frame; candidates whose reference failed are retried, and those that
+ended at max_steps continue when --max-steps is now larger.  Exit code 2 when the reference failed for every candidate.
 """
 from __future__ import annotations
 
@@ -30,11 +31,14 @@ from committee_calc.cli import (
     add_committee_arguments,
     add_gate_arguments,
     build_gate,
+    cap_hint,
     check_outputs,
     check_species,
+    finite_float,
     limits_from_args,
     load_committee_from_args,
     load_reference_from_args,
+    nonnegative_int,
     run_cli,
 )
 from committee_calc.errors import ConfigError, ReferenceCalculationError
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax-eVA", "--fmax", dest="fmax", type=float, default=0.05, help="force convergence, eV/Å")
     p.add_argument("--max-steps", type=int, default=500)
     p.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
-    p.add_argument("--pressure-GPa", type=float, default=0.0, help="external pressure with --cell")
+    p.add_argument("--pressure-GPa", type=finite_float, default=0.0, help="external pressure with --cell")
     p.add_argument("--fix-symmetry", action="store_true",
                    help="keep the starting space group (the structure's own constraints are kept too)")
     p.add_argument("--stress-tol-GPa", type=float, default=0.1,
@@ -76,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-eps", type=float, default=0.5,
                    help="DBSCAN eps in standardised descriptor units")
     p.add_argument("--descriptor", choices=("auto", "committee", "soap", "pair"), default="auto")
-    p.add_argument("--top", type=int, default=10, help="rows printed from the ranked table")
+    p.add_argument("--top", type=nonnegative_int, default=10, help="rows printed from the ranked table")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -93,7 +97,7 @@ def make_relaxer(args, committee) -> GatedRelaxer:
                         fmax=args.fmax, max_steps=args.max_steps, cell=args.cell,
                         pressure_GPa=args.pressure_GPa, fix_symmetry=args.fix_symmetry,
                         stress_tol_GPa=args.stress_tol_GPa, reentry_factor=args.reentry_factor,
-                        max_reentries=None if args.max_reentries < 0 else args.max_reentries,
+                        max_reentries=None if args.max_reentries == -1 else args.max_reentries,
                         stall_steps=args.stall_steps, verify=False if args.no_verify else None,
                         polish=args.polish)
 
@@ -116,6 +120,9 @@ def run(argv=None) -> int:
             print(f"  #{t['rank']:<3d} {t['id']:<14s} {t['relative_energy_meV_atom']:8.1f} meV/atom "
                   f"± {t['energy_std_per_atom_meV']:.1f}  rho={t['density_gcm3']:.3f} g/cm3 "
                   f"({t['n_members']} in cluster)")
+    for r in res.rows:  # name the option that set the cap, as the other drivers do
+        if r["status"] == "hard_cap":
+            print(f"{r['id']}: {r['reason']}{cap_hint(r['reason'])}")
     print(res.describe())
     if res.all_failed:  # nearly always the reference's settings: a user-facing error (exit 2)
         raise ReferenceCalculationError(

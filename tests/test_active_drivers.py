@@ -2,6 +2,7 @@
 import csv
 import json
 
+import pytest
 from ase.io import write
 
 from drivers.active_learn import main as learn_main
@@ -45,8 +46,9 @@ def test_learn_then_rerank_cli(tmp_path, capsys):
     assert rerank_main(base + ["--cap-energy-std-per-atom-meV", "1e-6", "--out", str(tmp_path / "c")]) == 2
     assert "hard cap" in capsys.readouterr().err and not (tmp_path / "c" / "reranked.csv").exists()
     # bad input: batch size 0, cutoff leaving nothing -> exit code 2 with a message
-    assert learn_main(args[:-1] + ["--batch-size", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "batch size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the parser: usage + one error: line
+        learn_main(args[:-1] + ["--batch-size", "0", "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2 and "--batch-size" in capsys.readouterr().err
     bad = [a if a != "400" else "0" for a in args]
     assert learn_main(bad[:4] + [str(tmp_path / "y")] + bad[5:]) == 2
     assert "cutoff" in capsys.readouterr().err

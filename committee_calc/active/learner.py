@@ -58,6 +58,12 @@ _ALIASES = {"ΔE": "dE", "ΔE+ΔF": "dE+dF", "DE": "dE", "DE+DF": "dE+dF", "delt
 TRAIN_ENERGY_KEY, TRAIN_FORCES_KEY = "AL_energy", "AL_forces"
 
 
+def _check_count(name, value) -> None:
+    """An integer >= 1 (a size or a number of iterations); ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def parse_quantity(q) -> str:
     """Canonical training quantity (E, E+F, dE, dE+dF; Δ spellings accepted); ConfigError otherwise."""
     q = _ALIASES.get(q, q)
@@ -113,8 +119,12 @@ class ActiveLearner:
                  energy_cutoff_eV=None, target_fraction=0.0, max_train_size=None,
                  max_iterations=1000, ei_window_eV=0.0, descriptors=None, seed=0,
                  label_store=None, progress=False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
+        _check_count("batch size (--batch-size)", batch_size)
+        for name, value in (("initial size (--initial-size)", initial_size),
+                            ("max train size (--max-train-size)", max_train_size),
+                            ("max iterations (--max-iterations)", max_iterations)):
+            if value is not None:
+                _check_count(name, value)
         if strategy not in sel.STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r}; use one of {sel.STRATEGIES}")
         self.quantity = parse_quantity(quantity)

@@ -18,8 +18,9 @@ from pathlib import Path
 from ..config import load_committee
 from ..errors import ConfigError
 from ..fileio import load_json, save_json_atomic
-from ..train import train_committee
+from ..train import TRAINERS, train_committee
 from ..train.ridge import RidgeTrainer
+from ..units import check_count
 from .learner import QUANTITIES, TRAIN_ENERGY_KEY, TRAIN_FORCES_KEY, ActiveLearner
 
 TRAINER_FILE, SUMMARY_FILE = "trainer.json", "summary.json"
@@ -44,7 +45,10 @@ class BackendTrainer:
 
 
 def make_trainer(backend, species, n_members, molecules, seed=0):
-    """:class:`RidgeTrainer` for ``backend="ridge"``, else a :class:`BackendTrainer`."""
+    """:class:`RidgeTrainer` for ``backend="ridge"``, else a :class:`BackendTrainer`.
+    ConfigError (before anything is trained or written) for an unknown backend."""
+    if backend not in TRAINERS:
+        raise ConfigError(f"unknown trainer backend {backend!r} (--backend); use one of {sorted(TRAINERS)}")
     if backend == "ridge":
         return RidgeTrainer(species, molecules=molecules, n_members=n_members, seed=seed)
     return BackendTrainer(backend=backend, n_members=n_members)
@@ -57,12 +61,16 @@ def run_learning(landscape, reference, out_dir, backend="ridge", n_members=8, se
 
     Species are those of the landscape; the committee counts molecules per structure
     (``"auto"``) unless the landscape is per atom.  ``learner_options`` go to
-    :class:`ActiveLearner` (validated there, before anything is written).
+    :class:`ActiveLearner` (validated there, before anything is written).  ConfigError for
+    a negative seed or fewer than 2 members.
     """
+    check_count("seed (--seed)", seed, 0)
+    check_count("n_members (--n-members: a committee needs at least 2 for a spread)", n_members, 2)
     species = sorted({s for a in landscape.structures for s in a.get_chemical_symbols()})
     molecules = None if landscape.unit == "atom" else "auto"
     trainer = make_trainer(backend, species, n_members, molecules, seed)
     learner = ActiveLearner(landscape, reference, trainer, out_dir, seed=seed, **learner_options)
+    load_json(learner.state_path)  # a corrupt resume state is refused before anything is written
     save_json_atomic(learner.out_dir / TRAINER_FILE,
                      {"backend": backend, "species": species, "n_members": n_members, "seed": seed,
                       "quantity": learner.quantity, "molecules": molecules})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,6 +101,13 @@ def as_stored(images) -> list:
     return read(buf, index=":", format="extxyz")
 
 
+def _without_folder(text: str, folder) -> str:
+    """``text`` without the clause naming a path inside ``folder`` (the probe's temporary
+    folder, deleted when the probe ends): the message must not point to files that are gone."""
+    return re.sub(rf"; (structure saved to )?{re.escape(str(folder))}\S*?(?=\.(\s|$)|$)",
+                  " (the failed structure was not kept)", text)
+
+
 def probe_reference(reference, images, ids, dest, provenance=None) -> None:
     """Label one of the first :data:`N_PROBE` input structures with the reference in a temporary
     folder, then move that label store to ``dest`` (its folder is created only then).
@@ -117,7 +125,7 @@ def probe_reference(reference, images, ids, dest, provenance=None) -> None:
                                                   "reason": "probe", "slot": slot(-1, cid)})
                 break
             except ReferenceCalculationError as exc:
-                errors.append(f"{cid}: {str(exc).splitlines()[0]}")
+                errors.append(f"{cid}: {_without_folder(str(exc).splitlines()[0], tmp)}")
         else:
             raise ReferenceCalculationError(
                 f"the reference failed on the first {len(errors)} candidate(s) before the campaign "

@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .. import keys as K
+from ..committee import require_stress
 from ..errors import ConfigError
 from ..gate import require_gate
 from ..structures import is_bulk
@@ -152,7 +153,8 @@ class GatedRelaxer:
         relaxation as ``stalled`` (None: no stall test).
     verify: reference single point at a committee minimum (None: when the gate has a reference).
     polish: reference-only steps at most after a failed verification (0: none).
-    Raises :class:`~committee_calc.errors.ConfigError` for invalid settings.
+    Raises :class:`~committee_calc.errors.ConfigError` for invalid settings,
+    MemberPropertyError for ``cell`` with a committee that cannot compute stress.
     """
 
     def __init__(self, gate, policy="fallback", u_max=None, optimizer="FIRE", fmax=0.05,
@@ -176,6 +178,7 @@ class GatedRelaxer:
         self.fmax = check_positive("fmax", fmax)
         self.max_steps = count_setting("max_steps", max_steps)
         self.cell, self.fix_symmetry, self.symprec = bool(cell), bool(fix_symmetry), symprec
+        require_stress(gate.committee, self.cell, "cell relaxation (--cell)")
         self.pressure_GPa = float(pressure_GPa)
         self.constant_volume = bool(constant_volume)
         if self.constant_volume and not self.cell:

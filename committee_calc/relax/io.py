@@ -1,8 +1,10 @@
 """File output of a relaxed pool beyond the resumable files of :mod:`.pool`.
 
 ``clusters.csv``: the ranked cluster table of :func:`committee_calc.analysis.cluster.ranked_table`,
-columns :data:`~committee_calc.analysis.cluster.CLUSTER_COLUMNS`, written atomically
-(a kill leaves the old file or the new one, never a torn one).
+columns :data:`CLUSTERS_CSV_COLUMNS` (:data:`~committee_calc.analysis.cluster.CLUSTER_COLUMNS`,
+then the energy surface the ranking used, the reference energy per atom [eV, empty where not
+known] and ``verified``), written atomically (a kill leaves the old file or the new one,
+never a torn one).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import numbers
 
 from ..analysis.cluster import CLUSTER_COLUMNS
 from ..fileio import atomic_write_text
+
+CLUSTERS_CSV_COLUMNS = CLUSTER_COLUMNS + ("energy_surface", "reference_energy_per_atom_eV", "verified")
 
 
 def _cell(value):
@@ -25,10 +29,10 @@ def write_clusters_csv(path, table) -> None:
     """Write the ranked cluster table (list of dicts keyed by CLUSTER_COLUMNS) to ``path``."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(CLUSTER_COLUMNS)
+    w.writerow(CLUSTERS_CSV_COLUMNS)
     for row in table:
-        w.writerow([_cell(row.get(c, "")) for c in CLUSTER_COLUMNS])
+        w.writerow([_cell(row.get(c, "")) for c in CLUSTERS_CSV_COLUMNS])
     atomic_write_text(path, buf.getvalue())
 
 
-__all__ = ["write_clusters_csv"]
+__all__ = ["CLUSTERS_CSV_COLUMNS", "write_clusters_csv"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .. import keys as K
 from ..errors import ConfigError
+from ..units import check_positive
 
 POLICIES = ("fallback", "stop", "stop_and_label")
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
@@ -32,18 +33,26 @@ def policy_thresholds(policy: str, thresholds=None, u_max=None) -> tuple:
         :func:`committee_calc.cli.limits_from_args`); not modified.
     u_max: U_max of the stop policies; default ``thresholds["force_uncertainty_relative"]``.
 
-    ``fallback``: the thresholds as given; none: the committee answers every step (a plain
+    ``fallback``: the thresholds as given (an explicit ``u_max`` is refused: it is no fallback
+    threshold); none: the committee answers every step (a plain
     committee relaxation, verified at the end when the gate has a reference).
     ``stop``: U_max is the stop criterion, not a fallback threshold: it is
     removed; other thresholds, if any, still fall back (none: committee only).
     ``stop_and_label``: U_max needed; the threshold on U is set to U_max, so
     the gate labels exactly when U > U_max.
-    Raises :class:`~committee_calc.errors.ConfigError`.
+    Raises :class:`~committee_calc.errors.ConfigError` (UnitError for a NaN, infinite or
+    non-positive ``u_max``).
     """
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
     th = dict(thresholds or {})
     given = th.get(K.FORCE_UNCERTAINTY_RELATIVE)
+    if u_max is not None:
+        if policy == "fallback":
+            raise ConfigError("--u-max is the stop criterion of --policy stop/stop_and_label; with "
+                              "--policy fallback give --threshold-force-uncertainty-relative "
+                              "(fall back to the reference above it) instead")
+        u_max = check_positive("--u-max", u_max)
     if u_max is not None and given is not None and float(u_max) != float(given):
         raise ConfigError(f"U_max given twice with different values (--u-max {u_max:g} and "
                           f"--threshold-force-uncertainty-relative {given:g}); give it once")

@@ -24,8 +24,11 @@ Output folder layout (everything a rerun resumes from)
         reference energy at the final structure [eV], the reference's largest
         force [eV/Å] and residual stress [GPa, with ``cell``] there (empty
         where no reference result exists), ``verified`` (``yes``/``no``/``not
-        verified``) and ``reference_calls``.  A reference failure gives status
-        ``reference_failed`` with the error in ``reason``.
+        verified``) and ``reference_calls`` (attempted: a failed call counts).
+        A reference failure gives status ``reference_failed`` with the error in
+        ``reason``.  A rerun reopens (:func:`reopen_summary`) the rows of
+        failed candidates (retried) and of candidates that ended at a smaller
+        ``max_steps`` (continued).
     ``relaxed.extxyz``
         the final frames of all finished candidates in input order,
         rewritten atomically from the trajectories after every candidate.
@@ -101,8 +104,7 @@ class RelaxPool:
     def _settings(self):
         return self.relaxer.settings()
 
-    def _check_pool(self, ids, images):
-        meta = load_json(self.out / "pool.json")
+    def _check_pool(self, ids, images, meta):
         here = {"ids": ids, "natoms": [len(a) for a in images], "settings": self._settings()}
         if meta is None:
             save_json_atomic(self.out / "pool.json", here)
@@ -120,10 +122,12 @@ class RelaxPool:
         ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
         if len(ids) != len(images) or len(set(ids)) != len(ids):
             raise ConfigError("candidate ids must be unique, one per structure")
+        meta = load_json(self.out / "pool.json")  # a corrupt state is refused before anything is created
         self.out.mkdir(parents=True, exist_ok=True)
         self.traj_dir.mkdir(exist_ok=True)
-        self._check_pool(ids, images)
+        self._check_pool(ids, images, meta)
         upgrade_summary(self.out / "summary.csv")
+        reopen_summary(self.out / "summary.csv", self.relaxer.max_steps)
         summary = CsvLog(self.out / "summary.csv", SUMMARY_COLUMNS)
         done = {r["id"] for r in summary.rows()}
         todo = [(i, a) for i, a in zip(ids, images) if i not in done]
@@ -133,7 +137,7 @@ class RelaxPool:
             row = self.relax_one(cid, atoms)
             summary.append(row)
             self.write_relaxed(ids, summary)
-            log.info("%s", describe_row(row))
+            (log.error if row["status"] == "reference_failed" else log.info)("%s", describe_row(row))
         self.write_relaxed(ids, summary)
         by_id = {r["id"]: r for r in summary.rows()}
         return [by_id[i] for i in ids if i in by_id]
@@ -145,18 +149,23 @@ class RelaxPool:
         if resume is not None:
             log.info("%s: resuming from step %s (%s)", cid, resume.info.get("relax_step", 0),
                      resume.info.get("relax_phase", "relax"))
+        gate = self.relaxer.gate
+        before = gate.n_reference_calls
         try:
             res = self.relaxer.relax(atoms, info={"candidate": cid},
                                      on_frame=lambda f: append_frame(path, f), resume=resume)
         except ReferenceCalculationError as exc:
-            log.error("%s: reference calculation failed: %s", cid, exc)
+            # attempted calls: those of earlier runs (saved frame), those of this run, the failed one
+            earlier = int(resume.info.get("relax_reference_calls", 0)) if resume is not None else 0
+            attempted = earlier + gate.n_reference_calls - before + 1
             return {"id": cid, "status": "reference_failed", "reason": str(exc).splitlines()[0],
-                    "natoms": len(atoms)}
+                    "natoms": len(atoms), "reference_calls": attempted, "verified": VERIFIED[None],
+                    "steps": int(resume.info.get("relax_step", 0)) if resume is not None else 0}
         final = res.atoms
         row = {"id": cid, "status": res.status, "steps": res.steps,
                "committee_calls": res.n_committee_calls, "reference_calls": res.n_reference_calls,
                "labels": res.n_labels, "reason": res.reason, "natoms": len(atoms),
-               "verified": VERIFIED[res.verified] if res.status in ("converged", "unverified") else "",
+               "verified": VERIFIED[res.verified],  # "not verified" also for max_steps, stalled ...
                "surface_switches": res.n_switches}
         if final is not None:
             row.update(energy_eV=res.energy, energy_per_atom_eV=res.energy / len(final),
@@ -187,6 +196,39 @@ class RelaxPool:
             out.append(f)
         write_structures_atomic(self.out / "relaxed.extxyz", out)
         return out
+
+
+def reopen_summary(path, max_steps) -> list:
+    """Drop from ``summary.csv`` (atomically) the rows a rerun should continue: candidates whose
+    reference failed (retried: the reference may work now) and candidates that ended at
+    ``max_steps`` below the current ``max_steps`` (continued from their last frame).  Returns
+    the ids reopened."""
+    path = Path(path)
+    if not path.exists() or not path.stat().st_size:
+        return []
+    with open(path, newline="") as fh:
+        text = fh.read()
+    if not text.endswith("\n"):  # a torn last line: CsvLog drops it
+        text = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    rows = list(reader)
+    if tuple(reader.fieldnames or ()) != SUMMARY_COLUMNS:
+        return []  # CsvLog refuses (or repairs) it
+
+    def reopen(r):
+        return r["status"] == "reference_failed" or (
+            r["status"] == "max_steps" and int(r.get("steps") or 0) < int(max_steps))
+
+    ids = [r["id"] for r in rows if reopen(r)]
+    if ids:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, SUMMARY_COLUMNS)
+        w.writeheader()
+        w.writerows(r for r in rows if not reopen(r))
+        atomic_write_text(path, buf.getvalue())
+        log.info("continuing %d candidates of %s (reference failed, or max_steps below %d): %s",
+                 len(ids), path.parent, max_steps, ", ".join(ids))
+    return ids
 
 
 def describe_row(row) -> str:
@@ -246,4 +288,4 @@ def final_frame(out_dir, cid):
 
 
 __all__ = ["RelaxPool", "SUMMARY_COLUMNS", "VERIFIED", "candidate_ids", "describe_row",
-           "final_frame", "read_frames_repair", "read_relaxed", "upgrade_summary"]
+           "final_frame", "read_frames_repair", "read_relaxed", "reopen_summary", "upgrade_summary"]

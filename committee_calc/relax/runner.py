@@ -21,6 +21,7 @@ import numpy as np
 
 from ..analysis.cluster import cluster_structures, ranked_table
 from ..analysis.plots import plot_landscape
+from ..units import check_positive
 from .io import write_clusters_csv
 from .pool import RelaxPool, candidate_ids, final_frame
 
@@ -72,13 +73,43 @@ class PoolRun:
                 f"evaluations; outputs in {self.out}")
 
 
+def _per_atom(row, key):
+    v = row.get(key)
+    return float(v) / int(row["natoms"]) if v not in (None, "") else None
+
+
+def one_surface(finished) -> tuple:
+    """The finished rows with ``energy_per_atom_eV`` on ONE energy surface -> ``(rows, surface)``.
+
+    A candidate's own energy is the reference's where its final structure was computed by the
+    reference, else the committee's: ranking those together mixes two surfaces (offsets of eV
+    per atom).  ``surface``: ``"reference"`` when every row has a reference energy at its final
+    structure, else ``"committee"`` (the committee energy of every row); ``"as relaxed"`` for
+    rows of an earlier version without the committee energy column.  The rows are copies
+    (eV per atom)."""
+    for surface, key in (("reference", "reference_energy_eV"), ("committee", "committee_energy_eV")):
+        values = [_per_atom(r, key) for r in finished]
+        if all(v is not None for v in values):
+            return [dict(r, energy_per_atom_eV=v) for r, v in zip(finished, values)], surface
+    return [dict(r) for r in finished], "as relaxed"
+
+
 def cluster_pool(out_dir, finished, committee=None, eps=0.5, descriptor="auto") -> tuple:
     """Cluster the finished candidates of a pool folder -> ``(labels (n,), ranked table)``;
-    writes ``clusters.csv``.  ``eps`` in standardised descriptor units."""
+    writes ``clusters.csv``.  ``eps`` in standardised descriptor units.  The ranking is on one
+    energy surface (:func:`one_surface`: column ``energy_surface``); every row also carries the
+    reference energy per atom (empty where not known) and ``verified``."""
     out = Path(out_dir)
     structures = [final_frame(out, r["id"]) for r in finished]  # ids are strings, also "1"
     labels = cluster_structures(structures, committee=committee, eps=eps, descriptor=descriptor)
-    table = ranked_table(finished, labels)
+    rows, surface = one_surface(finished)
+    table = ranked_table(rows, labels)
+    by_id = {r["id"]: r for r in finished}
+    for t in table:
+        r = by_id[t["id"]]
+        ref = _per_atom(r, "reference_energy_eV")
+        t.update(energy_surface=surface, reference_energy_per_atom_eV="" if ref is None else ref,
+                 verified=r.get("verified") or "not verified")
     write_clusters_csv(out / "clusters.csv", table)
     return labels, table
 
@@ -102,8 +133,12 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
     relaxer: a configured :class:`~committee_calc.relax.gated.GatedRelaxer`; its gate's
         committee also provides the clustering descriptors (``descriptor="auto"``).
     ids: candidate ids (default :func:`~committee_calc.relax.pool.candidate_ids`).
-    Raises ConfigError for a folder of a different pool; see :meth:`RelaxPool.run`.
+    cluster_eps: DBSCAN eps (> 0), checked before anything is relaxed or written.
+    Raises ConfigError for a folder of a different pool or a bad ``cluster_eps``; see
+    :meth:`RelaxPool.run`.  The landscape figure uses the energies of :func:`one_surface`.
     """
+    if cluster:
+        check_positive("--cluster-eps", cluster_eps)
     images = list(images)
     ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
     out = Path(out_dir)
@@ -114,7 +149,7 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
         labels, table = cluster_pool(out, finished, committee=relaxer.gate.committee,
                                      eps=cluster_eps, descriptor=descriptor)
     if finished:
-        plot_pool(finished, out / "landscape.png", labels)
+        plot_pool(one_surface(finished)[0], out / "landscape.png", labels)
     return PoolRun(out=out, rows=rows, finished=finished, status=_tally(r["status"] for r in rows),
                    n_reference_calls=sum(int(r.get("reference_calls") or 0) for r in rows),
                    n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table,
@@ -129,4 +164,4 @@ def _tally(values) -> dict:
     return out
 
 
-__all__ = ["PoolRun", "cluster_pool", "run_pool"]
+__all__ = ["PoolRun", "cluster_pool", "one_surface", "run_pool"]
