@@ -10,41 +10,41 @@
                                 # info["REF_stress"] (6 Voigt, eV/Å³, ASE sign convention)
 
 Frame layout (one extxyz frame per label)
-    * reference values under ``energy_key``/``forces_key``/``stress_key``
-      (defaults ``REF_energy``, ``REF_forces``, ``REF_stress``: what the MACE,
-      NequIP and SchNetPack trainers of :mod:`committee_calc.train` read);
-    * optional baseline values (Δ-learning) under ``BASE_energy`` ... ;
-    * the committee prediction and uncertainty that triggered the label under
-      the ``committee_`` prefix (:func:`committee_calc.io.attach_uncertainties`);
-    * provenance under ``prov_*`` (driver, step, reference hash, ISO time,
-      host, pid, plus whatever the caller passes) and ``label_id`` (uuid4 hex),
-      ``label_hash`` (hash of numbers, positions, cell, pbc rounded to 1e-6 Å).
+    * reference values under ``energy_key``/``forces_key``/``stress_key`` (defaults ``REF_energy``,
+      ``REF_forces``, ``REF_stress``: what the MACE, NequIP and SchNetPack trainers of
+      :mod:`committee_calc.train` read); optional baseline values (Δ-learning) under ``BASE_energy`` ...;
+    * the committee prediction and uncertainty that triggered the label under the ``committee_``
+      prefix (:func:`committee_calc.io.attach_uncertainties`);
+    * provenance under ``prov_*`` (driver, step, reference hash, ISO time, host, pid, plus whatever
+      the caller passes) and ``label_id`` (uuid4 hex), ``label_hash`` (hash of numbers, positions,
+      cell, pbc rounded to 1e-6 Å).
 
 Guarantees and how they are met
-    * **Atomic append**: the whole frame (or batch, for :meth:`extend`) is
-      formatted in memory and written with one ``os.write`` on an
-      ``O_APPEND`` descriptor, then ``fsync``-ed.  A process killed during the
-      write can leave at most a *torn trailing frame*.
-    * **Torn frames are quarantined, never dropped or merged**: every open,
-      append and read first scans the new part of the file (frame structure:
-      count line, comment line, N atom lines, each newline-terminated) and
-      parses the last new frame with ASE.  An incomplete or unparsable
-      trailing frame is copied to ``<path>.quarantine`` (with a header line
-      saying when and from which offset), fsync-ed, and only then cut from
-      the store (``truncate``); a warning names both files.  Corruption in the
-      *middle* of the file is not repaired silently: :class:`LabelStoreError`.
-    * **Concurrent writers lose nothing and interleave no bytes**: scan,
-      repair and write happen under an exclusive ``fcntl.flock`` on
-      ``<path>.lock`` (see :mod:`committee_calc._lock`).
-    * **Created lazily**: opening or reading a store that does not exist yet creates
-      nothing (no folder, no file, no lock file), so a run refused before its first
-      label leaves no trace; the first append creates them.
-    * **Optional de-duplication** (``deduplicate=True``): a label whose
-      ``label_hash`` is already in the store is not written again; ``append``
-      returns the index of the existing copy and sets ``last_was_duplicate``.
+    * **Atomic append**: the whole frame (or batch, for :meth:`extend`) is formatted in memory and
+      written with one ``os.write`` on an ``O_APPEND`` descriptor, then ``fsync``-ed.  A process
+      killed during the write can leave at most a *torn trailing frame*.
+    * **Torn frames are quarantined, never dropped or merged**: every open, append and read first
+      scans the new part of the file (frame structure: count line, comment line, N atom lines, each
+      newline-terminated) and parses the last new frame with ASE.  An incomplete or unparsable
+      trailing frame is copied to ``<path>.quarantine`` (with a header line saying when and from
+      which offset), fsync-ed, and only then cut from the store (``truncate``); a warning names
+      both files.  Corruption in the *middle* of the file is not repaired silently:
+      :class:`LabelStoreError`.
+    * **Concurrent writers lose nothing and interleave no bytes**: scan, repair and write happen
+      under an exclusive ``fcntl.flock`` on ``<path>.lock`` (see :mod:`committee_calc._lock`).
+    * **Created lazily**: opening or reading a store that does not exist yet creates nothing (no
+      folder, file or lock file), so a run refused before its first label leaves no trace; the
+      first append creates them.  Opening or reading an existing store without ``<path>.lock``
+      (written by other means, or corrupt) creates no lock file and changes nothing: it is scanned
+      without the lock, read-only (a torn tail stays, with a warning, until the next append
+      quarantines it under the lock), and again under the lock if a writer created the lock file
+      meanwhile (every writer creates it before it touches the data).
+    * **Optional de-duplication** (``deduplicate=True``): a label whose ``label_hash`` is already in
+      the store is not written again; ``append`` returns the index of the existing copy and sets
+      ``last_was_duplicate``.
 
-An ASE-db backend is not provided: the extxyz store meets every requirement
-above and is what the trainers read directly.
+An ASE-db backend is not provided: the extxyz store meets every requirement above and is what the
+trainers read directly.
 """
 from __future__ import annotations
 
@@ -73,15 +73,22 @@ _HASH_RE = re.compile(rb"label_hash=([0-9a-f]{16,64})")
 
 
 def _scalar(v):
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v)
-    if isinstance(v, str):
-        return v
+    for kind, cast in (((bool, np.bool_), bool), ((int, np.integer), int), ((float, np.floating), float),
+                       (str, str)):
+        if isinstance(v, kind):
+            return cast(v)
     return json.dumps(v, default=str)
+
+
+def _synced(path, data: bytes | None = None) -> None:
+    """fsync ``path`` after appending ``data`` with one write (the file is created), or as it is."""
+    fd = os.open(path, os.O_RDONLY if data is None else os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if data is not None:
+            _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LabelStore:
@@ -91,9 +98,8 @@ class LabelStore:
     ----------
     path: the ``.extxyz`` file.  Nothing is created until the first label is written (then
         the folder, the file and ``<path>.lock``); reading a missing store gives no labels.
-    energy_key, forces_key, stress_key: names of the reference values in the frames.
-    baseline_prefix: prefix of baseline (Δ-learning) values, e.g. ``BASE_energy``.
-    committee_prefix: prefix of the stored committee prediction/uncertainties.
+    energy_key, forces_key, stress_key, baseline_prefix, committee_prefix: names of the reference
+        values and prefixes of the baseline (Δ-learning, ``BASE_energy``) and committee values.
     deduplicate: skip structures already stored (same ``label_hash``).
     lock_timeout_s: give up (LabelStoreError) after waiting this long for the lock; None = wait.
     """
@@ -109,18 +115,14 @@ class LabelStore:
                     f"{name} must be a non-empty name other than {key!r} (ASE would turn "
                     "plain energy/forces/stress into a calculator); use e.g. 'REF_energy'")
         self.energy_key, self.forces_key, self.stress_key = energy_key, forces_key, stress_key
-        self.baseline_prefix = baseline_prefix
-        self.committee_prefix = committee_prefix
-        self.deduplicate = bool(deduplicate)
-        self.lock_timeout_s = lock_timeout_s
-        self.lock_path = Path(str(self.path) + ".lock")
-        self.quarantine_path = Path(str(self.path) + ".quarantine")
-        self.last_was_duplicate = False
-        self.n_quarantined = 0
-        self._offsets: list = []   # byte offset of each complete frame
-        self._end = 0              # byte offset after the last complete frame
-        self._hashes: dict = {}    # label_hash -> index
-        with self._scanned():      # an existing store is checked (torn tail, corruption) now
+        self.baseline_prefix, self.committee_prefix = baseline_prefix, committee_prefix
+        self.deduplicate, self.lock_timeout_s = bool(deduplicate), lock_timeout_s
+        self.lock_path, self.quarantine_path = (Path(f"{self.path}{x}") for x in (".lock", ".quarantine"))
+        self.last_was_duplicate, self.n_quarantined = False, 0
+        # byte offset of each complete frame, byte offset after the last one, label_hash -> index
+        self._offsets, self._end, self._hashes = [], 0, {}
+        self._torn_seen = None     # (offset, size) of a torn tail read without the lock
+        with self._scanned():  # an existing store is checked (torn tail, corruption) now
             pass
 
     # ------------------------------------------------------------------ locking/scan
@@ -129,16 +131,33 @@ class LabelStore:
 
     @contextmanager
     def _scanned(self):
-        """Hold the lock with the index up to date for the ``with`` block.  While the store
-        file does not exist the view is empty and nothing is locked or created (no folder,
-        no lock file): the store is created lazily by the first write."""
+        """The index up to date for the ``with`` block: under the lock when ``<path>.lock``
+        exists, else read-only without creating it (:meth:`_scan_unlocked`); empty, with
+        nothing locked or created, while the store file does not exist (created lazily)."""
         if not self.path.exists():
             self._offsets, self._end, self._hashes = [], 0, {}
             yield
-            return
-        with self._lock():
-            self._refresh()
+        elif not self.lock_path.exists() and self._scan_unlocked():
             yield
+        else:
+            with self._lock():
+                self._refresh()
+                yield
+
+    def _scan_unlocked(self) -> bool:
+        """Read-only scan of a store no writer has locked yet; False (index as before) when a
+        writer created the lock file meanwhile, so the caller scans again under the lock."""
+        saved = (list(self._offsets), self._end, dict(self._hashes))
+        torn = self._refresh(repair=False)
+        if self.lock_path.exists():
+            self._offsets, self._end, self._hashes = saved
+            return False
+        if torn is not None and torn != self._torn_seen:  # warn once per torn tail
+            self._torn_seen = torn
+            warnings.warn(f"label store {self.path} ends with an incomplete frame ({torn[1]} bytes at offset "
+                          f"{torn[0]}): not read; the next append moves it to {self.quarantine_path}",
+                          RuntimeWarning, stacklevel=5)
+        return True
 
     def _create_folder(self) -> None:
         try:
@@ -149,16 +168,15 @@ class LabelStore:
             raise LabelStoreError(f"cannot create the folder of the label store {str(self.path)!r}: "
                                   f"{why}; choose another --labels path") from exc
 
-    def _refresh(self) -> None:
-        """Index frames appended since the last look; quarantine a torn tail (lock held)."""
-        try:
-            size = os.path.getsize(self.path)
-        except FileNotFoundError:
-            size = 0
+    def _refresh(self, repair: bool = True):
+        """Index frames appended since the last look; quarantine a torn tail (lock held).
+        ``repair=False`` (no lock held) leaves a torn tail in place and returns
+        ``(offset, size)`` of it (None when there is none)."""
+        size = os.path.getsize(self.path) if self.path.exists() else 0
         if size < self._end:  # replaced/shortened behind our back: index from scratch
             self._offsets, self._end, self._hashes = [], 0, {}
         if size == self._end:
-            return
+            return None
         with open(self.path, "rb") as fh:
             fh.seek(self._end)
             buf = fh.read(size - self._end)
@@ -195,8 +213,9 @@ class LabelStore:
             if m:
                 self._hashes.setdefault(m.group(1).decode(), idx)
         self._end = base + (new[-1][1] if new else 0)
-        if torn_at is not None:
+        if torn_at is not None and repair:
             self._quarantine(buf[torn_at:], base + torn_at)
+        return None if torn_at is None or repair else (base + torn_at, len(buf) - torn_at)
 
     @staticmethod
     def _parses(frame: bytes) -> bool:
@@ -211,18 +230,9 @@ class LabelStore:
     def _quarantine(self, data: bytes, offset: int) -> None:
         header = (f"# quarantined {time.strftime('%Y-%m-%dT%H:%M:%S%z')} from {self.path} "
                   f"offset {offset}: {len(data)} bytes of a torn trailing frame\n").encode()
-        fd = os.open(self.quarantine_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            _write_all(fd, header + data + (b"" if data.endswith(b"\n") else b"\n"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _synced(self.quarantine_path, header + data + (b"" if data.endswith(b"\n") else b"\n"))
         os.truncate(self.path, offset)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _synced(self.path)
         self.n_quarantined += 1
         warnings.warn(f"label store {self.path}: a torn trailing frame ({len(data)} bytes, from "
                       f"an interrupted write) was moved to {self.quarantine_path}",
@@ -326,12 +336,7 @@ class LabelStore:
                 return out
             blob = b"".join(c for c, _ in data)
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                _write_all(fd, blob)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _synced(self.path, blob)
             if created:
                 _fsync_dir(self.path.parent)
             pos = self._end
@@ -374,8 +379,7 @@ class LabelStore:
         frame = self.read(int(index))[0]
         if reference_hash is not None and frame.info.get("prov_reference_hash") != reference_hash:
             return None
-        out = {"energy": float(frame.info[self.energy_key])}
-        out["free_energy"] = out["energy"]
+        out = {"energy": float(frame.info[self.energy_key]), "free_energy": float(frame.info[self.energy_key])}
         if self.forces_key in frame.arrays:
             out["forces"] = np.array(frame.arrays[self.forces_key], float)
         if self.stress_key in frame.info:

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.mixing import LinearCombinationCalculator
@@ -21,7 +22,7 @@ from committee_calc.committee import CommitteeCalculator
 from committee_calc.errors import ConfigError
 from committee_calc.gate import Gate
 from committee_calc.mc.threshold import ThresholdMC
-from committee_calc.md.dynamics import CommitteeMD
+from committee_calc.md.dynamics import CommitteeMD, read_log
 from committee_calc.md.schedule import NPT_ENSEMBLES, make_integrator
 from committee_calc.members.ase_member import ASEMember
 from committee_calc.structures import atoms_from_dict, atoms_to_dict
@@ -131,6 +132,28 @@ def test_nvt_thermostat_acts_on_free_degrees_of_freedom_only():
     assert make_integrator(free, "nvt", 1.0, 300.0)._thermostat._num_atoms_global == len(free)
 
 
+@pytest.mark.parametrize("ensemble", ["nvt", "nve"])
+def test_md_fixed_slab_starts_at_the_target_temperature_over_free_dof(tmp_path, ensemble):
+    """Review E21: velocities drawn for all atoms with the held ones zeroed gave 196 K for 300 K."""
+    for seed in range(4):
+        md = CommitteeMD(slab(), gate(), tmp_path / f"{ensemble}{seed}", ensemble=ensemble,
+                         temperature=300.0, seed=seed)
+        p = md.atoms.get_momenta()
+        assert np.abs(p[FIXED]).max() == 0.0 and np.abs(p[FREE]).max() > 0
+        assert md.atoms.get_number_of_degrees_of_freedom() == 3 * len(FREE)
+        assert md.atoms.get_temperature() == pytest.approx(300.0, rel=1e-9)
+    md.run(0)
+    assert read_log(tmp_path / f"{ensemble}3" / "md_log.csv")["temperature_K"][0] == pytest.approx(300.0)
+    free = bulk("Cu", cubic=True) * (2, 2, 2)  # without constraints: no drift, at the target too
+    md = CommitteeMD(free, gate(), tmp_path / "free", ensemble=ensemble, temperature=300.0)
+    assert np.abs(md.atoms.get_momenta().sum(axis=0)).max() < 1e-10
+    assert md.atoms.get_temperature() == pytest.approx(300.0, rel=1e-9)
+    held = slab()
+    held.set_constraint(FixAtoms(indices=range(len(held))))
+    with pytest.raises(ConfigError, match="no degree of freedom"):
+        CommitteeMD(held, gate(), tmp_path / "held", ensemble=ensemble)
+
+
 def test_nvt_refuses_constraints_it_cannot_integrate_nve_keeps_them(tmp_path):
     atoms = slab()
     atoms.set_constraint([FixAtoms(indices=FIXED), FixBondLengths([[4, 5]])])
@@ -143,7 +166,7 @@ def test_nvt_refuses_constraints_it_cannot_integrate_nve_keeps_them(tmp_path):
 
 
 # ----------------------------------------------------------------------------- threshold MC
-MOVES = {"displace": {"probability": 3, "step": 0.2}, "cell_length": {"probability": 1, "step": 0.02}}
+MOVES = {"displace": {"probability": 3, "step": 0.2}}  # cell moves are refused on a constrained slab
 
 
 def _mc(seed=3):
@@ -187,6 +210,70 @@ def test_mc_resume_from_state_keeps_constraints_and_chain():
     assert max(fixed_shift(p) for p in seen) == 0.0
     np.testing.assert_allclose(resumed.atoms.positions, straight.atoms.positions, atol=1e-12)
     assert resumed.energy == pytest.approx(straight.energy, abs=1e-12)
+
+
+@pytest.mark.parametrize("move", ["cell_length", "cell_angle", "cell_volume"])
+def test_mc_cell_moves_refused_with_constraints_or_vacuum(move):
+    """Review E19: a cell move would carry the held atoms with the cell or stretch a slab's vacuum."""
+    moves = {**MOVES, move: 1.0}
+    with pytest.raises(ConfigError, match=rf"cell moves \['{move}'\].*constraints \['FixAtoms'\]"):
+        ThresholdMC(slab(), gate(), moves, lid_eV=2.0, molecules=np.arange(12))
+    free = slab()
+    free.set_constraint()  # no constraints, but pbc T T F: the c axis is vacuum
+    with pytest.raises(ConfigError, match=r"not 3-D periodic.*vacuum"):
+        ThresholdMC(free, gate(), moves, lid_eV=2.0, molecules=np.arange(12))
+    state = _mc().state()  # a saved state with cell moves on the slab cannot be resumed
+    state["moves"].append([move, 0.5, 0.02])
+    state["step_bounds"][move] = [0.0, 0.1]
+    with pytest.raises(ConfigError, match="saved MC state uses cell moves"):
+        ThresholdMC.from_state(state, gate())
+
+
+def test_mc_default_moves_drop_cell_moves_on_a_slab(caplog):
+    from committee_calc.mc.moves import DEFAULT_ATOM_MOVES, DEFAULT_MOVES, parse_moves
+
+    with caplog.at_level("WARNING", logger="committee_calc.mc"):
+        mc = ThresholdMC(slab(), gate(), parse_moves(DEFAULT_ATOM_MOVES), lid_eV=2.0,
+                         molecules=np.arange(12))
+    assert mc.moves.names == ("displace",)
+    assert len(caplog.records) == 1 and "dropped from the default move set" in caplog.text
+    free = slab()
+    free.set_constraint()
+    mc = ThresholdMC(free, gate(), parse_moves(DEFAULT_MOVES), lid_eV=2.0, molecules=np.arange(12))
+    assert mc.moves.names == ("translate", "rotate")
+    bulk_mc = ThresholdMC(bulk("Cu", cubic=True), gate(), parse_moves(DEFAULT_ATOM_MOVES),
+                          lid_eV=2.0, molecules=np.arange(4))
+    assert "cell_volume" in bulk_mc.moves.names  # a free 3-D crystal keeps its cell moves
+
+
+def test_mc_moves_pick_only_free_atoms_and_molecules():
+    """Review E19: no evaluation is spent on a trial that moves only a held atom."""
+    mc = _mc()
+    mc.initialise()
+    moved, evaluate = [], mc.gate.evaluate
+
+    def spy(atoms, *a, **kw):  # which atoms a trial moves from the current structure
+        moved.append(np.flatnonzero(np.abs(atoms.positions - mc.atoms.positions).max(axis=1) > 0))
+        return evaluate(atoms, *a, **kw)
+
+    mc.gate.evaluate = spy
+    mc.run(60)
+    assert len(moved) == 60 and all(len(m) == 1 for m in moved)  # every trial moved one atom ...
+    assert set(np.concatenate(moved)) <= set(FREE.tolist())  # ... a free one
+    assert np.array_equal(mc.free_atoms, slab().get_tags() != 3)
+    # molecules: a molecule holding a fixed atom is never translated or rotated
+    h2 = Atoms("H4", [[1, 1, 1], [1.74, 1, 1], [4, 4, 4], [4.74, 4, 4]], cell=[8, 8, 8], pbc=True)
+    h2.set_constraint(FixAtoms([0]))
+    pairs = ThresholdMC(h2, gate(), {"translate": 1.0, "rotate": 1.0}, lid_eV=2.0)
+    assert pairs.free_molecules.tolist() == [False, True]
+    seen = _record_evaluated(pairs)
+    pairs.run(10)
+    assert all(np.array_equal(p[:2], seen[0][:2]) for p in seen)  # molecule 0 never moved
+    assert all(not np.allclose(p[2:], seen[0][2:]) for p in seen[1:2])  # molecule 1 did
+    everything = slab()
+    everything.set_constraint(FixAtoms(indices=range(12)))
+    with pytest.raises(ConfigError, match="'displace' has nothing to move"):
+        ThresholdMC(everything, gate(), MOVES, lid_eV=2.0, molecules=np.arange(12))
 
 
 # ----------------------------------------------------------------------------- relaxations

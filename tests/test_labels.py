@@ -246,3 +246,70 @@ def test_store_is_created_lazily_and_reads_create_nothing(tmp_path):
     assert len(blocked) == 0
     with pytest.raises(LabelStoreError, match="cannot create the folder"):
         blocked.append(a, ref)
+
+
+def _store_without_lock(path, n=3, torn=False) -> bytes:
+    """An existing store no LabelStore writer has locked yet (written by other means)."""
+    fmt = LabelStore(path)  # formatting only: nothing is created
+    text = "".join(fmt.format_frame(*_labelled(s))[0] for s in range(n))
+    if torn:
+        text += fmt.format_frame(*_labelled(99))[0][:300]
+    path.write_text(text)
+    return path.read_bytes()
+
+
+def test_reading_a_store_without_lock_file_creates_nothing_changes_nothing(tmp_path):
+    """Review B13: a run refused after opening an existing store left labels.extxyz.lock."""
+    path = tmp_path / "labels.extxyz"
+    before = _store_without_lock(path)
+    store = LabelStore(path)
+    assert len(store) == 3 and len(store.read()) == 3 and store.find(store.read()[1]) == 1
+    assert store.reference_results(2)["forces"].shape == (4, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.extxyz"]
+    assert path.read_bytes() == before
+    assert store.append(*_labelled(7)) == 3  # the first write creates the lock file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.extxyz", "labels.extxyz.lock"]
+    assert len(LabelStore(path)) == 4
+
+
+def test_torn_tail_without_lock_file_is_left_until_the_next_append(tmp_path):
+    path = tmp_path / "labels.extxyz"
+    before = _store_without_lock(path, torn=True)
+    with pytest.warns(RuntimeWarning, match="incomplete frame.*next append"):
+        store = LabelStore(path)
+    assert len(store) == 3 and len(store.read()) == 3
+    assert path.read_bytes() == before  # read-only: not cut, not quarantined, no lock file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.extxyz"]
+    with pytest.warns(RuntimeWarning, match="quarantine"):
+        assert store.append(*_labelled(8)) == 3
+    a8, ref8 = _labelled(8)
+    assert LabelStore(path).read()[-1].info["REF_energy"] == pytest.approx(ref8["energy"])
+    assert len(LabelStore(path)) == 4 and store.quarantine_path.exists()
+
+
+def test_corrupt_store_without_lock_file_is_refused_without_a_trace(tmp_path):
+    p = tmp_path / "labels.extxyz"
+    p.write_text("not a count\nfoo\n")
+    with pytest.raises(LabelStoreError, match="corrupt"):
+        LabelStore(p)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["labels.extxyz"]
+
+
+def test_lock_free_readers_and_concurrent_writers_on_a_store_without_lock_file(tmp_path):
+    """Readers of a store without lock file read without one while writers start appending:
+    the count only grows, nothing is lost, duplicated or quarantined."""
+    path = tmp_path / "l.extxyz"
+    _store_without_lock(path)
+    procs = [_spawn(path, f"w{k}", 30, 1) for k in range(3)]
+    counts = []
+    while any(p.poll() is None for p in procs):
+        counts.append(len(LabelStore(path)))
+        assert len(LabelStore(path).read()) >= counts[-1]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(len(o.splitlines()) for o in outs) == 90
+    assert counts == sorted(counts) and len(counts) > 1
+    frames = LabelStore(path).read()
+    keys = [(f.info.get("prov_writer"), f.info.get("prov_i")) for f in frames[3:]]
+    assert len(frames) == 93 and set(keys) == {(f"w{k}", i) for k in range(3) for i in range(30)}
+    assert not LabelStore(path).quarantine_path.exists()

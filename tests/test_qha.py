@@ -215,3 +215,26 @@ def test_scan_and_options_validated_before_any_output():
         QHAOptions(ddof=2)
     with pytest.raises(ConfigError, match="band_npoints"):  # formerly only after every volume ran
         QHAOptions(band_npoints=1)
+
+
+def test_slab_or_rank2_cell_refused_before_any_output(tmp_path):
+    """Review E20: a slab (pbc T T F) had its vacuum scaled; like a rank-2 cell it is refused,
+    by every QHA path, before the output folder exists."""
+    from ase.build import fcc111
+
+    from committee_calc.phonons.qha_run import VolumeScan, run_qha_scan
+
+    slab = fcc111("Cu", (2, 2, 3), vacuum=6.0)
+    flat = bulk("Cu", "fcc", a=3.6, cubic=True)
+    flat.cell[2] = 0.0
+    s = PhononSettings(supercell_matrix=2, mesh=(4, 4, 4), t_max_K=100)
+    gate = Gate(_spread_committee())
+    for atoms in (slab, flat):
+        with pytest.raises(ConfigError, match="not a 3-D periodic crystal"):
+            scaled_structures(atoms, linear_scales=SCALES)
+        with pytest.raises(ConfigError, match="not a 3-D periodic crystal"):
+            run_volume_point(atoms, gate, s, pressure_GPa=1.0)
+        for scan in (VolumeScan(linear_scales=SCALES), VolumeScan(pressures_GPa=[0, 1, 2, 3, 4])):
+            with pytest.raises(ConfigError, match=r"not a 3-D periodic crystal.*pbc=\[True, True"):
+                run_qha_scan(atoms, gate, s, scan, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and gate.n_calls == 0

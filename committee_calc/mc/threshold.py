@@ -23,7 +23,11 @@ with a reference, non-finite output is labelled like any untrusted structure.
 User constraints: ASE constraints on the start structure (``FixAtoms``, ``FixCartesian``,
 …) are applied to every trial move against the current structure
 (:meth:`ThresholdMC.constrained`), so fixed atoms never move, and are kept in the
-saved state.
+saved state.  ``displace`` picks only atoms the constraints let move, ``translate`` and
+``rotate`` only molecules without a held atom, so no evaluation is spent on a move the
+constraints undo.  Cell moves need a free, 3-D periodic cell: on a structure with
+constraints or a non-periodic direction (a slab's vacuum) they are refused
+(:func:`check_cell_moves`); the default move sets drop them there with a one-line note.
 
 Resumability: :meth:`ThresholdMC.state` is a JSON-able dict with the current
 structure (and its constraints), energies, lid schedule, adapted step sizes, counters and the
@@ -34,6 +38,7 @@ labeller, which finds the stored label instead of calling the reference.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -41,11 +46,12 @@ import numpy as np
 from .. import keys as K
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..gate import require_gate
-from ..structures import atoms_from_dict, atoms_to_dict
+from ..structures import atoms_from_dict, atoms_to_dict, is_bulk
 from ..units import check_positive, kjmol_to_ev
-from .moves import MoveSet, Topology, make_whole
+from .moves import CELL_MOVES, DEFAULT_ATOM_MOVES, DEFAULT_MOVES, MoveSet, Topology, make_whole, parse_moves
 
 MODES = ("threshold", "downhill")
+log = logging.getLogger("committee_calc.mc")
 
 
 def lid_from_units(n_atoms, n_molecules=None, lid_kjmol=None, lid_eV_per_atom=None) -> float:
@@ -64,7 +70,55 @@ def lid_from_units(n_atoms, n_molecules=None, lid_kjmol=None, lid_eV_per_atom=No
     return check_positive("lid_eV_per_atom", lid_eV_per_atom) * int(n_atoms)
 
 
+def cell_move_problem(atoms) -> str | None:
+    """Why cell moves cannot act on ``atoms`` (a phrase), or None: a structure with ASE
+    constraints (a cell move would carry the held atoms with the cell) or without a full 3-D
+    periodic cell (the cell would stretch the vacuum along a non-periodic direction)."""
+    if atoms.constraints:
+        names = sorted({type(c).__name__ for c in atoms.constraints})
+        return f"the structure has constraints {names}"
+    if not is_bulk(atoms):
+        return (f"the structure is not 3-D periodic (pbc={[bool(p) for p in atoms.pbc]}, cell "
+                f"rank {atoms.cell.rank}): the cell would stretch the vacuum")
+    return None
 
+
+def is_default_moves(moves) -> bool:
+    """True when ``moves`` (a MoveSet spec dict) is one of the default move sets
+    (:data:`~committee_calc.mc.moves.DEFAULT_MOVES`, :data:`~committee_calc.mc.moves.DEFAULT_ATOM_MOVES`)."""
+    return isinstance(moves, dict) and any(moves == parse_moves(d) for d in (DEFAULT_MOVES, DEFAULT_ATOM_MOVES))
+
+
+def check_cell_moves(moves, atoms):
+    """``moves`` (MoveSet or spec dict) usable on ``atoms``: unchanged when the structure has
+    no constraints and a 3-D periodic cell or the set has no cell moves; a default move set
+    (:func:`is_default_moves`) without its cell moves, with a one-line note (log warning).
+    Raises ConfigError for cell moves given explicitly on such a structure."""
+    cell = [n for n in (moves if isinstance(moves, MoveSet) else MoveSet(moves)).names
+            if n in CELL_MOVES]
+    why = cell_move_problem(atoms) if cell else None
+    if why is None:
+        return moves
+    if is_default_moves(moves):
+        log.warning("MC: cell moves %s dropped from the default move set: %s", cell, why)
+        return {n: v for n, v in moves.items() if n not in CELL_MOVES}
+    raise ConfigError(f"cell moves {cell} cannot be used: {why}. Remove them from the moves "
+                      "(e.g. --moves displace=1:0.1), or give a 3-D periodic structure without "
+                      "constraints")
+
+
+def free_atoms(atoms) -> np.ndarray:
+    """(N,) bool: the atoms a displacement can move under ``atoms``' ASE constraints (all True
+    without constraints).  Found by applying the constraints to a trial displacement of every
+    atom: an atom whose displacement the constraints undo entirely (``FixAtoms``, a
+    ``FixCartesian`` on x, y and z) is held."""
+    if not atoms.constraints:
+        return np.ones(len(atoms), bool)
+    probe = atoms.copy()
+    probe.calc = None
+    d = np.random.default_rng(0).uniform(0.5, 1.0, (len(atoms), 3))
+    probe.set_positions(atoms.positions + d, apply_constraint=True)
+    return np.linalg.norm(probe.positions - atoms.positions, axis=1) > 1e-9
 
 
 class ThresholdMC:
@@ -114,14 +168,16 @@ class ThresholdMC:
             raise ConfigError(f"lid_every must be a positive integer, got {lid_every!r}")
         self.lid_every = int(lid_every) if lid_every else None
         self.max_lid_raises = None if max_lid_raises is None else int(max_lid_raises)
-        self.moves = moves if isinstance(moves, MoveSet) else MoveSet(moves)
         if adaptive_target is not None and not 0.0 < float(adaptive_target) < 1.0:
             raise ConfigError(f"adaptive_target must be in (0, 1), got {adaptive_target!r}")
         self.adaptive_target = None if adaptive_target is None else float(adaptive_target)
         self.adaptive_every = int(adaptive_every)
         if len(atoms) == 0:
             raise ConfigError("the start structure has no atoms")
+        moves = check_cell_moves(moves, atoms)
+        self.moves = moves if isinstance(moves, MoveSet) else MoveSet(moves)
         self.atoms, self.topology = make_whole(atoms, labels=molecules, mult=bond_mult)
+        self._find_free_units()
         self.gate = require_gate(gate, "ThresholdMC")
         self.run_id = str(run_id)
         self.rng = np.random.default_rng(seed)
@@ -141,6 +197,27 @@ class ThresholdMC:
         if self.max_lid_raises is not None:
             raises = min(raises, self.max_lid_raises)
         return self.e0 + self.lid_eV + raises * self.lid_raise_eV
+
+    def _find_free_units(self) -> None:
+        """The atoms (``displace``) and molecules (``translate``, ``rotate``: no held atom) a
+        move may pick; ConfigError when the constraints leave a chosen move nothing to move."""
+        self.free_atoms = free_atoms(self.atoms)
+        held = np.bincount(self.topology.labels, weights=~self.free_atoms,
+                           minlength=self.topology.n_molecules)
+        self.free_molecules = held == 0
+        for name, free, what in (("displace", self.free_atoms, "atom"),
+                                 ("translate", self.free_molecules, "molecule without a held atom"),
+                                 ("rotate", self.free_molecules, "molecule without a held atom")):
+            if name in self.moves.names and not free.any():
+                raise ConfigError(f"the move {name!r} has nothing to move: the constraints hold "
+                                  f"every {what.split()[0]} ({what} needed); free some atoms or "
+                                  "drop the move")
+
+    def _held(self, details) -> bool:
+        """True when a proposed move picked a held atom or a molecule with a held atom."""
+        if "atom" in details:
+            return not self.free_atoms[details["atom"]]
+        return "molecule" in details and not self.free_molecules[details["molecule"]]
 
     @property
     def n_molecules(self) -> int:
@@ -203,7 +280,9 @@ class ThresholdMC:
         if self.terminated:
             raise ConfigError(f"the chain has terminated ({self.terminated}); start a new one")
         k = self.step_index + 1
-        trial, name, _ = self.moves.propose(self.atoms, self.topology, self.rng)
+        trial, name, details = self.moves.propose(self.atoms, self.topology, self.rng)
+        while self._held(details):  # pick again among the free atoms/molecules (same move)
+            trial, name, details = self.moves.propose(self.atoms, self.topology, self.rng, name)
         trial = self.constrained(trial)
         step_size = self.moves.steps[name]
         try:
@@ -297,6 +376,11 @@ class ThresholdMC:
         labels = np.asarray(state["labels"], dtype=int)
         mc.topology = Topology(labels=labels, n_molecules=int(labels.max()) + 1)
         mc.run_id = state["run_id"]
+        why = cell_move_problem(mc.atoms) if set(mc.moves.names) & set(CELL_MOVES) else None
+        if why:
+            raise ConfigError(f"the saved MC state uses cell moves, which cannot be used: {why}; "
+                              "start a new run (new --out) without cell moves")
+        mc._find_free_units()
         mc.rng = np.random.default_rng()
         mc.rng.bit_generator.state = state["rng"]
         mc.step_index, mc.e0, mc.energy = state["step"], state["e0_eV"], state["energy_eV"]
@@ -305,4 +389,5 @@ class ThresholdMC:
         return mc
 
 
-__all__ = ["MODES", "ThresholdMC", "lid_from_units"]
+__all__ = ["MODES", "ThresholdMC", "cell_move_problem", "check_cell_moves", "free_atoms",
+           "is_default_moves", "lid_from_units"]

@@ -99,6 +99,30 @@ class MDResult:
         return self.stop_reason is not None
 
 
+def initial_velocities(atoms, temperature_K: float, seed: int) -> None:
+    """Maxwell-Boltzmann momenta on ``atoms`` at exactly ``temperature_K`` [K] over the free
+    degrees of freedom.
+
+    Draws momenta (seeded ``numpy`` generator), zeroes their constrained components (atoms held
+    by ``FixAtoms``, fixed Cartesian components, …), removes the centre-of-mass drift only
+    without constraints (held atoms anchor the structure), then rescales the kinetic energy so
+    that ``atoms.get_temperature()`` (ASE: 2 E_kin / (k_B N_dof), N_dof = 3N minus the
+    constrained degrees of freedom) is ``temperature_K``.  Without the rescale a slab with a
+    third of its atoms held starts far off target (review E21).  Raises ConfigError when the
+    constraints leave no degree of freedom.
+    """
+    if atoms.get_number_of_degrees_of_freedom() <= 0:
+        raise ConfigError("the constraints hold every atom: no degree of freedom is left for MD")
+    thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    if atoms.constraints:
+        atoms.set_momenta(atoms.get_momenta(), apply_constraint=True)
+    else:
+        vd.Stationary(atoms, preserve_temperature=False)
+    if atoms.get_kinetic_energy() > 0:
+        vd.force_temperature(atoms, temperature_K)
+
+
 #: CSV column -> result key of the uncertainty columns
 _SPREAD_COLUMNS = (("energy_std_eV", K.ENERGY_STD), ("energy_std_per_atom_eV", K.ENERGY_STD_PER_ATOM),
                    ("forces_std_max_eVA", K.FORCES_STD_MAX),
@@ -162,9 +186,7 @@ class CommitteeMD:
         if self.atoms.constraints:  # no momenta along constrained directions (fixed atoms)
             self.atoms.set_momenta(self.atoms.get_momenta(), apply_constraint=True)
         if init_velocities and not np.any(self.atoms.get_momenta()):
-            thermalize = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
-            thermalize(self.atoms, temperature_K=self.schedule(0), rng=np.random.default_rng(self.seed))
-            vd.Stationary(self.atoms)
+            initial_velocities(self.atoms, self.schedule(0), self.seed)
         self.volume0 = self.atoms.get_volume() if self.atoms.cell.rank == 3 else None
         self.dyn_kwargs = dict(ensemble=ensemble, timestep_fs=self.timestep_fs, pressure_GPa=self.pressure_GPa,
                                tdamp_fs=tdamp_fs, pdamp_fs=pdamp_fs, hydrostatic=hydrostatic,
@@ -347,4 +369,5 @@ class CommitteeMD:
                         *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
 
 
-__all__ = ["CommitteeMD", "MDResult", "TemperatureSchedule", "CSV_COLUMNS", "read_log"]
+__all__ = ["CommitteeMD", "MDResult", "TemperatureSchedule", "CSV_COLUMNS", "initial_velocities",
+           "read_log"]

@@ -33,7 +33,7 @@ from ..committee import max_cutoff
 from ..errors import ConfigError
 from ..fileio import save_json_atomic
 from ..gate import Gate
-from ..units import check_positive
+from ..units import check_finite, check_positive
 from .harmonic import PhononWarning, report_imaginary
 from .plots import plot_band_structure, plot_dos
 from .qha import (
@@ -57,7 +57,7 @@ from .qha_plots import plot_pressure_scan, plot_qha
 from .settings import PhononSettings
 from .spectra import run_band_structure, run_dos
 from .supercell import make_phonopy, supercell_size_message
-from .volumes import RELAX_MODES, run_volume_point, scaled_structures
+from .volumes import RELAX_MODES, check_qha_structure, run_volume_point, scaled_structures
 
 log = logging.getLogger("committee_calc.qha")
 VOLUME_CHOICES = ("linear_scales", "volume_scales", "scale_range", "pressures_GPa")
@@ -88,7 +88,7 @@ class VolumeScan:
             raise ConfigError(f"give the volumes as exactly one of {VOLUME_CHOICES} "
                               f"(at least 5 points), got {given or 'none'}")
         for k in given:
-            object.__setattr__(self, k, tuple(float(v) for v in getattr(self, k)))
+            object.__setattr__(self, k, tuple(check_finite(f"{k} value", v) for v in getattr(self, k)))
         if self.scale_range is not None:
             if len(self.scale_range) != 3:
                 raise ConfigError(f"scale_range is (MIN, MAX, N), got {self.scale_range}")
@@ -154,6 +154,14 @@ class QHAOptions:
             raise ConfigError(f"ddof must be 0 or 1, got {self.ddof}")
         if self.band_npoints < 2:
             raise ConfigError(f"band_npoints must be >= 2, got {self.band_npoints}")
+        if self.pressure_GPa is not None:
+            check_finite("pressure_GPa (--pressure-GPa)", self.pressure_GPa)
+        if self.t_max_K is not None:
+            check_positive("t_max_K (--qha-tmax-K)", self.t_max_K)
+        for p in self.screen_pressures_GPa or ():
+            check_finite("screen_pressures_GPa (--screen-pressures-GPa)", p)
+        check_positive("screen_temperature_K (--screen-temperature-K)", self.screen_temperature_K,
+                       allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +287,7 @@ def run_qha_scan(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Volum
     """
     options = options or QHAOptions()
     out = Path(out)
+    check_qha_structure(atoms)  # a slab or molecule: refused before the output folder exists
     cutoff_msg = supercell_size_message(make_phonopy(atoms, settings, generate=False),
                                         max_cutoff(gate.committee))
     out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from ..committee import max_cutoff
 from ..errors import ConfigError, GateStop
 from ..gate import Gate, require_gate
 from ..relax.gated import GatedRelaxer
+from ..structures import is_bulk
 from ..units import check_positive
 from .forces import compute_forces, used_members
 from .harmonic import PhononResult, phonons_from_forces, warn_constraints
@@ -39,12 +40,25 @@ from .supercell import check_supercell_size, make_phonopy
 RELAX_MODES = ("none", "internal", "shape")
 
 
+def check_qha_structure(atoms: Atoms, what: str = "the QHA structure") -> None:
+    """Raise ConfigError unless ``atoms`` is a 3-D periodic crystal (:func:`is_bulk`): the QHA
+    scales (or relaxes at pressure) the volume of the crystal, which along a non-periodic
+    direction would scale a slab's vacuum; a cell of rank < 3 is refused likewise."""
+    if not is_bulk(atoms):
+        raise ConfigError(f"{what} is not a 3-D periodic crystal (pbc={[bool(p) for p in atoms.pbc]}, "
+                          f"cell rank {atoms.cell.rank}): the QHA needs one, its volume scan would "
+                          "scale the vacuum of a slab or molecule; give a bulk crystal with pbc "
+                          "True on every axis")
+
+
 def scaled_structures(atoms: Atoms, linear_scales=None, volume_scales=None) -> list:
     """Copies of ``atoms`` with the cell scaled (atoms follow, fractional coordinates kept).
 
     ``linear_scales``: factors on every lattice vector (V ∝ s³);
-    ``volume_scales``: factors on the volume.  Exactly one must be given.
+    ``volume_scales``: factors on the volume.  Exactly one must be given.  Raises ConfigError
+    (:func:`check_qha_structure`) for a structure that is not 3-D periodic.
     """
+    check_qha_structure(atoms)
     if (linear_scales is None) == (volume_scales is None):
         raise ConfigError("give exactly one of linear_scales or volume_scales")
     scales = np.asarray(linear_scales if linear_scales is not None else volume_scales, float)
@@ -146,7 +160,9 @@ def run_volume_point(atoms: Atoms, gate: Gate, settings: PhononSettings, relax: 
     get ``info`` as provenance).  Warns when the supercell is thinner than twice the
     committee cutoff, and when ``atoms`` has ASE constraints: the relaxation keeps them,
     the phonons are those of the full structure.  Returns a :class:`VolumePoint` (per primitive cell).
+    Raises ConfigError for a structure that is not 3-D periodic (:func:`check_qha_structure`).
     """
+    check_qha_structure(atoms)
     warn_constraints(atoms, "the QHA structure")
     committee = committee_only(gate)
     relaxed = relax_structure(atoms, committee, relax, fmax_eVA, steps, pressure_GPa=pressure_GPa)
