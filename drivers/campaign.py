@@ -44,7 +44,7 @@ from committee_calc.structures import read_structures
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="committee-campaign", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidates", help="structures: extxyz/cif/ASE-db file or a folder of files")
     add_committee_arguments(p)
     add_gate_arguments(p, retrain=False)
