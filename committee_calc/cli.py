@@ -94,7 +94,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = 
                            ("cap", "hard cap: stop instead of labelling above this")):
             dest = m.option(kind)
             g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=float, default=None,
-                           help=f"{what} {m.help}{unit}")
+                           metavar="X", help=f"{what} {m.help}{unit}")
     g.add_argument("--logic", choices=("any", "all"), default="any",
                    help="combine several thresholds with any/all (default: any)")
     if retrain:
