@@ -21,17 +21,6 @@ import numpy as np
 from .errors import ConfigError
 
 
-def ensure_dir(path, what: str = "output folder") -> Path:
-    """``path`` created with its parents; an unusable path (under a file, read-only, /proc…)
-    is a :class:`~committee_calc.errors.ConfigError` naming it."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the {what} {str(out)!r}: {exc}; choose another path") from None
-    return out
-
-
 def check_dir(path, what: str = "output folder") -> Path:
     """Check, without creating anything, that folder ``path`` exists and is writable or can
     be created: its nearest existing ancestor must be a folder in which a folder can be made

@@ -273,8 +273,10 @@ class Gate(Calculator):
     def _decide(self, atoms, com, stress, step, info, baseline=None, threshold_scale=1.0) -> GateResult:
         self.n_calls += 1
         finite = _finite(com)
-        measures = compute_measures(com, len(atoms), self.n_molecules(atoms)) if com else {}
-        nmol = self.n_molecules(atoms)
+        nmol = None
+        if com is not None:  # the committee's own count when it has one, else the gate's
+            nmol = com[K.N_MOLECULES] if K.N_MOLECULES in com else self.n_molecules(atoms)
+        measures = compute_measures(com, len(atoms), nmol) if com else {}
         if com is not None and nmol:
             com.setdefault(K.N_MOLECULES, nmol)
             if K.ENERGY_STD_PER_MOLECULE in measures:

@@ -32,13 +32,11 @@ Guarantees and how they are met
       :class:`LabelStoreError`.
     * **Concurrent writers lose nothing and interleave no bytes**: scan, repair and write happen
       under an exclusive ``fcntl.flock`` on ``<path>.lock`` (see :mod:`committee_calc._lock`).
-    * **Created lazily**: opening or reading a store that does not exist yet creates nothing (no
-      folder, file or lock file), so a run refused before its first label leaves no trace; the
-      first append creates them.  Opening or reading an existing store without ``<path>.lock``
-      (written by other means, or corrupt) creates no lock file and changes nothing: it is scanned
-      without the lock, read-only (a torn tail stays, with a warning, until the next append
-      quarantines it under the lock), and again under the lock if a writer created the lock file
-      meanwhile (every writer creates it before it touches the data).
+    * **Created lazily**: opening or reading a missing store creates nothing (no folder, file or
+      lock file); the first append does.  An existing store without ``<path>.lock`` is scanned
+      read-only without the lock (a torn tail stays, with a warning, until the next append
+      quarantines it), and again under the lock if a writer (which always creates the lock file
+      first) appeared meanwhile.
     * **Optional de-duplication** (``deduplicate=True``): a label whose ``label_hash`` is already in
       the store is not written again; ``append`` returns the index of the existing copy and sets
       ``last_was_duplicate``.
@@ -59,6 +57,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import ase.io
 import numpy as np
 from ase import Atoms
 
@@ -219,10 +218,8 @@ class LabelStore:
 
     @staticmethod
     def _parses(frame: bytes) -> bool:
-        from ase.io import read
-
         try:
-            read(_io.StringIO(frame.decode()), format="extxyz")
+            ase.io.read(_io.StringIO(frame.decode()), format="extxyz")
             return True
         except Exception:  # noqa: BLE001 - any failure means "not a valid frame"
             return False
@@ -242,8 +239,6 @@ class LabelStore:
     def format_frame(self, atoms, reference_results: dict, committee_results=None,
                      provenance=None, baseline_results=None) -> tuple:
         """Return ``(extxyz text of one frame, label_hash)``; validates the values."""
-        from ase.io import write
-
         if not isinstance(reference_results, dict) or "energy" not in reference_results:
             raise LabelStoreError("reference_results must be a dict with at least 'energy' (eV)")
         n = len(atoms)
@@ -281,7 +276,7 @@ class LabelStore:
         frame.info["label_hash"] = h
         frame.info["label_id"] = uuid.uuid4().hex
         buf = _io.StringIO()
-        write(buf, frame, format="extxyz")
+        ase.io.write(buf, frame, format="extxyz")
         text = buf.getvalue()
         if not text.endswith("\n"):
             text += "\n"
@@ -353,19 +348,20 @@ class LabelStore:
 
     def read(self, index=":") -> list:
         """All complete labels (or ``index``: int or slice string) as a list of Atoms."""
-        from ase.io import read
-
         with self._scanned():
             if not self._offsets:
                 return []
+            start, end = 0, self._end
+            if isinstance(index, int):  # one frame: parse its bytes only, not the whole store
+                k = range(len(self._offsets))[index]  # IndexError as for a list
+                start, end = self._offsets[k], (self._offsets + [self._end])[k + 1]
             with open(self.path, "rb") as fh:
-                text = fh.read(self._end).decode()
-        frames = read(_io.StringIO(text), index=":", format="extxyz")
-        if index == ":":
+                fh.seek(start)
+                text = fh.read(end - start).decode()
+        frames = ase.io.read(_io.StringIO(text), index=":", format="extxyz")
+        if isinstance(index, int) or index == ":":
             return frames
-        if isinstance(index, str):
-            return frames[slice(*[int(x) if x else None for x in index.split(":")])]
-        return [frames[index]]
+        return frames[slice(*[int(x) if x else None for x in index.split(":")])]
 
     def find(self, atoms) -> int | None:
         """Index of the label of the same geometry (:func:`structure_hash`), or None."""

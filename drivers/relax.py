@@ -37,7 +37,6 @@ from committee_calc.cli import (
     finite_float,
     limits_from_args,
     load_committee_from_args,
-    load_reference_from_args,
     nonnegative_int,
     run_cli,
 )
@@ -109,8 +108,7 @@ def run(argv=None) -> int:
     images = read_structures(args.candidates)
     committee = load_committee_from_args(args)
     check_species(committee, images)
-    load_reference_from_args(args)  # imports the reference calculator now, not at the first fallback
-    relaxer = make_relaxer(args, committee)
+    relaxer = make_relaxer(args, committee)  # build_gate imports the reference calculator now
     res = run_pool(relaxer, images, args.out, cluster=args.cluster, cluster_eps=args.cluster_eps,
                    descriptor=args.descriptor, progress=not args.no_progress)
     if res.clusters is not None:
