@@ -159,28 +159,36 @@ class DeltaCalculator(Calculator):
                 f"damping_sigma_eV={self.damping_sigma_eV})")
 
 
-def build_delta(committee, baseline_spec, delta_options, base_dir=None) -> DeltaCalculator:
-    """Δ calculator from a committee YAML's ``baseline:`` and ``delta:`` entries.
+def build_baseline(baseline_spec, base_dir=None) -> Member:
+    """The baseline model of a committee YAML's ``baseline:`` entry, as a Member.
 
     ``baseline_spec``: ``{calculator: <import path>, parameters: {...}}`` (any ASE
-    calculator) or a member entry with ``backend:`` (e.g. a LAMMPS pair style).
-    ``delta_options``: ``{damping_sigma_eV: s}`` for the damped variant, or empty.
+    calculator) or a member entry with ``backend:`` (e.g. ``{backend: chgnet, version: 0.3.0}``,
+    a LAMMPS pair style); relative paths against ``base_dir``.
+    Raises ConfigError for a spec that is not a mapping or describes several models.
     """
     if not isinstance(baseline_spec, dict):
-        raise ConfigError(f"'baseline' must be a mapping like {{calculator: ..., parameters: {{}}}}, "
-                          f"got {baseline_spec!r}")
-    opts = dict(delta_options or {})
-    unknown = set(opts) - DELTA_OPTIONS
-    if unknown:
-        raise ConfigError(f"unknown 'delta' options {sorted(unknown)}; known: {sorted(DELTA_OPTIONS)}")
+        raise ConfigError(f"'baseline' must be a mapping like {{calculator: ..., parameters: {{}}}} "
+                          f"or {{backend: chgnet, version: 0.3.0}}, got {baseline_spec!r}")
     if "backend" in baseline_spec:
         built = build_members(baseline_spec, base_dir)
         if len(built) != 1:
             raise ConfigError(f"'baseline' must describe one model, its path matched {len(built)}")
-        baseline = built[0]
-    else:
-        baseline = ASEMember.from_spec(dict(baseline_spec, name=baseline_spec.get("name", "baseline")),
-                                       base_dir)
+        return built[0]
+    return ASEMember.from_spec(dict(baseline_spec, name=baseline_spec.get("name", "baseline")), base_dir)
+
+
+def build_delta(committee, baseline_spec, delta_options, base_dir=None) -> DeltaCalculator:
+    """Δ calculator from a committee YAML's ``baseline:`` and ``delta:`` entries.
+
+    ``baseline_spec``: see :func:`build_baseline`.
+    ``delta_options``: ``{damping_sigma_eV: s}`` for the damped variant, or empty.
+    """
+    baseline = build_baseline(baseline_spec, base_dir)
+    opts = dict(delta_options or {})
+    unknown = set(opts) - DELTA_OPTIONS
+    if unknown:
+        raise ConfigError(f"unknown 'delta' options {sorted(unknown)}; known: {sorted(DELTA_OPTIONS)}")
     return DeltaCalculator(baseline, committee, damping_sigma_eV=opts.get("damping_sigma_eV"))
 
 
@@ -209,15 +217,24 @@ def add_baseline(frames, baseline, prefix="BASE_") -> list:
 
 def delta_targets(frames, ref_prefix="REF_", base_prefix="BASE_", out_prefix="DELTA_") -> list:
     """Add Δ targets ``DELTA_x = REF_x − BASE_x`` (energy, forces, stress; in place)."""
+    keys = {q: (ref_prefix + q, base_prefix + q, out_prefix + q) for q in ("energy", "forces", "stress")}
+    return delta_labels(frames, keys)
+
+
+def delta_labels(frames, keys) -> list:
+    """Δ targets in place: ``keys = {quantity: (reference key, baseline key, output key)}`` for
+    quantity in energy [eV, info], forces [eV/Å, (N,3) arrays], stress [eV/Å³, (6,) info]; a
+    quantity is skipped where either input is missing (energy must be present: ConfigError)."""
+    e_ref, e_base, e_out = keys["energy"]
     for i, a in enumerate(frames):
-        if ref_prefix + "energy" not in a.info or base_prefix + "energy" not in a.info:
-            raise ConfigError(f"frame {i} lacks {ref_prefix}energy or {base_prefix}energy; "
+        if e_ref not in a.info or e_base not in a.info:
+            raise ConfigError(f"frame {i} lacks {e_ref} or {e_base}; "
                               "store labels through a Δ gate or call add_baseline first")
-        a.info[out_prefix + "energy"] = float(a.info[ref_prefix + "energy"]) - float(
-            a.info[base_prefix + "energy"])
-        if ref_prefix + "forces" in a.arrays and base_prefix + "forces" in a.arrays:
-            a.arrays[out_prefix + "forces"] = a.arrays[ref_prefix + "forces"] - a.arrays[base_prefix + "forces"]
-        if ref_prefix + "stress" in a.info and base_prefix + "stress" in a.info:
-            a.info[out_prefix + "stress"] = (np.asarray(a.info[ref_prefix + "stress"], float)
-                                             - np.asarray(a.info[base_prefix + "stress"], float))
+        a.info[e_out] = float(a.info[e_ref]) - float(a.info[e_base])
+        f_ref, f_base, f_out = keys.get("forces", (None, None, None))
+        if f_ref in a.arrays and f_base in a.arrays:
+            a.arrays[f_out] = a.arrays[f_ref] - a.arrays[f_base]
+        s_ref, s_base, s_out = keys.get("stress", (None, None, None))
+        if s_ref in a.info and s_base in a.info:
+            a.info[s_out] = np.asarray(a.info[s_ref], float) - np.asarray(a.info[s_base], float)
     return frames

@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import load_committee, read_yaml, write_yaml_atomic
+from ..delta import add_baseline, build_baseline, delta_labels
 from ..errors import ConfigError, StructureReadError
 from ..members import expand_paths
 from . import _common
@@ -46,7 +47,7 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
                     energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress",
                     max_epochs=None, model_options=None, device="cpu", dtype="float64",
                     n_jobs=1, timeout_s=None, calibration=None, init_models=None,
-                    finetune_epochs=None, finetune_options=None) -> str:
+                    finetune_epochs=None, finetune_options=None, baseline=None, base_dir=None) -> str:
     """Train ``n_members`` models on ``train_file``; write models + ``out_dir/committee.yaml``.
 
     Returns the path of the committee YAML.  ``stress_key`` is passed to the
@@ -57,6 +58,13 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
     finetune_epochs, finetune_options: epochs (default ``max_epochs``) and model options
         (over ``model_options``, e.g. a smaller ``lr``) of a later fine-tune of this committee,
         recorded under ``training:`` and read by :func:`fine_tune_committee`.
+    baseline: a Δ-learning baseline (a committee-YAML ``baseline:`` entry, e.g.
+        ``{backend: chgnet, version: "0.3.0"}``; relative paths against ``base_dir``): the
+        members learn reference − baseline (energy, forces, stress; Butler, Hafizi & Day's
+        Δ-learning), the written YAML carries the ``baseline:`` so it loads as a
+        :class:`~committee_calc.delta.DeltaCalculator`, and ``train_file`` keeps the reference
+        labels (a fine-tune forms the Δ targets again).  Raises ConfigError for a bad baseline,
+        and what the baseline raises for structures outside its domain.
     """
     trainer = _trainer(backend)
     seeds = _common.member_seeds(n_members, seeds)
@@ -65,6 +73,10 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
         stress_key = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ref_file = train_file
+    if baseline:
+        baseline = _absolute_paths(baseline, base_dir)
+        train_file, frames = _delta_training_set(frames, baseline, out, energy_key, forces_key, stress_key)
     epochs = trainer.DEFAULT_EPOCHS if max_epochs is None else int(max_epochs)
     if epochs < 1:
         raise ConfigError(f"max_epochs must be ≥ 1, got {max_epochs!r}")
@@ -81,9 +93,11 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
             timeout_s, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key,
             max_epochs=epochs, model_options=model_options, device=device, dtype=dtype)
     spec = {"members": members}
+    if baseline:
+        spec["baseline"] = dict(baseline)
     if calibration:
         spec["calibration"] = dict(calibration)
-    spec["training"] = {"backend": backend, "train_file": str(Path(train_file).resolve()),
+    spec["training"] = {"backend": backend, "train_file": str(Path(ref_file).resolve()),
                         "energy_key": energy_key, "forces_key": forces_key,
                         "stress_key": stress_key, "max_epochs": epochs, "bootstrap": bool(bootstrap),
                         "model_options": dict(model_options or {}), "members": records}
@@ -94,6 +108,35 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
     path = out / "committee.yaml"
     write_yaml_atomic(path, spec)
     return str(path)
+
+
+def _absolute_paths(spec: dict, base_dir) -> dict:
+    """A baseline entry with a relative ``path`` made absolute (against ``base_dir`` or the cwd)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"baseline must be a committee-YAML baseline entry such as "
+                          f"{{backend: chgnet, version: '0.3.0'}} or {{calculator: ..., parameters: {{}}}}, "
+                          f"got {spec!r}")
+    spec = dict(spec)
+    if spec.get("path") and not Path(str(spec["path"])).expanduser().is_absolute():
+        spec["path"] = str((Path(base_dir or ".") / str(spec["path"])).resolve())
+    return spec
+
+
+def _delta_training_set(frames, baseline, out, energy_key, forces_key, stress_key) -> tuple:
+    """(file, frames) of the Δ targets reference − baseline under the reference's own keys,
+    written to ``out/train_delta.extxyz`` (baseline values kept as ``BASE_*``)."""
+    from ase.io import write
+
+    add_baseline(frames, build_baseline(baseline), prefix="BASE_")
+    keys = {"energy": (energy_key, "BASE_energy", energy_key)}
+    if forces_key:
+        keys["forces"] = (forces_key, "BASE_forces", forces_key)
+    if stress_key:
+        keys["stress"] = (stress_key, "BASE_stress", stress_key)
+    delta_labels(frames, keys)
+    path = out / "train_delta.extxyz"
+    write(str(path), frames, format="extxyz")
+    return str(path), frames
 
 
 def _train_member_jobs(trainer, backend, train_file, frames, out, seeds, bootstrap, init_models,
@@ -169,8 +212,6 @@ def read_training(committee_yaml) -> dict:
                           f"{training.get('backend')!r}")
     if not training.get("train_file"):
         raise ConfigError(f"{path}: training.train_file (the seed training set) is missing")
-    if spec.get("baseline"):
-        raise ConfigError(f"{path}: fine-tuning a Δ-learning committee (baseline:) is not supported")
     return training
 
 
@@ -208,6 +249,8 @@ def fine_tune_committee(committee_yaml, train_file, out_dir, seeds=None, bootstr
     recorded seeds + 1); bootstrap: default the recorded choice.  File-based members (MACE)
     start from their model files; the in-process ridge trainer refits on all data.  The
     calibration of a file-based committee is carried over; the ridge trainer fits its own.
+    A Δ-learning committee (``baseline:``) fine-tunes its correction members on reference −
+    baseline of ``train_file`` (the baseline itself stays as it is).
     Returns ``out_dir/committee.yaml``, whose ``training:`` section allows the next fine-tune.
     Raises ConfigError, TrainingError.
     """
@@ -235,7 +278,8 @@ def fine_tune_committee(committee_yaml, train_file, out_dir, seeds=None, bootstr
         device=device or training.get("device", "cpu"),
         dtype=training.get("dtype", "float64"), n_jobs=n_jobs, timeout_s=timeout_s,
         calibration=None if in_process else spec.get("calibration"), init_models=init,
-        finetune_epochs=training.get("finetune_epochs"))
+        finetune_epochs=training.get("finetune_epochs"), baseline=spec.get("baseline"),
+        base_dir=path.parent)
     new = read_yaml(out)
     new["training"]["model_options"] = dict(training.get("model_options") or {})
     if training.get("finetune_options"):
