@@ -33,6 +33,7 @@ from committee_calc.cli import (
     load_committee_from_args,
     load_reference_from_args,
     molecules_from_args,
+    nonnegative_int,
     positive_int,
     run_cli,
 )
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-stress-GPa", type=float, default=0.1,
                    help="reference residual stress of a converged candidate with --cell, GPa")
     p.add_argument("--max-steps", type=positive_int, default=200, help="optimiser steps per round")
+    p.add_argument("--polish", type=nonnegative_int, default=0,
+                   help="reference optimiser steps at most after a failed verification, each a label "
+                        "(default 0: the candidate relaxes on with the retrained committee)")
     p.add_argument("--max-rounds", type=positive_int, default=10, help="rounds at most")
     p.add_argument("--label-budget", type=positive_int, default=None, help="labels (reference calls) at most")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="FIRE")
@@ -98,7 +102,7 @@ def run(argv=None) -> int:
         thresholds=thresholds, fmax=args.fmax, max_steps=args.max_steps, max_rounds=args.max_rounds,
         label_budget=args.label_budget, cell=args.cell, pressure_GPa=args.pressure_GPa,
         optimizer=args.optimizer, fix_symmetry=args.fix_symmetry, verify_fmax=args.verify_fmax,
-        verify_stress_GPa=args.verify_stress_GPa, heldout_file=args.heldout,
+        verify_stress_GPa=args.verify_stress_GPa, polish=args.polish, heldout_file=args.heldout,
         heldout_fraction=args.heldout_fraction, max_epochs=args.max_epochs, n_jobs=args.n_jobs,
         device=args.device, molecules=molecules_from_args(args), progress=lambda s: print(s, flush=True))
     print(f"{'id':<14s} {'status':<16s} {'rounds':>6s} {'ref calls':>9s} {'E_committee':>14s} "

@@ -83,7 +83,7 @@ class CampaignResult:
 
 def campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budget, cell,
                       pressure_GPa, optimizer, fix_symmetry, verify_fmax, verify_stress_GPa,
-                      molecules) -> dict:
+                      molecules, polish=0) -> dict:
     """The checked settings (JSON-able; thresholds in internal units).  Raises ConfigError."""
     if label_budget is not None and (isinstance(label_budget, bool) or int(label_budget) != label_budget
                                      or label_budget < 1):
@@ -104,7 +104,7 @@ def campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budg
             "optimizer": str(optimizer).upper(), "fix_symmetry": bool(fix_symmetry),
             "verify_fmax": fmax if verify_fmax is None else check_positive("verify_fmax", verify_fmax),
             "verify_stress_GPa": check_positive("verify_stress_GPa", verify_stress_GPa),
-            "molecules": molecules}
+            "polish": check_count("polish", polish, 0), "molecules": molecules}
 
 
 #: training devices a trainer understands: cpu, cuda, cuda:N, mps, xpu (checked without torch)
@@ -155,7 +155,7 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
                  pressure_GPa=0.0, optimizer="FIRE", fix_symmetry=False, verify_fmax=None,
                  verify_stress_GPa=0.1, heldout_file=None, heldout_fraction=0.1, bootstrap=True,
                  max_epochs=None, n_jobs=1, device=None, timeout_s=None, molecules=None,
-                 ids=None, progress=None) -> CampaignResult:
+                 ids=None, progress=None, polish=0) -> CampaignResult:
     """Run (or resume) an active relaxation campaign in ``out_dir`` (module docstring).
 
     images: candidate structures (list of Atoms); ids: their ids (default
@@ -167,6 +167,8 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
         :func:`~committee_calc.measures.parse_limits` (e.g. ``{"forces_std_max_eVA": 0.5}``).
     fmax [eV/Å], max_steps (per round), optimizer, cell, pressure_GPa, fix_symmetry: the
         relaxation; verify_fmax [eV/Å] (default fmax), verify_stress_GPa: the reference targets.
+    polish: reference optimiser steps at most after a failed verification (0: none; each step
+        a label, :mod:`.polish`); a candidate the reference then accepts is ``converged``.
     max_rounds: rounds at most; label_budget: labels (reference calls) at most, None: no limit.
     heldout_file, heldout_fraction, bootstrap, max_epochs, n_jobs, device, timeout_s: the
         retraining (:class:`~.training.RoundTrainer`); heldout_file defaults to the YAML's
@@ -184,7 +186,7 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
         raise ConfigError("candidate ids must be unique, one per structure")
     settings = campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budget, cell,
                                  pressure_GPa, optimizer, fix_symmetry, verify_fmax,
-                                 verify_stress_GPa, molecules)
+                                 verify_stress_GPa, molecules, polish)
     check_training_options(max_epochs, n_jobs, device)
     if heldout_file is None and read_training(committee_yaml).get("heldout_file"):
         heldout_file = Path(committee_yaml).parent / read_training(committee_yaml)["heldout_file"]

@@ -37,6 +37,7 @@ from ..io import read_uncertainties
 from ..relax.criteria import max_force, stress_residual_GPa
 from ..relax.gated import GatedRelaxer
 from ..structures import read_structures
+from .polish import polish
 from .state import CONVERGED, REFERENCE_FAILED, UNFINISHED
 
 #: U_max of a relaxation without the U stop (``free`` candidates)
@@ -160,8 +161,23 @@ def _label_one(state, labeller, cid, row, r, inputs):
     constrained = start_structure(state, cid, inputs) if inputs[cid].constraints else None
     if constrained is not None:
         constrained.positions = frame.positions
-    return {"action": row["outcome"], "index": int(lab.index), "seen_before": bool(seen),
-            "reference": reference_check(lab.results, state.data["settings"], constrained)}
+    settings = state.data["settings"]
+    entry = {"action": row["outcome"], "index": int(lab.index), "seen_before": bool(seen),
+             "reference": reference_check(lab.results, settings, constrained)}
+    if row["outcome"] == "converged" and not entry["reference"]["verified"] and settings.get("polish"):
+        start = start_structure(state, cid, inputs)
+        start.set_cell(frame.cell, scale_atoms=False)
+        start.positions = frame.positions
+        try:
+            done = polish(start, labeller, settings, settings["polish"],
+                          dict(prov, step=prov["step"]), lambda res, at: reference_check(res, settings, at))
+        except ReferenceCalculationError as exc:
+            return {"action": REFERENCE_FAILED, "reason": str(exc).splitlines()[0]}
+        polished = state.round_dir() / "polished" / f"{cid}.extxyz"
+        write_structures_atomic(polished, [done["atoms"]])
+        entry.update(polished=state.rel(polished), polish_steps=done["steps"], index=int(done["index"]),
+                     reference=done["reference"])
+    return entry
 
 
 def label_stage(state, labeller, inputs, progress) -> None:
@@ -186,6 +202,7 @@ def label_stage(state, labeller, inputs, progress) -> None:
             progress(f"round {r}: {cid} labelled ({'verify' if entry['action'] == 'converged' else 'stop'}"
                      f"{', labelled before' if entry['seen_before'] else ''}): reference "
                      f"E = {ref['energy_eV']:.5f} eV, fmax = {ref['fmax_eVA']:.4f} eV/Å"
+                     + (f" after {entry['polish_steps']} reference polish steps" if entry.get("polished") else "")
                      + (" -> converged" if entry["action"] == "converged" and ref["verified"] else ""))
         elif entry["action"] in ("budget", REFERENCE_FAILED):
             progress(f"round {r}: {cid} not labelled: {entry.get('reason', 'label budget spent')}")
@@ -200,7 +217,7 @@ def close_round(state, store_frames) -> int:
         c, row, e = state.candidates[cid], rec["results"][cid], rec["labelled"][cid]
         c["rounds"] += 1
         c["steps"] += row["steps"]
-        c["structure"] = state.rel(rdir / "relaxed" / f"{cid}.extxyz")
+        c["structure"] = e.get("polished") or state.rel(rdir / "relaxed" / f"{cid}.extxyz")
         c["committee"] = {k: row[k] for k in ("status", "energy_eV", "energy_std_eV", "fmax_eVA",
                                               "force_uncertainty_relative")}
         c["free"] = False
@@ -209,15 +226,17 @@ def close_round(state, store_frames) -> int:
         ref, action = e.get("reference"), e["action"]
         if ref is not None:
             c["reference"] = dict(ref, round=r)
+        polished = f" after {e['polish_steps']} reference polish steps" if e.get("polished") else ""
         if action == "converged" and ref["verified"]:
             c.update(status=CONVERGED, reason=f"reference fmax {ref['fmax_eVA']:.4f} ≤ {target:g} eV/Å"
-                     + (f", |stress| {ref['stress_max_GPa']:.3f} GPa" if ref["stress_max_GPa"] is not None else ""))
+                     + (f", |stress| {ref['stress_max_GPa']:.3f} GPa" if ref["stress_max_GPa"] is not None else "")
+                     + polished)
         elif action == "converged" and e["seen_before"]:
             c.update(status=UNFINISHED, reason=f"the committee converges again to a labelled structure "
                      f"the reference rejects (fmax {ref['fmax_eVA']:.4f} eV/Å): the committee cannot "
                      "resolve this minimum (the label may be held out)")
         elif action == "converged":
-            c["reason"] = f"reference fmax {ref['fmax_eVA']:.4f} > {target:g} eV/Å: labelled, relaxes on"
+            c["reason"] = f"reference fmax {ref['fmax_eVA']:.4f} > {target:g} eV/Å{polished}: labelled, relaxes on"
         elif action == "stop":
             c["free"] = e["seen_before"]
         elif action == "budget":
