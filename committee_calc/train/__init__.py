@@ -9,7 +9,8 @@ committee = retrain("labels.extxyz")         # a CommitteeCalculator on the new 
 fine_tune_committee(yaml_path, "more.extxyz", "models/ft")   # each member from its weights
 ```
 
-Backends: ``mace``, ``nequip``, ``schnetpack`` (one training process per member) and
+Backends: ``mace``, ``nequip``, ``schnetpack``, ``chgnet`` (one training process per member;
+``chgnet`` fine-tunes the pretrained CHGNet weights, float32 only) and
 ``ridge`` (the pair-ridge committee of :mod:`.ridge`, fitted in this process in seconds; its
 members are written inline as ``backend: ase`` entries).  The ``training:`` section of the
 written YAML holds everything a later fine-tune needs (:func:`fine_tune_committee`).
@@ -32,7 +33,8 @@ from ..members import expand_paths
 from . import _common
 
 TRAINERS = {"mace": "committee_calc.train.mace", "nequip": "committee_calc.train.nequip",
-            "schnetpack": "committee_calc.train.schnetpack", "ridge": "committee_calc.train.ridge"}
+            "schnetpack": "committee_calc.train.schnetpack", "ridge": "committee_calc.train.ridge",
+            "chgnet": "committee_calc.train.chgnet"}
 
 
 def _trainer(backend: str):
@@ -101,6 +103,8 @@ def train_committee(train_file, out_dir, backend="mace", n_members=4, seeds=None
                         "energy_key": energy_key, "forces_key": forces_key,
                         "stress_key": stress_key, "max_epochs": epochs, "bootstrap": bool(bootstrap),
                         "model_options": dict(model_options or {}), "members": records}
+    if hasattr(trainer, "resolved_options"):  # the full settings, defaults included
+        spec["training"]["resolved_options"] = trainer.resolved_options(model_options)
     if finetune_epochs is not None:
         spec["training"]["finetune_epochs"] = int(finetune_epochs)
     if finetune_options:
