@@ -112,6 +112,28 @@ class DeltaCalculator(Calculator):
         self.n_calls += 1
         self.results = self.combine(base, dict(self.committee.results), stress)
 
+    def predict(self, structures, batch_size: int | None = None, properties=None,
+                progress: bool = False) -> list:
+        """Δ results (schema dicts, see the module docstring) for many structures: the correction
+        committee's batched :meth:`~committee_calc.committee.CommitteeCalculator.predict` plus
+        the baseline per structure.  Does not touch ``self.results``."""
+        structures = [a.copy() for a in structures]
+        for a in structures:
+            a.calc = None
+            self.baseline.check_atoms(a)
+        corr = self.committee.predict(structures, batch_size=batch_size, properties=properties,
+                                      progress=progress)
+        out = []
+        for atoms, c in zip(structures, corr):
+            if c.get(K.N_NONFINITE):
+                out.append(c)
+                continue
+            stress = K.STRESS in c
+            base = self.baseline.predict(atoms, ["energy", "forces"] + (["stress"] if stress else []))
+            self.n_calls += 1
+            out.append(self.combine(base, dict(c), stress))
+        return out
+
     def combine(self, base: dict, corr: dict, stress: bool) -> dict:
         """Δ results from baseline predictions and correction-committee results."""
         res = dict(corr)

@@ -93,6 +93,20 @@ def test_delta_committee_learns_reference_minus_baseline(trained):
     assert committee.results["energy_std"] > 0 and "baseline_energy" in committee.results
 
 
+def test_delta_predict_equals_the_calculator(trained):
+    d, path = trained
+    committee = load_committee(path)
+    frames = _cells(3, 7, 0.03, 0.1)
+    many = committee.predict(frames)
+    for a, r in zip(frames, many):
+        b = a.copy()
+        b.calc = committee
+        assert r["energy"] == pytest.approx(b.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(r["forces"], b.get_forces(), atol=1e-10)
+        assert r["energy_std"] == pytest.approx(committee.results["energy_std"], abs=1e-12)
+        assert r["baseline_energy"] == pytest.approx(committee.results["baseline_energy"], abs=1e-12)
+
+
 def test_fine_tune_keeps_the_baseline_and_refits_the_correction(trained, tmp_path):
     d, path = trained
     more = _labelled(_cells(6, 9, 0.05, 0.1))
@@ -109,8 +123,8 @@ def test_fine_tune_keeps_the_baseline_and_refits_the_correction(trained, tmp_pat
 
 def test_campaign_round_with_a_delta_committee(trained, tmp_path):
     d, path = trained
-    candidates = _cells(2, 1, 0.0, 0.2)
-    res = run_campaign(candidates, path, EMT(), tmp_path / "run", u_max=0.02, fmax=0.02,
+    candidates = _cells(2, 1, 0.0, 0.12)
+    res = run_campaign(candidates, path, EMT(), tmp_path / "run", u_max=0.01, fmax=0.02,
                        verify_fmax=0.05, max_rounds=6)
     assert res.n_rounds >= 2 and res.n_labels >= 2  # at least one retraining of the Δ committee
     assert all(r["status"] == "converged" and r["reference_fmax_eVA"] <= 0.05 for r in res.candidates)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,18 +226,31 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
                           rounds=state.rounds, committee=str(state.committee))
 
 
+def _timed(state, stage, t0) -> None:
+    """Add the wall time since ``t0`` [s] to the round's record (``seconds[stage]``)."""
+    secs = state.round_record().setdefault("seconds", {})
+    secs[stage] = round(secs.get(stage, 0.0) + time.time() - t0, 2)
+
+
+def campaign_seconds(rounds) -> float:
+    """Wall time [s] of a campaign's stages over all its runs (resumes included)."""
+    return float(sum(sum(r.get("seconds", {}).values()) for r in rounds))
+
+
 def _run_stages(state, trainer, labeller, inputs, say) -> None:
     """The stage loop: relax → label → retrain → relax …, the state saved after each stage."""
     while state.stage != "done":
-        r = state.round
+        r, t0 = state.round, time.time()
         if state.stage == "relax":
             rec = state.round_record()
             say(f"round {r}: relaxing {len(rec['active'])} candidates with {state.data['committee']}")
             relax_stage(state, load_committee(state.committee), inputs, say)
+            _timed(state, "relax", t0)
             state.stage = "label"
             state.save()
         elif state.stage == "label":
             label_stage(state, labeller, inputs, say)
+            _timed(state, "label", t0)
             frames = labeller.store.read()
             n_new = close_round(state, frames)
             _next_stage(state, n_new, len(frames))
@@ -248,6 +262,7 @@ def _run_stages(state, trainer, labeller, inputs, say) -> None:
             say(f"round {r}: fine-tuning the committee on the seed set + {len(labeller.store)} labels")
             path = trainer.retrain(state.round_dir(), labeller.store.read(), init=state.committee)
             rec = state.round_record()
+            _timed(state, "retrain", t0)
             rec["retrained"] = state.rel(path)
             rec["heldout"] = read_yaml(path)["training"].get("heldout")
             h = rec["heldout"] or {}
@@ -263,4 +278,4 @@ def _run_stages(state, trainer, labeller, inputs, say) -> None:
             state.save()
 
 
-__all__ = ["run_campaign", "CampaignResult", "campaign_settings"]
+__all__ = ["run_campaign", "CampaignResult", "campaign_settings", "campaign_seconds"]
