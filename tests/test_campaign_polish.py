@@ -1,4 +1,5 @@
-"""Campaign ``polish``: reference optimiser steps after a failed verification (each a label).
+"""Campaign ``polish``: after a failed verification, steps on the committee surface corrected by
+the reference's residual force (each step one reference call and label).
 
 Reference: EMT (counted); committee: the pair-ridge committee of 8 rattled fcc Cu cells; a tight
 verification target (0.005 eV/Å) that the committee minimum alone misses.
@@ -55,6 +56,11 @@ def setup(tmp_path_factory):
     return committee, _cells(2, 1, 0.0, 0.08)
 
 
+def _state_entries(out):
+    state = json.loads((out / "campaign.json").read_text())
+    return [e for rec in state["rounds"] for e in rec["labelled"].values() if "polished" in e]
+
+
 def _labels(out):
     return LabelStore(out / "labels.extxyz").read()
 
@@ -76,6 +82,8 @@ def test_polish_reaches_the_reference_minimum_and_labels_every_step(setup, tmp_p
     labels = _labels(tmp_path / "run")
     reasons = [f.info["prov_reason"] for f in labels]
     assert reasons.count("polish") >= 2 and len(labels) == CALLS["n"] == res.n_reference_calls
+    # committee curvature + reference gradient: a couple of reference calls per candidate
+    assert all(1 <= c["polish_steps"] <= 4 for c in _state_entries(tmp_path / "run"))
     state = json.loads((tmp_path / "run" / "campaign.json").read_text())
     for cid, c in state["candidates"].items():
         assert c["structure"].endswith(f"polished/{cid}.extxyz")
@@ -94,18 +102,18 @@ class Kill(BaseException):
 def test_polish_killed_half_way_resumes_without_new_reference_calls(setup, tmp_path, monkeypatch):
     committee, cands = setup
     whole = run_campaign(cands, committee, CountingEMT(), tmp_path / "whole", polish=20, **SETTINGS)
-    orig, n = polish_mod.LabelCalculator.calculate, {"k": 0}
+    orig, n = polish_mod._stored, {"k": 0}
 
-    def dying(self, *a, **kw):
+    def dying(*a, **kw):  # killed right after the 3rd polish label is stored
         n["k"] += 1
-        if n["k"] == 4:
+        if n["k"] == 3:
             raise Kill
-        return orig(self, *a, **kw)
+        return orig(*a, **kw)
 
-    monkeypatch.setattr(polish_mod.LabelCalculator, "calculate", dying)
+    monkeypatch.setattr(polish_mod, "_stored", dying)
     with pytest.raises(Kill):
         run_campaign(cands, committee, CountingEMT(), tmp_path / "run", polish=20, **SETTINGS)
-    monkeypatch.setattr(polish_mod.LabelCalculator, "calculate", orig)
+    monkeypatch.setattr(polish_mod, "_stored", orig)
     n_before = len(_labels(tmp_path / "run"))
     CALLS["n"] = 0
     res = run_campaign(cands, committee, CountingEMT(), tmp_path / "run", polish=20, **SETTINGS)

@@ -30,6 +30,7 @@ import math
 import numpy as np
 from ase import Atoms
 
+from ..config import load_committee
 from ..errors import NonFiniteOutputError, ReferenceCalculationError
 from ..fileio import append_frame, read_frames_repair, write_structures_atomic
 from ..gate import Gate
@@ -169,7 +170,7 @@ def _label_one(state, labeller, cid, row, r, inputs):
         start.set_cell(frame.cell, scale_atoms=False)
         start.positions = frame.positions
         try:
-            done = polish(start, labeller, settings, settings["polish"],
+            done = polish(start, labeller, load_committee(state.committee), settings, settings["polish"],
                           dict(prov, step=prov["step"]), lambda res, at: reference_check(res, settings, at))
         except ReferenceCalculationError as exc:
             return {"action": REFERENCE_FAILED, "reason": str(exc).splitlines()[0]}
