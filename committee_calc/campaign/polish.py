@@ -12,7 +12,10 @@ through the one labeller (reason ``polish``) so the next committee learns from i
 2. the committee gives F_com, σ_com at x_k; the residuals ΔF = F_ref − F_com and
    Δσ = σ_ref − σ_com are added as constants to the committee's forces and stress, and the
    structure relaxes on that corrected surface (the settings' optimiser, cell filter, pressure
-   and symmetry) to a quarter of the verification targets (force and stress), giving x_{k+1}.
+   and symmetry) to a quarter of the verification targets (force and stress), within a trust
+   region around x_k (cell strain ≤ 2 %, atomic motion ≤ 0.15 Å: a constant correction is
+   only valid nearby; without it a stress correction of a few GPa can carry a β-Sn cell along
+   its tetragonal path to diamond), giving x_{k+1}.
 
 Near a minimum this is a Newton step with the committee's Hessian and the reference's gradient:
 the residual shrinks each step by about the committee's relative curvature error (a few percent
@@ -42,6 +45,9 @@ POLISH = "polish"
 INNER_STEPS = 300
 #: the corrected relaxation converges to this fraction of the verification targets
 INNER_FRACTION = 0.25
+#: trust region of one polish step: largest atomic displacement [Å] and cell strain [1]
+TRUST_DISPLACEMENT_A = 0.15
+TRUST_STRAIN = 0.02
 
 
 class CorrectedCalculator(Calculator):
@@ -66,6 +72,16 @@ class CorrectedCalculator(Calculator):
         self.results = {"energy": e, "free_energy": e, "forces": np.asarray(res[K.FORCES]) + self.d_forces}
         if self.d_stress is not None and K.STRESS in res:
             self.results["stress"] = np.asarray(res[K.STRESS]) + self.d_stress
+
+
+def _inside(x, y) -> bool:
+    """``y`` within the trust region around ``x``: cell strain ≤ TRUST_STRAIN and every atom
+    (in ``x``'s cell, fractional motion) within TRUST_DISPLACEMENT_A of its place."""
+    strain = np.linalg.solve(x.cell[:], y.cell[:]) - np.eye(3)
+    if np.max(np.abs(strain)) > TRUST_STRAIN:
+        return False
+    d = (y.get_scaled_positions(wrap=False) - x.get_scaled_positions(wrap=False)) @ x.cell[:]
+    return float(np.max(np.linalg.norm(d, axis=1))) <= TRUST_DISPLACEMENT_A
 
 
 def _stored(labeller, lab) -> dict:
@@ -116,7 +132,13 @@ def polish(atoms, labeller, committee, settings, steps, provenance, check) -> di
         tol = INNER_FRACTION * settings["verify_stress_GPa"] if cell else None
         fmax = INNER_FRACTION * settings["verify_fmax"]
         opt = optimizer_class(settings["optimizer"])(target, logfile=None)
+        last = (y.positions.copy(), y.cell[:].copy())
         for _ in opt.irun(fmax=0.0, steps=INNER_STEPS):
+            if not _inside(x, y):  # the step left the trust region: keep its last point inside
+                y.set_cell(last[1], scale_atoms=False)
+                y.positions = last[0]
+                break
+            last = (y.positions.copy(), y.cell[:].copy())
             if convergence(target, y, fmax, cell, tol, settings.get("pressure_GPa", 0.0)).converged:
                 break
         x = y.copy()
