@@ -244,7 +244,9 @@ def _run_stages(state, trainer, labeller, inputs, say) -> None:
         if state.stage == "relax":
             rec = state.round_record()
             say(f"round {r}: relaxing {len(rec['active'])} candidates with {state.data['committee']}")
-            relax_stage(state, load_committee(state.committee), inputs, say)
+            trained = {f.info.get("label_hash") for f in labeller.store.read()
+                       if r > 0 and int(f.info.get("prov_round", r)) < r}
+            relax_stage(state, load_committee(state.committee), inputs, say, trained=trained)
             _timed(state, "relax", t0)
             state.stage = "label"
             state.save()

@@ -26,6 +26,7 @@ relaxes on), ``stop`` (any other status: uncertain, hard cap, stalled, non-finit
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from ase import Atoms
@@ -37,7 +38,7 @@ from ..gate import Gate
 from ..io import read_uncertainties
 from ..relax.criteria import max_force, stress_residual_GPa
 from ..relax.gated import GatedRelaxer
-from ..structures import read_structures
+from ..structures import read_structures, structure_hash
 from .polish import polish
 from .state import CONVERGED, REFERENCE_FAILED, UNFINISHED
 
@@ -90,9 +91,31 @@ def outcome(status: str, fmax_seen, fmax: float) -> str:
     return "continue" if status == "max_steps" else "stop"
 
 
-def relax_stage(state, committee, inputs, progress) -> None:
+def _relax(relaxers, free, atoms, cid, traj, trained, progress, r):
+    """One candidate's relaxation -> (result, free).  A relaxation that stops on U at a structure
+    the committee was trained on (``trained``: structure hashes of labels of earlier rounds) goes
+    on at once without the U stop: its label is in the training set, so the retrained committee's
+    spread there is what it is, and waiting a round would only repeat the stop."""
+    res = relaxers[free].relax(atoms, info={"candidate": cid}, on_frame=lambda f, p=traj: append_frame(p, f))
+    if free or res.status != "uncertain" or res.atoms is None or not trained:
+        return res, free
+    plain = Atoms(numbers=res.atoms.numbers, positions=res.atoms.positions, cell=res.atoms.cell,
+                  pbc=res.atoms.pbc)
+    if structure_hash(plain) not in trained:
+        return res, free
+    progress(f"round {r}: {cid} stopped on U at a structure labelled in an earlier round: "
+             "relaxing on without the U stop")
+    again = atoms.copy()
+    again.set_cell(res.atoms.cell, scale_atoms=False)
+    again.positions = res.atoms.positions
+    more = relaxers[True].relax(again, info={"candidate": cid}, on_frame=lambda f, p=traj: append_frame(p, f))
+    return replace(more, steps=res.steps + more.steps,
+                   n_committee_calls=res.n_committee_calls + more.n_committee_calls), True
+
+
+def relax_stage(state, committee, inputs, progress, trained=frozenset()) -> None:
     """Relax the round's unfinished candidates (see the module docstring); saves the state
-    after each."""
+    after each.  trained: structure hashes of the labels the round's committee was trained on."""
     rec, r, rdir = state.round_record(), state.round, state.round_dir()
     settings = state.data["settings"]
     relaxers = make_relaxers(committee, settings)
@@ -105,8 +128,7 @@ def relax_stage(state, committee, inputs, progress) -> None:
         traj = rdir / "trajectories" / f"{cid}.extxyz"
         traj.unlink(missing_ok=True)  # a candidate killed half-way relaxes again from the start
         try:
-            res = relaxers[free].relax(atoms, info={"candidate": cid},
-                                       on_frame=lambda f, p=traj: append_frame(p, f))
+            res, free = _relax(relaxers, free, atoms, cid, traj, trained, progress, r)
             final, status, reason = res.atoms, res.status, res.reason
         except NonFiniteOutputError as exc:
             res, status, reason = None, "nonfinite", f"non-finite committee output: {exc}"
