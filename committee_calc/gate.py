@@ -8,6 +8,8 @@
                 label_store="labels.extxyz", provenance={"driver": "relax"})
     res = gate.evaluate(atoms, step=None, info=None)    # -> GateResult
     many = gate.evaluate_many(images)                   # one batched committee call
+    coms = gate.predict_committee(images)               # batched committee output, not decided
+    res = gate.evaluate(atoms, committee_results=coms[0])  # ... decided per structure
     atoms.calc = gate                                   # or drive any ASE optimiser/MD
 
 Limits (``thresholds``, ``hard_cap``) are parsed by
@@ -46,7 +48,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from . import keys as K
 from .errors import ConfigError, GateStop, NonFiniteOutputError
 from .labeller import Labeller
-from .measures import check_limits, check_molecules, compute_measures, decide, parse_limits
+from .measures import check_energy_offsets, check_limits, check_molecules, compute_measures, decide, parse_limits
 from .molecules import count_molecules
 from .structures import is_bulk, structure_hash
 
@@ -82,6 +84,10 @@ def require_gate(obj, what: str):
                           "committee or calculator: Gate(committee) (committee only) or "
                           "Gate(committee, reference, thresholds=…)")
     return obj
+
+
+#: "no committee results given" (None means: the committee's output was not finite)
+_UNSET = object()
 
 
 def _finite(res) -> bool:
@@ -124,6 +130,7 @@ class Gate(Calculator):
         check_limits(self.thresholds, self.hard_cap, logic,
                      self.molecules if self.molecules is not None
                      else getattr(committee, "molecules", None))
+        check_energy_offsets(committee, self.thresholds, self.hard_cap)  # mixed frameworks: warn
         if self.thresholds and reference is None:
             raise ConfigError("thresholds need a reference calculator to fall back to; pass "
                               "reference= (an ASE calculator, ReferenceSpec or YAML path)")
@@ -211,10 +218,10 @@ class Gate(Calculator):
         return False
 
     # ------------------------------------------------------------------ evaluation
-    def _run_committee(self, atoms, stress):
+    def _run_committee(self, atoms, stress, count=True):
         copy = atoms.copy()
         copy.calc = None
-        self.n_committee_calls += 1
+        self.n_committee_calls += bool(count)
         try:
             self.committee.calculate(copy, [K.ENERGY, K.FORCES] + ([K.STRESS] if stress else []),
                                      all_changes)
@@ -223,16 +230,52 @@ class Gate(Calculator):
         return dict(self.committee.results)
 
     def evaluate(self, atoms, step=None, info=None, properties=(K.ENERGY, K.FORCES),
-                 baseline=None, threshold_scale=1.0) -> GateResult:
+                 baseline=None, threshold_scale=1.0, committee_results=_UNSET) -> GateResult:
         """Gate one structure (``atoms`` is not modified); see the module docstring.
 
         baseline: Δ-learning baseline values stored with a label (default: from the committee).
         threshold_scale: multiplies the thresholds for this call (hysteresis: a re-entry factor
             < 1 while the caller is on the reference surface); caps are not scaled.
+        committee_results: the committee's output for exactly this ``atoms`` and ``properties``,
+            computed beforehand by :meth:`committee_output` or :meth:`predict_committee` (None:
+            not finite); the call counts as one committee call, as if made here.
         """
         stress = self.want_stress(atoms, properties)
-        return self._decide(atoms, self._run_committee(atoms, stress), stress, step, info, baseline,
-                            threshold_scale)
+        if committee_results is _UNSET:
+            com = self._run_committee(atoms, stress)
+        else:
+            self.n_committee_calls += 1
+            com = None if committee_results is None else dict(committee_results)
+        return self._decide(atoms, com, stress, step, info, baseline, threshold_scale)
+
+    def committee_output(self, atoms, properties=(K.ENERGY, K.FORCES)):
+        """The committee's output for ``atoms`` as :meth:`evaluate` computes it (schema dict, None
+        when not finite), not yet decided on or counted: pass it to ``evaluate(...,
+        committee_results=)``.  Lets a caller look at the committee's answer (e.g. a force
+        blow-up) before the gate may call the reference."""
+        return self._run_committee(atoms, self.want_stress(atoms, properties), count=False)
+
+    def predict_committee(self, images, properties=(K.ENERGY, K.FORCES)) -> list:
+        """:meth:`committee_output` of many structures in one batched committee call
+        (``committee.predict`` with all structures in one batch; a committee without ``predict``
+        is looped).  Returns one schema dict (None: not finite) per structure, equal to what
+        :meth:`evaluate` would compute for it alone (up to the round-off of batching; the molecule
+        count of per-molecule measures is the gate's, :meth:`n_molecules`)."""
+        images = list(images)
+        stress = [self.want_stress(a, properties) for a in images]
+        predict = getattr(self.committee, "predict", None)
+        if predict is None:
+            return [self._run_committee(a, s, count=False) for a, s in zip(images, stress)]
+        out = [None] * len(images)
+        for flag in (False, True):  # as _run_committee: stress asked only where it is wanted
+            idx = [i for i, s in enumerate(stress) if s is flag]
+            if not idx:
+                continue
+            props = [K.ENERGY, K.FORCES] + ([K.STRESS] if flag else [])
+            coms = predict([images[i] for i in idx], batch_size=len(idx), properties=props)
+            for i, c in zip(idx, coms):
+                out[i] = c if c.get(K.FORCES) is not None else None
+        return out
 
     def evaluate_many(self, images, infos=None, properties=(K.ENERGY, K.FORCES), batch_size=None,
                       progress=False, nonfinite="raise", baselines=None) -> list:
@@ -294,7 +337,8 @@ class Gate(Calculator):
             if self.labeller is None:
                 raise NonFiniteOutputError(f"{d.reason}, and the gate has no reference to fall "
                                            "back to; give it a reference calculator")
-            label = self._label(atoms, com, step, info, stress, baseline)
+            # the label records the thresholds in force and why (adaptive thresholds change)
+            label = self._label(atoms, com, step, {**d.provenance, **(info or {})}, stress, baseline)
             decision, label_index = K.REFERENCE, label.index
             results = {k: v for k, v in (com or {}).items() if k in K.COMMITTEE_KEYS}
             results.update(label.results)

@@ -7,19 +7,20 @@
         --policy fallback --threshold-forces-std-max-eVA 0.1 [--cluster]
 
 Policies: ``fallback`` (reference step above the thresholds, label appended),
-``stop`` (stop a relaxation when U = max‖σ_F‖/max‖F̄‖ > U_max, given by
-``--threshold-force-uncertainty-relative`` or ``--u-max``; other thresholds, if
-any, still fall back), ``stop_and_label`` (as stop, and label the last
-structure).  After a fallback a candidate stays on the reference until the
-spread is below threshold × ``--reentry-factor``.  With a reference, every
-committee minimum is checked by a reference single point; where the reference
-disagrees, ``--polish N`` reference-only steps follow (status ``converged`` only
-when the reference agrees, else ``unverified``; ``--no-verify`` skips the check).
-Outputs in ``--out``: ``relaxed.extxyz``, ``summary.csv``, ``trajectories/``,
-``clusters.csv`` (with ``--cluster``), ``landscape.png``.  Rerunning the same
-command resumes: finished candidates are skipped, unfinished ones continue from
-their last saved frame; candidates whose reference failed are retried, and those that
-ended at max_steps continue when --max-steps is now larger.  Exit code 2 when the reference failed for every candidate.
+``stop`` (stop when U = max‖σ_F‖/max‖F̄‖ > U_max, from ``--threshold-force-uncertainty-relative``
+or ``--u-max``; other thresholds still fall back), ``stop_and_label`` (as stop, and label the
+last structure).  After a fallback a candidate stays on the reference until the spread is below
+threshold × ``--reentry-factor``.  With a reference, every committee minimum is checked by a
+reference single point; where it disagrees, ``--polish N`` reference-only steps follow (status
+``converged`` only when the reference agrees, else ``unverified``; ``--no-verify`` skips it).
+Candidates relax in flight together, one batched committee call per round under an atom budget
+(``--atom-budget``, default from timings); ``--no-batch`` relaxes one after another (same
+results).  Guards end a blown-up candidate as ``exploded`` before any reference call.
+Outputs in ``--out``: ``relaxed.extxyz``, ``summary.csv``, ``trajectories/``, ``clusters.csv``
+(``--cluster``), ``landscape.png``.  Rerunning the same command resumes: finished candidates
+are skipped, unfinished ones continue from their last saved frame; failed references are
+retried, max_steps candidates continue when --max-steps is larger.  Exit code 2 when the
+reference failed for every candidate.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from committee_calc.cli import (
     build_gate,
     cap_hint,
     check_outputs,
-    check_species,
     finite_float,
     limits_from_args,
     load_committee_from_args,
@@ -42,6 +42,8 @@ from committee_calc.cli import (
 )
 from committee_calc.errors import ConfigError, ReferenceCalculationError
 from committee_calc.relax.gated import OPTIMIZERS, POLICIES, GatedRelaxer, policy_thresholds
+from committee_calc.relax.guards import DEFAULT_GUARDS, FIELDS, Guards
+from committee_calc.relax.pool import check_candidates
 from committee_calc.relax.runner import run_pool
 from committee_calc.structures import read_structures
 
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "reference single point (default: checked when a reference is given)")
     p.add_argument("--polish", type=int, default=0, metavar="N", help="reference-only steps at most "
                    "when the reference disagrees at a committee minimum (0: none, status 'unverified')")
+    p.add_argument("--no-batch", action="store_true", help="relax one candidate after another")
+    p.add_argument("--atom-budget", type=nonnegative_int, default=0, help="atoms per batched "
+                   "committee call (0: grown while the time per atom falls)")
+    for name, what in FIELDS:
+        p.add_argument(f"--guard-{name.replace('_', '-')}", type=finite_float,
+                       default=getattr(DEFAULT_GUARDS, name), help=f"{what} (0: off)")
     p.add_argument("--cluster", action="store_true", help="DBSCAN-cluster the relaxed pool")
     p.add_argument("--cluster-eps", type=float, default=0.5,
                    help="DBSCAN eps in standardised descriptor units")
@@ -98,7 +106,8 @@ def make_relaxer(args, committee) -> GatedRelaxer:
                         stress_tol_GPa=args.stress_tol_GPa, reentry_factor=args.reentry_factor,
                         max_reentries=None if args.max_reentries == -1 else args.max_reentries,
                         stall_steps=args.stall_steps, verify=False if args.no_verify else None,
-                        polish=args.polish)
+                        polish=args.polish,
+                        guards=Guards(*(getattr(args, f"guard_{n}") or None for n, _ in FIELDS)))
 
 
 def run(argv=None) -> int:
@@ -107,10 +116,11 @@ def run(argv=None) -> int:
     check_outputs(args)
     images = read_structures(args.candidates)
     committee = load_committee_from_args(args)
-    check_species(committee, images)
+    check_candidates(committee, images)
     relaxer = make_relaxer(args, committee)  # build_gate imports the reference calculator now
     res = run_pool(relaxer, images, args.out, cluster=args.cluster, cluster_eps=args.cluster_eps,
-                   descriptor=args.descriptor, progress=not args.no_progress)
+                   descriptor=args.descriptor, progress=not args.no_progress,
+                   batch=not args.no_batch, atom_budget=args.atom_budget or None)
     if res.clusters is not None:
         print(f"{len(res.clusters)} distinct minima among {len(res.finished)} relaxed candidates "
               f"(DBSCAN eps={args.cluster_eps}); lowest:")

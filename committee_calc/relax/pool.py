@@ -1,9 +1,17 @@
-"""Resumable relaxation of a candidate pool (one :class:`GatedRelaxer` per candidate).
+"""Resumable relaxation of a candidate pool (one :class:`GatedRelaxer` path per candidate).
 
 ::
 
     pool = RelaxPool(GatedRelaxer(gate, policy="fallback"), "out/")
     rows = pool.run(candidates)          # list of summary dicts, one per candidate
+    RelaxPool(relaxer, "out/", batch=False).run(candidates)   # one candidate after another
+
+Batched (default): the candidates relax in flight together (:mod:`.batched`: one batched
+committee call per round over all active candidates, under an atom budget grown from timings
+or fixed by ``atom_budget``), with the same trajectories, decisions, labels and statuses as
+``batch=False``, which relaxes one candidate after another.  Rows are appended to
+``summary.csv`` as candidates finish and put in input order at the end of the run;
+``relaxed.extxyz`` is rewritten at most every :data:`RELAXED_EVERY_S` seconds and at the end.
 
 Output folder layout (everything a rerun resumes from)
     ``trajectories/<id>.extxyz``
@@ -30,28 +38,29 @@ Output folder layout (everything a rerun resumes from)
         failed candidates (retried) and of candidates that ended at a smaller
         ``max_steps`` (continued).
     ``relaxed.extxyz``
-        the final frames of all finished candidates in input order,
-        rewritten atomically from the trajectories after every candidate.
+        the final frames of all finished candidates in input order, rewritten
+        atomically after every candidate (batched: every :data:`RELAXED_EVERY_S` s).
     ``pool.json``
         candidate ids and settings; a rerun with different candidates is refused.
 
 A label is appended by the gate before the frame that used it is written; a
 kill in between leaves a label whose geometry the restarted optimiser never
-revisits (it restarts from the previous frame), so no label is duplicated.
+revisits (it restarts from the previous frame), so no label is duplicated.  A batched
+run saves every candidate the same way, frame by frame as the candidates are served in turn:
+a kill leaves each at its last frame, and at most the one being served without its frame.
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
-import math
+import sys
+import time
 from pathlib import Path
 
-from ..errors import ConfigError, ReferenceCalculationError
+from ..errors import CommitteeError, ConfigError, ReferenceCalculationError
 from ..fileio import (
     CsvLog,
     append_frame,
-    atomic_write_text,
     load_json,
     read_frames_repair,
     save_json_atomic,
@@ -59,18 +68,24 @@ from ..fileio import (
 )
 from ..progress import progress_iter
 from ..structures import density_gcm3
+from .batched import BatchedRelaxation
+from .budget import AtomBudget
+from .summary import (
+    SUMMARY_COLUMNS,
+    VERIFIED,
+    describe_row,
+    failed_row,
+    log_row,
+    number_cell,
+    reopen_summary,
+    summary_in_order,
+    upgrade_summary,
+)
 
 log = logging.getLogger("committee_calc.relax.gated")
 
-#: columns of ``summary.csv``; the last six (verification, surface changes) are newer: a
-#: ``summary.csv`` of an earlier version is extended in place when its pool is resumed
-SUMMARY_COLUMNS = ("id", "status", "steps", "committee_calls", "reference_calls", "labels",
-                   "energy_eV", "energy_per_atom_eV", "energy_std_eV", "forces_std_max_eVA",
-                   "force_uncertainty_relative", "fmax_eVA", "density_gcm3", "natoms", "reason",
-                   "committee_energy_eV", "reference_energy_eV", "reference_fmax_eVA",
-                   "reference_stress_max_GPa", "verified", "surface_switches")
-#: ``verified`` column: the reference agrees / disagrees / was not asked
-VERIFIED = {True: "yes", False: "no", None: "not verified"}
+#: batched runs rewrite ``relaxed.extxyz`` at most this often [s] (and at the end)
+RELAXED_EVERY_S = 30.0
 
 
 def candidate_ids(images) -> list:
@@ -83,6 +98,20 @@ def candidate_ids(images) -> list:
     return [f"c{i:04d}" for i in range(len(images))]
 
 
+def check_candidates(committee, images, ids=None) -> None:
+    """Every element of every candidate must be known to every member of ``committee`` (a
+    committee or a gate); raises the member's CommitteeError naming the candidate."""
+    members = getattr(getattr(committee, "committee", committee), "members", None) or []
+    images = list(images)
+    ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
+    for k, (cid, atoms) in enumerate(zip(ids, images)):
+        for m in members:
+            try:
+                m.check_atoms(atoms)
+            except CommitteeError as exc:
+                raise type(exc)(f"candidate {cid} (structure {k}): {exc}") from None
+
+
 def _safe(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
 
@@ -93,13 +122,20 @@ class RelaxPool:
     relaxer: a configured :class:`~committee_calc.relax.gated.GatedRelaxer`.
     out_dir: output folder (created); see the module docstring for its files.
     progress: show a progress bar over the pool (only on an interactive terminal).
+    batch: relax the candidates in flight together (default) or one after another (False).
+    atom_budget: atoms per batched committee call (None: grown from timings,
+        :class:`~.budget.AtomBudget`); smaller than a candidate: ConfigError naming it.
+    After a batched run ``batched`` is its :class:`~.batched.BatchedRelaxation` (counters).
     """
 
-    def __init__(self, relaxer, out_dir, progress=True):
+    def __init__(self, relaxer, out_dir, progress=True, batch=True, atom_budget=None):
         self.relaxer = relaxer
         self.out = Path(out_dir)
         self.traj_dir = self.out / "trajectories"
         self.progress = progress
+        self.batch, self.atom_budget = bool(batch), atom_budget
+        self.batched = None
+        self._finals = {}  # cid -> last frame as read back from its trajectory
 
     def _settings(self):
         return self.relaxer.settings()
@@ -122,6 +158,8 @@ class RelaxPool:
         ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
         if len(ids) != len(images) or len(set(ids)) != len(ids):
             raise ConfigError("candidate ids must be unique, one per structure")
+        check_candidates(self.relaxer.gate.committee, images, ids)
+        budget = self._budget(ids, images) if self.batch else None
         meta = load_json(self.out / "pool.json")  # a corrupt state is refused before anything is created
         self.out.mkdir(parents=True, exist_ok=True)
         self.traj_dir.mkdir(exist_ok=True)
@@ -133,22 +171,77 @@ class RelaxPool:
         todo = [(i, a) for i, a in zip(ids, images) if i not in done]
         if not todo:
             log.info("all %d candidates in %s are finished; nothing to do", len(ids), self.out)
-        for cid, atoms in progress_iter(todo, enabled=self.progress, desc="relax pool", total=len(todo)):
+        elif self.batch:
+            self._run_batched(ids, todo, summary, budget)
+        for cid, atoms in progress_iter(todo if not self.batch else [], enabled=self.progress,
+                                        desc="relax pool", total=len(todo)):
             row = self.relax_one(cid, atoms)
             summary.append(row)
             self.write_relaxed(ids, summary)
-            (log.error if row["status"] == "reference_failed" else log.info)("%s", describe_row(row))
+            log_row(row)
         self.write_relaxed(ids, summary)
         by_id = {r["id"]: r for r in summary.rows()}
         return [by_id[i] for i in ids if i in by_id]
 
-    def relax_one(self, cid, atoms) -> dict:
+    def _budget(self, ids, images) -> AtomBudget:
+        """The atom budget; a fixed one smaller than the largest candidate is refused, naming it."""
+        if not images:
+            return AtomBudget(self.atom_budget or None)
+        big = max(range(len(images)), key=lambda k: len(images[k]))
+        try:
+            return AtomBudget(self.atom_budget, largest=len(images[big]))
+        except ConfigError as exc:
+            raise ConfigError(f"candidate {ids[big]} ({len(images[big])} atoms): {exc}") from None
+
+    def _run_batched(self, ids, todo, summary, budget) -> None:
+        """The unfinished candidates in flight together (:mod:`.batched`)."""
+        atoms_of, last = dict(todo), {}
+        written = [time.monotonic()]
+        bar = _bar(len(todo)) if self.progress else None
+
+        def start(cid):
+            path, saved, resume = self._open(cid)
+            last[cid] = saved[-1] if saved else None
+            return self.relaxer.start(atoms_of[cid], info={"candidate": cid},
+                                      on_frame=lambda f: append_frame(path, f), resume=resume)
+
+        def finish(cid, task, exc):
+            atoms = atoms_of[cid]
+            if exc is not None:  # attempted calls: saved ones, those of this run, the failed one
+                row = failed_row(cid, atoms, exc, task.calc.state.reference + 1,
+                                 task.calc.state.steps)
+            else:
+                row = self._row(cid, atoms, task.result, last.pop(cid, None))
+            summary.append(row)
+            log_row(row)
+            if bar is not None:
+                bar.update(1)
+            if time.monotonic() - written[0] > RELAXED_EVERY_S:
+                self.write_relaxed(ids, summary)
+                written[0] = time.monotonic()
+
+        self.batched = BatchedRelaxation(self.relaxer, budget)
+        try:
+            self.batched.run([(cid, len(a)) for cid, a in todo], start, finish)
+        finally:
+            if bar is not None:
+                bar.close()
+        log.info("batched relaxation: %s", self.batched.describe())
+        summary_in_order(self.out / "summary.csv", ids)
+
+    def _open(self, cid):
+        """(trajectory path, its frames, the frame to resume from or None) of ``cid``."""
         path = self.traj_dir / f"{cid}.extxyz"
         frames = read_frames_repair(path)
         resume = frames[-1] if frames else None
         if resume is not None:
             log.info("%s: resuming from step %s (%s)", cid, resume.info.get("relax_step", 0),
                      resume.info.get("relax_phase", "relax"))
+        return path, frames, resume
+
+    def relax_one(self, cid, atoms) -> dict:
+        """Relax one candidate (resumed from its trajectory) -> its summary row."""
+        path, frames, resume = self._open(cid)
         gate = self.relaxer.gate
         before = gate.n_reference_calls
         try:
@@ -157,10 +250,14 @@ class RelaxPool:
         except ReferenceCalculationError as exc:
             # attempted calls: those of earlier runs (saved frame), those of this run, the failed one
             earlier = int(resume.info.get("relax_reference_calls", 0)) if resume is not None else 0
-            attempted = earlier + gate.n_reference_calls - before + 1
-            return {"id": cid, "status": "reference_failed", "reason": str(exc).splitlines()[0],
-                    "natoms": len(atoms), "reference_calls": attempted, "verified": VERIFIED[None],
-                    "steps": int(resume.info.get("relax_step", 0)) if resume is not None else 0}
+            steps = int(resume.info.get("relax_step", 0)) if resume is not None else 0
+            return failed_row(cid, atoms, exc, earlier + gate.n_reference_calls - before + 1, steps)
+        return self._row(cid, atoms, res, frames[-1] if frames else None)
+
+    def _row(self, cid, atoms, res, last) -> dict:
+        """The summary row of a finished relaxation; appends its final frame (carrying
+        ``relax_status``) unless the trajectory ends with it already (``last``: its last frame
+        before this run)."""
         final = res.atoms
         row = {"id": cid, "status": res.status, "steps": res.steps,
                "committee_calls": res.n_committee_calls, "reference_calls": res.n_reference_calls,
@@ -172,12 +269,13 @@ class RelaxPool:
                        energy_std_eV=res.energy_std, forces_std_max_eVA=res.forces_std_max,
                        force_uncertainty_relative=res.force_uncertainty_relative,
                        fmax_eVA=res.fmax, density_gcm3=density_gcm3(final),
-                       committee_energy_eV=_number(res.committee_energy),
-                       reference_energy_eV=_number(res.reference_energy),
-                       reference_fmax_eVA=_number(res.reference_fmax),
-                       reference_stress_max_GPa=_number(res.reference_stress_GPa))
-            if not frames or len(res.trajectory) > 1 or "relax_status" not in frames[-1].info:
-                append_frame(path, final)  # the final frame carries relax_status
+                       committee_energy_eV=number_cell(res.committee_energy),
+                       reference_energy_eV=number_cell(res.reference_energy),
+                       reference_fmax_eVA=number_cell(res.reference_fmax),
+                       reference_stress_max_GPa=number_cell(res.reference_stress_GPa))
+            if last is None or len(res.trajectory) > 1 or "relax_status" not in last.info:
+                append_frame(self.traj_dir / f"{cid}.extxyz", final)
+                self._finals[cid] = _read_back(final)
         return row
 
     def write_relaxed(self, ids, summary) -> list:
@@ -188,83 +286,36 @@ class RelaxPool:
             row = rows.get(cid)
             if row is None or row["status"] == "reference_failed":
                 continue
-            frames = read_frames_repair(self.traj_dir / f"{cid}.extxyz")
-            if not frames:
-                continue
-            f = frames[-1]
+            if cid not in self._finals:
+                frames = read_frames_repair(self.traj_dir / f"{cid}.extxyz")
+                if not frames:
+                    continue
+                self._finals[cid] = frames[-1]
+            f = self._finals[cid].copy()
             f.info.update(candidate=cid, relax_status=row["status"])
             out.append(f)
         write_structures_atomic(self.out / "relaxed.extxyz", out)
         return out
 
 
-def reopen_summary(path, max_steps) -> list:
-    """Drop from ``summary.csv`` (atomically) the rows a rerun should continue: candidates whose
-    reference failed (retried: the reference may work now) and candidates that ended at
-    ``max_steps`` below the current ``max_steps`` (continued from their last frame).  Returns
-    the ids reopened."""
-    path = Path(path)
-    if not path.exists() or not path.stat().st_size:
-        return []
-    with open(path, newline="") as fh:
-        text = fh.read()
-    if not text.endswith("\n"):  # a torn last line: CsvLog drops it
-        text = text[:text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(text))
-    rows = list(reader)
-    if tuple(reader.fieldnames or ()) != SUMMARY_COLUMNS:
-        return []  # CsvLog refuses (or repairs) it
-
-    def reopen(r):
-        return r["status"] == "reference_failed" or (
-            r["status"] == "max_steps" and int(r.get("steps") or 0) < int(max_steps))
-
-    ids = [r["id"] for r in rows if reopen(r)]
-    if ids:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, SUMMARY_COLUMNS)
-        w.writeheader()
-        w.writerows(r for r in rows if not reopen(r))
-        atomic_write_text(path, buf.getvalue())
-        log.info("continuing %d candidates of %s (reference failed, or max_steps below %d): %s",
-                 len(ids), path.parent, max_steps, ", ".join(ids))
-    return ids
+def _bar(total):
+    """A tqdm bar over finished candidates on an interactive terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc="relax pool (batched)", leave=False)
 
 
-def describe_row(row) -> str:
-    """One log line for a summary row (no ``None``: missing values are left out)."""
-    head = f"{row['id']}: {row['status']}"
-    if row.get("steps") not in (None, ""):
-        head += f" after {row['steps']} steps ({row.get('reference_calls', 0)} reference calls)"
-    if row.get("energy_eV") not in (None, ""):
-        head += f", E = {float(row['energy_eV']):.6g} eV"
-    return f"{head}; {row['reason']}" if row.get("reason") else head
+def _read_back(frame):
+    """``frame`` as reading its trajectory back gives it (the extxyz text, parsed)."""
+    from ase.io import read, write
 
-
-def upgrade_summary(path) -> None:
-    """Extend a ``summary.csv`` written with an earlier prefix of :data:`SUMMARY_COLUMNS` by the
-    newer (empty) columns, atomically; anything else is left to :class:`CsvLog` to refuse."""
-    path = Path(path)
-    if not path.exists() or not path.stat().st_size:
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    header = rows[0] if rows else []
-    n = len(header)
-    if 0 < n < len(SUMMARY_COLUMNS) and tuple(header) == SUMMARY_COLUMNS[:n]:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(SUMMARY_COLUMNS)
-        for r in rows[1:]:
-            if len(r) == n:  # a torn last line is dropped, as CsvLog would
-                w.writerow(r + [""] * (len(SUMMARY_COLUMNS) - n))
-        atomic_write_text(path, buf.getvalue())
-        log.info("%s: added the columns %s of this version", path, SUMMARY_COLUMNS[n:])
-
-
-def _number(x):
-    """A finite float, or an empty CSV cell for a value that is not known."""
-    return float(x) if x is not None and math.isfinite(x) else ""
+    buf = io.StringIO()
+    write(buf, frame, format="extxyz")
+    return read(io.StringIO(buf.getvalue()), format="extxyz")
 
 
 def read_relaxed(out_dir) -> list:
@@ -287,5 +338,7 @@ def final_frame(out_dir, cid):
     return frames[-1] if frames else None
 
 
-__all__ = ["RelaxPool", "SUMMARY_COLUMNS", "VERIFIED", "candidate_ids", "describe_row",
-           "final_frame", "read_frames_repair", "read_relaxed", "reopen_summary", "upgrade_summary"]
+__all__ = ["RELAXED_EVERY_S", "RelaxPool", "SUMMARY_COLUMNS", "VERIFIED", "candidate_ids",
+           "check_candidates",
+           "describe_row", "final_frame", "read_frames_repair", "read_relaxed", "reopen_summary",
+           "summary_in_order", "upgrade_summary"]

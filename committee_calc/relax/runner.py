@@ -38,6 +38,7 @@ class PoolRun:
     clusters: the ranked cluster table (:func:`~committee_calc.analysis.cluster.ranked_table`),
         None without clustering.
     verified: {"yes" | "no" | "not verified": number of converged or unverified candidates}.
+    batching: one line on the batched committee calls of this run ("" when not batched).
     """
 
     out: Path
@@ -48,6 +49,7 @@ class PoolRun:
     n_evaluations: int
     clusters: list | None = field(default=None)
     verified: dict = field(default_factory=dict)
+    batching: str = ""
 
     @property
     def n_failed(self) -> int:
@@ -127,12 +129,15 @@ def plot_pool(rows, path, clusters=None) -> str:
 
 
 def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
-             descriptor="auto", progress=True) -> PoolRun:
+             descriptor="auto", progress=True, batch=True, atom_budget=None) -> PoolRun:
     """Relax every unfinished candidate (resumable), cluster and plot the pool.
 
     relaxer: a configured :class:`~committee_calc.relax.gated.GatedRelaxer`; its gate's
         committee also provides the clustering descriptors (``descriptor="auto"``).
     ids: candidate ids (default :func:`~committee_calc.relax.pool.candidate_ids`).
+    batch, atom_budget: in-flight batched relaxation (default) or one candidate after another,
+        atoms per batched committee call (None: from timings); see
+        :class:`~committee_calc.relax.pool.RelaxPool`.
     cluster_eps: DBSCAN eps (> 0), checked before anything is relaxed or written.
     Raises ConfigError for a folder of a different pool or a bad ``cluster_eps``; see
     :meth:`RelaxPool.run`.  The landscape figure uses the energies of :func:`one_surface`.
@@ -142,7 +147,8 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
     images = list(images)
     ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
     out = Path(out_dir)
-    rows = RelaxPool(relaxer, out, progress=progress).run(images, ids)
+    pool = RelaxPool(relaxer, out, progress=progress, batch=batch, atom_budget=atom_budget)
+    rows = pool.run(images, ids)
     finished = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
     labels = table = None
     if cluster and finished:
@@ -154,7 +160,8 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
                    n_reference_calls=sum(int(r.get("reference_calls") or 0) for r in rows),
                    n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table,
                    verified=_tally(r.get("verified") or "not verified" for r in rows
-                                   if r["status"] in ("converged", "unverified")))
+                                   if r["status"] in ("converged", "unverified")),
+                   batching=pool.batched.describe() if pool.batched is not None else "")
 
 
 def _tally(values) -> dict:

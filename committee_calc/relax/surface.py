@@ -15,6 +15,15 @@ result: ``gate.evaluate(..., threshold_scale=0)`` falls back on any spread, and
 a structure the gate still trusts (zero spread, no thresholds) is labelled
 through ``gate.label``.
 
+Batching (:mod:`.batched`): the relaxation flow asks :meth:`PolicyCalculator.need` before every
+evaluation of a new geometry; that checks the geometry guards (:mod:`.guards`, status
+``exploded``) and yields, so a scheduler can compute the committee's output for many
+relaxations in one batched call and hand it over with :meth:`PolicyCalculator.provide`.  The
+calculator uses a handed-over output only for exactly that geometry (and the same committee);
+otherwise, and always on the per-structure path, it asks the gate's committee itself.  Either
+way the committee's answer passes the force guard before the gate decides (reference calls,
+labels), so both paths take the same decisions.
+
 Each new evaluation becomes a checkpoint *frame* (passed to ``on_frame``): a
 copy of the structure with the user's constraints (not ``FixSymmetry``), the
 result used, the committee uncertainties and :class:`RelaxState` in ``info``.
@@ -24,6 +33,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -35,6 +45,8 @@ from ..structures import same_geometry
 RESULT_KEYS = (K.ENERGY, K.FORCES, K.STRESS)
 #: what a relaxation is doing: gated descent, pinned to the reference, verification, polishing
 PHASES = ("relax", "pinned", "verify", "polish")
+#: what :meth:`PolicyCalculator.need` yields: the relaxation waits for a committee evaluation
+EVALUATE = "evaluate"
 
 
 class Stop(Exception):
@@ -101,12 +113,13 @@ class PolicyCalculator(Calculator):
 
     relaxer: the :class:`~committee_calc.relax.gated.GatedRelaxer`; state: its
     :class:`RelaxState`; reuse: a resumed frame's stored result (no new call for it);
-    constraints: the user's constraints, put on every frame.
+    constraints: the user's constraints, put on every frame; volume0: the start volume [Å³]
+    for the volume guard (``relaxer.guards``, None: no guards).
     """
 
     implemented_properties = (K.ENERGY, K.FREE_ENERGY, K.FORCES, K.STRESS)
 
-    def __init__(self, relaxer, info, on_frame, state, reuse=None, constraints=()):
+    def __init__(self, relaxer, info, on_frame, state, reuse=None, constraints=(), volume0=None):
         super().__init__()
         self.r = relaxer
         self.gate = relaxer.gate
@@ -120,6 +133,60 @@ class PolicyCalculator(Calculator):
         self.reevaluate = False  # the next evaluation is of the current geometry again
         self.frames = []
         self.last = None  # (results, committee_results, decision)
+        self.guards, self.volume0 = getattr(relaxer, "guards", None), volume0
+        self._checked = None  # geometry last passed by the geometry guards
+        self._given = None  # (geometry, committee output, committee) handed over by provide
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's test, with a fast path for the common case of bit-identical atoms (every
+        relaxation step reads the current results a few times): same answer, no ``allclose``."""
+        a = self.atoms
+        if a is not None and a.arrays.keys() == atoms.arrays.keys() \
+                and np.array_equal(a.cell.array, atoms.cell.array) and np.array_equal(a.pbc, atoms.pbc) \
+                and all(np.array_equal(a.arrays[k], atoms.arrays[k]) for k in all_changes
+                        if k in a.arrays):
+            return []
+        return super().check_state(atoms, tol)
+
+    # ------------------------------------------------------------------ batching
+    def needs(self, atoms) -> bool:
+        """True when reading the results of ``atoms`` evaluates a new geometry (not the current
+        one, not the resumed frame's)."""
+        if self.reuse is not None and same_geometry(self.reuse[0], atoms):
+            return False
+        return self.atoms is None or K.FORCES not in self.results or bool(self.check_state(atoms))
+
+    def need(self, atoms):
+        """Generator: before ``atoms`` is evaluated anew, check the geometry guards (raise
+        :class:`Stop` ``exploded``) and yield :data:`EVALUATE` once; nothing when it is current."""
+        if self.needs(atoms):
+            self._guard_geometry(atoms)
+            yield EVALUATE
+
+    def provide(self, atoms, committee_results) -> None:
+        """Hand over the committee's output for the geometry of ``atoms`` (batched elsewhere)."""
+        self._given = (_geometry(atoms), committee_results, self.gate.committee)
+
+    def _guard_geometry(self, atoms):
+        geo = _geometry(atoms)
+        if self.guards is not None and not _same(geo, self._checked):
+            why = self.guards.geometry(atoms, self.volume0)
+            if why is not None:
+                raise Stop("exploded", f"exploded: {why}")
+        self._checked = geo
+
+    def _committee(self, atoms, props):
+        """The committee's output for ``atoms``: handed over, else computed now; force guard."""
+        given, self._given = self._given, None
+        if given is not None and given[2] is self.gate.committee and _same(given[0], _geometry(atoms)):
+            com = given[1]
+        else:
+            com = self.gate.committee_output(atoms, props)
+        why = None if self.guards is None or com is None else self.guards.forces(com.get(K.FORCES))
+        if why is not None:
+            self.state.committee += 1  # asked, never decided on
+            raise Stop("exploded", f"exploded: {why}")
+        return com
 
     def reevaluate_here(self, phase: str) -> None:
         """Evaluate the current geometry again, reference only, in ``phase`` (verification)."""
@@ -135,16 +202,23 @@ class PolicyCalculator(Calculator):
         c, r, n = (a - b for a, b in zip(self._gate_calls(), before))
         s.committee, s.reference, s.labels = s.committee + c, s.reference + r, s.labels + n
 
+    def properties(self) -> tuple:
+        """What every evaluation asks the gate for (stress with a cell relaxation)."""
+        return (K.ENERGY, K.FORCES) + ((K.STRESS,) if self.r.cell else ())
+
     def _evaluate(self, atoms, step):
         """(results, committee_results, decision) of ``atoms`` on the current surface."""
-        props = (K.ENERGY, K.FORCES) + ((K.STRESS,) if self.r.cell else ())
+        props = self.properties()
+        self._guard_geometry(atoms)  # already done by need() on the flow's path
+        com = self._committee(atoms, props)
         if not self.forced:
             scale = self.r.reentry_factor if self.state.surface == K.REFERENCE else 1.0
             res = self.gate.evaluate(atoms, step=step, info=self.info, properties=props,
-                                     threshold_scale=scale)
+                                     threshold_scale=scale, committee_results=com)
             return dict(res.results), res.committee_results, res.decision
         info = dict(self.info, reason=self.state.phase)
-        res = self.gate.evaluate(atoms, step=step, info=info, properties=props, threshold_scale=0.0)
+        res = self.gate.evaluate(atoms, step=step, info=info, properties=props, threshold_scale=0.0,
+                                 committee_results=com)
         if res.decision == K.REFERENCE:
             return dict(res.results), res.committee_results, K.REFERENCE
         com = res.committee_results
@@ -211,4 +285,13 @@ class PolicyCalculator(Calculator):
         return f
 
 
-__all__ = ["PHASES", "PolicyCalculator", "RelaxState", "Stop", "resume_results"]
+def _geometry(atoms) -> tuple:
+    return atoms.numbers.copy(), atoms.positions.copy(), np.array(atoms.cell[:], float)
+
+
+def _same(a, b) -> bool:
+    """Exactly the same geometry (bit for bit: a handed-over result is for that geometry only)."""
+    return b is not None and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+__all__ = ["EVALUATE", "PHASES", "PolicyCalculator", "RelaxState", "Stop", "resume_results"]
