@@ -7,14 +7,15 @@ standard keys; spreads and per-member values sit beside them (schema in
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from . import keys as K
-from .errors import CalibrationError, ConfigError, MemberPropertyError, NonFiniteOutputError
+from .calibration_maps import CALIBRATION_KEYS, parse_calibration, scale_view  # noqa: F401
+from .calibration_offsets import apply_offsets, parse_offsets
+from .errors import ConfigError, MemberPropertyError, NonFiniteOutputError
 from .members.ase_member import ASEMember
 from .members.base import Member
 from .molecules import count_molecules
@@ -29,27 +30,13 @@ _BASE = (
 )
 _STRESS = (K.STRESS, K.STRESS_MEMBERS, K.STRESS_STD)
 _ENERGIES = (K.ENERGIES, K.ENERGIES_MEMBERS, K.ENERGIES_STD)
-CALIBRATION_KEYS = ("energy", "forces", "stress", "energies")
 
 
 def validate_calibration(calibration) -> dict:
-    """Check α factors: known quantities, finite, > 0."""
-    if calibration is None:
-        return {}
-    if not isinstance(calibration, dict):
-        raise CalibrationError(f"calibration must be a mapping like {{energy: 1.2}}, got {calibration!r}")
-    out = {}
-    for k, v in calibration.items():
-        if k not in CALIBRATION_KEYS:
-            raise CalibrationError(f"unknown calibration quantity {k!r}; use {CALIBRATION_KEYS}")
-        try:
-            a = float(v)
-        except (TypeError, ValueError):
-            raise CalibrationError(f"calibration factor for {k!r} must be a number, got {v!r}") from None
-        if not math.isfinite(a) or a <= 0:
-            raise CalibrationError(f"calibration factor for {k!r} must be finite and > 0, got {v!r}")
-        out[k] = a
-    return out
+    """Check a ``calibration:`` block (:mod:`committee_calc.calibration_maps`): known quantities,
+    α finite and > 0, valid conformal/isotonic maps.  Returns {quantity: α float, or the
+    Calibrator of a conformal/isotonic map}; raises CalibrationError."""
+    return scale_view(parse_calibration(calibration))
 
 
 def _as_member(obj, i) -> Member:
@@ -70,7 +57,12 @@ class CommitteeCalculator(Calculator):
         adapters (see :func:`committee_calc.load_committee` for YAML specs).
     calibration:
         α factors ``{"energy": α_E, "forces": α_F, "stress": α_S}`` that
-        scale the spreads (never the means); default 1.
+        scale the spreads (never the means), or calibrator maps (split-conformal,
+        isotonic: :mod:`committee_calc.calibration_maps`); default 1.
+        ``calibrators`` holds them all as Calibrator objects.
+    energy_offsets:
+        per-member, per-element energy offsets (:mod:`committee_calc.calibration_offsets`)
+        subtracted from each member's energy before aggregation; None: none.
     molecules:
         molecule count for per-molecule uncertainty: an int, ``"auto"``
         (connectivity via covalent radii, recomputed when atomic numbers
@@ -86,7 +78,7 @@ class CommitteeCalculator(Calculator):
     default_parameters: dict = {}
 
     def __init__(self, members, calibration=None, molecules=None, stress="auto",
-                 require=("energy", "forces"), **kwargs):
+                 require=("energy", "forces"), energy_offsets=None, **kwargs):
         super().__init__(**kwargs)
         members = list(members)
         if len(members) < 2:
@@ -106,6 +98,7 @@ class CommitteeCalculator(Calculator):
                     f"committee members {lacking} do not provide {p!r}; every member must"
                 )
         self.calibration = validate_calibration(calibration)
+        self.energy_offsets = parse_offsets(energy_offsets, [m.name for m in self.members])
         if stress not in ("auto", True, False):
             raise ConfigError(f"stress must be 'auto', True or False, got {stress!r}")
         self.stress_mode = stress
@@ -129,6 +122,20 @@ class CommitteeCalculator(Calculator):
         self._groups = self._make_groups()
 
     # ------------------------------------------------------------------
+    @property
+    def calibration(self) -> dict:
+        """{quantity: α} (a Calibrator for a conformal/isotonic map); set it with a calibration block."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value) -> None:
+        self.calibrators = parse_calibration(value)
+        self._calibration = scale_view(self.calibrators)
+
+    def _aligned(self, preds, atoms) -> list:
+        """Member predictions with the energy offsets applied (before aggregation)."""
+        return apply_offsets(preds, atoms.numbers, self.energy_offsets)
+
     def _make_groups(self):
         groups: OrderedDict = OrderedDict()
         for i, m in enumerate(self.members):
@@ -185,9 +192,9 @@ class CommitteeCalculator(Calculator):
             props.append("stress")
         if "energies" in self.member_properties or any(p.startswith("energies") for p in properties):
             props.append("energies")
-        preds = self.evaluate_members(atoms, props)
+        preds = self._aligned(self.evaluate_members(atoms, props), atoms)
         self.n_calls += 1
-        self.results = aggregate(preds, self.calibration)
+        self.results = aggregate(preds, self.calibrators)
         if self.molecules is not None:
             if self._n_molecules is None or "numbers" in system_changes:
                 self._n_molecules = (count_molecules(atoms) if self.molecules == "auto"
@@ -223,10 +230,10 @@ class CommitteeCalculator(Calculator):
         out = []
         chunks = [structures[i:i + bsize] for i in range(0, len(structures), bsize)]
         for chunk in progress_iter(chunks, enabled=progress, desc="predict"):
-            for preds in self._evaluate_chunk(chunk, properties):
+            for atoms, preds in zip(chunk, self._evaluate_chunk(chunk, properties)):
                 self.n_calls += 1
                 try:
-                    out.append(aggregate(preds, self.calibration))
+                    out.append(aggregate(self._aligned(preds, atoms), self.calibrators))
                 except NonFiniteOutputError:
                     if properties is not None and "raise" in properties:
                         raise
@@ -283,6 +290,12 @@ class CommitteeCalculator(Calculator):
         new.calibration = validate_calibration(calibration)
         new.results = {}
         new.atoms = None
+        return new
+
+    def with_offsets(self, energy_offsets) -> CommitteeCalculator:
+        """Same members and calibration, new energy offsets (None: none); members shared."""
+        new = self.with_calibration(self.calibrators)
+        new.energy_offsets = parse_offsets(energy_offsets, [m.name for m in self.members])
         return new
 
     def __repr__(self):

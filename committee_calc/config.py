@@ -4,7 +4,9 @@
 members:
   - {backend: mace, path: models/mace_*.model}        # a glob: several members
   - {backend: ase, calculator: ase.calculators.emt.EMT, parameters: {}}
-calibration: {energy: 1.0, forces: 1.0}                # optional α factors
+calibration: {energy: 1.0, forces: 1.0}                # optional α factors, or maps:
+#   forces: {method: conformal, coverage: 0.95, quantile: 3.9}   (calibration_maps)
+energy_offsets: [{member: m0, eV_per_atom: {Si: 0.0}}, ...]     # optional, calibration_offsets
 molecules: auto                                        # optional: int or auto
 baseline: {calculator: ase.calculators.lj.LennardJones, parameters: {}}  # Δ-learning
 ```
@@ -22,7 +24,8 @@ from .errors import ConfigError, ModelFileError
 from .fileio import atomic_write_text
 from .members import build_members
 
-KNOWN_KEYS = {"members", "calibration", "molecules", "stress", "baseline", "delta", "name", "training"}
+KNOWN_KEYS = {"members", "calibration", "molecules", "stress", "baseline", "delta", "name", "training",
+              "energy_offsets"}
 
 
 def read_yaml(path) -> dict:
@@ -54,7 +57,8 @@ def build_committee(spec: dict, base_dir=None, **overrides):
     members = []
     for entry in entries:
         members.extend(build_members(entry, base_dir))
-    kwargs = {k: spec[k] for k in ("calibration", "molecules", "stress") if spec.get(k) is not None}
+    kwargs = {k: spec[k] for k in ("calibration", "molecules", "stress", "energy_offsets")
+              if spec.get(k) is not None}
     kwargs.update(overrides)
     committee = CommitteeCalculator(members, **kwargs)
     baseline = spec.get("baseline")

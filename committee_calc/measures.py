@@ -25,17 +25,26 @@ Limits are written either as ``<measure>_<unit>=value`` keywords
 (``forces_std_max_eVA=0.3``, ``energy_std_per_molecule_kjmol=2``) or as
 ``<measure>: value`` with the value in internal units or a string with its
 unit (``"2 kJ/mol"``, ``"5 meV/atom"``, ``"0.3 eV/A"``).
+
+A threshold (not a hard cap) may adapt: ``q0.95:0.05:0.5`` is the 95th percentile of the
+running distribution of the measure, clipped to floor 0.05 and ceiling 0.5 in the option's
+unit (:mod:`committee_calc.calibration_thresholds`; also ``{quantile: 0.95, floor: …,
+ceiling: …}`` in YAML).  :func:`decide` applies it and lets it observe the measure; every
+:class:`Decision` carries ``provenance`` (threshold in force and why) for the label it may cause.
 """
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import keys as K
+from .calibration_offsets import OffsetWarning, backends, needs_offsets
+from .calibration_thresholds import AdaptiveThreshold, is_adaptive_text, parse_adaptive
 from .errors import ConfigError, UnitError
 from .units import ENERGY_SUFFIXES, FORCE_SUFFIXES, check_positive, energy_factor, force_factor
 
@@ -160,15 +169,45 @@ def _text_value(m: Measure, name: str, text: str) -> float:
     return check_positive(name, number) * factor
 
 
+#: ``what`` of parse_limits for limits that must stay fixed numbers (hard caps, stop criteria)
+FIXED_LIMITS = ("hard cap", "--cap", "stop threshold")
+
+
+def _adaptive(m: Measure, unit, label: str, value, what: str) -> AdaptiveThreshold:
+    """An adaptive threshold from ``q…`` text or a {quantile, floor, ceiling[, warmup, window]} mapping."""
+    if what in FIXED_LIMITS:
+        raise ConfigError(f"{label}={value!r}: a {what.lstrip('-')} is a fixed number; only fallback "
+                          "thresholds may adapt (q<quantile>:<floor>:<ceiling>)")
+
+    def convert(field):
+        if unit is not None:
+            return check_positive(label, field) * m.suffixes[unit]
+        return _text_value(m, label, field) if isinstance(field, str) else check_positive(label, field)
+
+    if isinstance(value, Mapping):
+        extra = set(value) - {"quantile", "floor", "ceiling", "warmup", "window", "gamma"}
+        if extra or "quantile" not in value or "floor" not in value or "ceiling" not in value:
+            raise ConfigError(f"{label}: an adaptive threshold mapping needs quantile, floor and ceiling "
+                              f"(optional warmup, window, gamma), got {dict(value)!r}")
+        opts = {k: value[k] for k in ("warmup", "window", "gamma") if k in value}
+        t = AdaptiveThreshold(value["quantile"], convert(value["floor"]), convert(value["ceiling"]), **opts)
+    else:
+        t = parse_adaptive(value, convert, label)
+    t.unit = m.unit
+    return t
+
+
 def parse_limits(spec=None, /, what: str = "threshold", **kwargs) -> dict:
     """Thresholds or hard caps in internal units: ``{measure key: value}``.
 
     ``spec`` (a mapping, e.g. from YAML) and keyword arguments are merged; keys
     are ``<measure>_<unit>`` (value in that unit) or ``<measure>`` (value in
     internal units, or a string with a unit).  None values are skipped.
+    A threshold may be adaptive (module docstring): ``"q0.95:0.05:0.5"``, a mapping
+    ``{quantile, floor, ceiling}`` or an :class:`AdaptiveThreshold` (kept as is: a gate shares it).
     Raises :class:`UnitError` for unknown names or units and non-positive,
     non-finite or non-numeric values; :class:`ConfigError` for a measure given
-    twice.
+    twice, a quantile threshold without floor and ceiling, or an adaptive hard cap.
     """
     if spec is not None and not isinstance(spec, Mapping):
         raise ConfigError(f"{what}s must be a mapping like {{'forces_std_max_eVA': 0.3}}, got {spec!r}")
@@ -179,7 +218,14 @@ def parse_limits(spec=None, /, what: str = "threshold", **kwargs) -> dict:
             continue
         m, unit = _split(str(name))
         label = f"{what} {name}"
-        if isinstance(value, str):
+        if isinstance(value, AdaptiveThreshold):
+            if what in FIXED_LIMITS:
+                raise ConfigError(f"{label}: a {what.lstrip('-')} is a fixed number; only fallback "
+                                  "thresholds may adapt")
+            v = value
+        elif is_adaptive_text(value) or isinstance(value, Mapping):
+            v = _adaptive(m, unit, label, value, what)
+        elif isinstance(value, str):
             if unit is not None:
                 raise UnitError(f"{label}={value!r}: the unit is already in the name; give a number")
             v = _text_value(m, label, value)
@@ -208,8 +254,36 @@ def check_molecules(n):
 
 
 def describe(values: dict) -> str:
-    """'forces_std_max=0.3 eV/Å, …' for messages."""
-    return ", ".join(f"{k}={v:.4g} {MEASURES[k].unit}" for k, v in values.items())
+    """'forces_std_max=0.3 eV/Å, …' for messages (an adaptive threshold: its rule and value now)."""
+    return ", ".join(f"{k}={v.spec() + ' (now ' if isinstance(v, AdaptiveThreshold) else ''}{v:.4g}"
+                     f"{')' if isinstance(v, AdaptiveThreshold) else ''} {MEASURES[k].unit}"
+                     for k, v in values.items())
+
+
+def cli_limit_value(text: str):
+    """argparse ``type=`` of a ``--threshold-…`` option: a number (float) or the text of an adaptive
+    threshold (``q0.95:0.05:0.5``, checked by :func:`parse_limits`); anything else is argparse's
+    ``invalid float value`` error (the function is named ``float`` for that message)."""
+    if is_adaptive_text(text):
+        return text.strip()
+    return float(text)
+
+
+cli_limit_value.__name__ = "float"
+
+
+def check_energy_offsets(committee, thresholds: dict, caps: dict | None = None) -> bool:
+    """Warn (OffsetWarning) when an energy measure is gated on a committee whose members come from
+    different frameworks and carry no energy offsets (their energy spread then measures the
+    offsets between members, not the uncertainty).  Returns True when it warned."""
+    gated = [k for k in {**(thresholds or {}), **(caps or {})} if MEASURES[k].kind == "energy"]
+    if not gated or not needs_offsets(committee):
+        return False
+    warnings.warn(f"{gated} gate(s) a committee whose members come from different frameworks "
+                  f"({backends(committee)}) without energy offsets: the energy spread measures the "
+                  "offsets between members, not the uncertainty. Fit offsets (committee-calibrate "
+                  "--offsets) or gate on force measures (forces_std_max)", OffsetWarning, stacklevel=3)
+    return True
 
 
 # ---------------------------------------------------------------------- deciding
@@ -221,12 +295,15 @@ class Decision:
     stop: a hard cap is exceeded (nothing should be labelled).
     reason: one sentence.
     exceeded: measure keys above their thresholds (or caps when ``stop``).
+    provenance: for a label: ``threshold_<key>`` (the threshold in force, internal units),
+        ``threshold_rule_<key>`` (``fixed`` or the adaptive rule's state) and ``gate_reason``.
     """
 
     trusted: bool
     stop: bool
     reason: str
     exceeded: tuple = ()
+    provenance: dict = field(default_factory=dict, compare=False)
 
 
 def check_limits(thresholds: dict, caps: dict, logic: str = "any", molecules=None) -> None:
@@ -234,7 +311,11 @@ def check_limits(thresholds: dict, caps: dict, logic: str = "any", molecules=Non
     if logic not in LOGICS:
         raise ConfigError(f"logic must be one of {LOGICS}, got {logic!r}")
     for k, cap in caps.items():
-        if k in thresholds and cap < thresholds[k]:
+        t = thresholds.get(k)
+        if isinstance(t, AdaptiveThreshold) and cap < t.ceiling:
+            raise ConfigError(f"the hard cap on {k} ({cap:.4g} {MEASURES[k].unit}) is below the ceiling "
+                              f"of its adaptive threshold ({t.ceiling:.4g}); the cap must be the larger value")
+        if t is not None and not isinstance(t, AdaptiveThreshold) and cap < t:
             raise ConfigError(f"the hard cap on {k} ({cap:.4g} {MEASURES[k].unit}) is below its "
                               f"threshold ({thresholds[k]:.4g}); the cap must be the larger value")
     need = [k for k in {**thresholds, **caps} if MEASURES[k].needs_molecules]
@@ -255,6 +336,8 @@ def decide(measures: dict, thresholds: dict, caps: dict | None = None, logic: st
     No thresholds: trusted.  ``threshold_scale`` multiplies every threshold (not the caps), e.g.
     a re-entry factor < 1 for hysteresis: a structure already on the reference returns to the
     committee only once its spread is below ``threshold × factor``.
+    An adaptive threshold is taken at its current value, then observes the measure (the only
+    state a decision changes).  ``provenance`` of the Decision records the thresholds in force.
     """
     if not finite:
         return Decision(False, False, "non-finite committee output")
@@ -267,14 +350,23 @@ def decide(measures: dict, thresholds: dict, caps: dict | None = None, logic: st
                         tuple(over_cap))
     if not thresholds:
         return Decision(True, False, "no thresholds")
-    thresholds = {k: t * threshold_scale for k, t in thresholds.items()}
+    adaptive = {k: t for k, t in thresholds.items() if isinstance(t, AdaptiveThreshold)}
+    now = {k: (t.state() if k in adaptive else (t, "fixed")) for k, t in thresholds.items()}
+    rules = {k: r for k, (_, r) in now.items()}
+    thresholds = {k: float(v) * threshold_scale for k, (v, _) in now.items()}
     over = {k: not measures.get(k, math.nan) <= t for k, t in thresholds.items()}
     fall = any(over.values()) if logic == "any" else all(over.values())
     parts = [f"{k}={measures.get(k, math.nan):.4g} {'>' if over[k] else '<='} {t:.4g} "
-             f"{MEASURES[k].unit}" for k, t in thresholds.items()]
-    return Decision(not fall, False, f"{logic}: " + "; ".join(parts),
-                    tuple(k for k, o in over.items() if o))
+             f"{MEASURES[k].unit}{' (adaptive)' if k in adaptive else ''}" for k, t in thresholds.items()]
+    reason = f"{logic}: " + "; ".join(parts)
+    for k, t in adaptive.items():
+        t.observe(measures.get(k, math.nan), now[k][0])
+    prov = {"gate_reason": reason}
+    for k, t in thresholds.items():
+        prov[f"threshold_{k}"], prov[f"threshold_rule_{k}"] = t, rules[k]
+    return Decision(not fall, False, reason, tuple(k for k, o in over.items() if o), prov)
 
 
 __all__ = ["Measure", "MEASURES", "LOGICS", "compute_measures", "parse_limits", "check_limits",
-           "check_molecules", "describe", "Decision", "decide"]
+           "check_molecules", "describe", "Decision", "decide", "cli_limit_value", "check_energy_offsets",
+           "AdaptiveThreshold", "OffsetWarning"]

@@ -16,6 +16,7 @@ from ase.io import write
 
 from committee_calc.train import train_committee
 from drivers.active_learn import main as learn_main
+from drivers.calibrate import main as calibrate_main
 from drivers.campaign import main as campaign_main
 from drivers.npt_md import main as md_main
 from drivers.qha import main as qha_main
@@ -83,10 +84,14 @@ DRIVERS = {
                                            i["reference"], "--threshold-forces-std-max-eVA", i["threshold"],
                                            "--out", i["out"], "--max-rounds", "1", "--max-steps", "2",
                                            *i["extra"]]),
+    # the landscape has no reference values: --reference labels every frame before calibrating
+    "calibrate": (calibrate_main, lambda i: [i["structure"], "--committee", i["committee"], "--reference",
+                                             i["reference"], "--out", i["out"], "--threshold-forces-std-max-eVA",
+                                             i["threshold"], "--no-plots", *i["extra"]]),
 }
 #: drivers without a --committee / --labels option
 NO_COMMITTEE = {"learn"}
-NO_LABELS = {"learn", "campaign"}
+NO_LABELS = {"learn", "campaign", "calibrate"}
 #: drivers whose committee must carry a training: section
 NEEDS_TRAINING = {"campaign"}
 

@@ -22,7 +22,7 @@ EXPECTED = {"relax": {"summary.csv", "clusters.csv"}, "mc": {"chain_000/steps.cs
             "md": {"md_log.csv"}, "qha": {"qha.csv", "qha_members.csv", "qha_pressure.csv",
                                           "imaginary_modes.csv"},
             "learn": set(), "rerank": {"reranked.csv", "reference_calls.csv"},
-            "campaign": {"summary.csv"}}
+            "campaign": {"summary.csv"}, "calibrate": {"calibration_report.csv"}}
 NUMPY_REPR = re.compile(r"np\.(float|int|bool|str)\w*\(|array\(")
 
 
