@@ -10,6 +10,10 @@ Modes
           then up to --n-select frames are selected (--select) and labelled by
           --reference into --labels.
 
+Biased sampling: --bias hal --hal-tau T (E - T*sigma_E) or --bias udd --udd-a-eV A --udd-b-eV B
+drive the run on the committee's biased surface (exact forces/stress); the log keeps the
+unbiased energy and pressure beside the biased ones.
+
 Outputs in --out: md_trajectory.extxyz, md_log.csv, md_state.json, md_selection.json
 (record mode), uncertainty_trace.png, md_unphysical.extxyz (only when a safety check
 stopped the run; exit code 3).
@@ -25,6 +29,7 @@ import argparse
 import logging
 
 from committee_calc import keys as K
+from committee_calc.bias import add_bias_arguments, bias_from_args
 from committee_calc.cli import (
     ArgumentParser,
     add_committee_arguments,
@@ -71,13 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--schedule-mode", choices=("hold", "ramp"), default="hold",
                     help="for comma-separated set points: hold each, or interpolate linearly")
     md.add_argument("--pressure-GPa", type=finite_float, default=0.0)
-    md.add_argument("--tdamp-fs", type=positive_float, default=None, help="thermostat time (default 100 steps)")
-    md.add_argument("--pdamp-fs", type=positive_float, default=None, help="barostat time (default 1000 steps)")
+    md.add_argument("--tdamp-fs", type=positive_float, default=None, help="thermostat (default: 100 x --timestep-fs)")
+    md.add_argument("--pdamp-fs", type=positive_float, default=None, help="barostat (default: 1000 x --timestep-fs)")
     md.add_argument("--anisotropic", action="store_true",
                     help="langevin/berendsen: let the cell shape change (mtk is always full-cell)")
     md.add_argument("--write-interval", type=positive_int, default=10,
                     help="frame + checkpoint every N steps (a step count, no unit)")
     md.add_argument("--seed", type=nonnegative_int, default=0, help="initial velocities / Langevin noise")
+    add_bias_arguments(p)
     s = p.add_argument_group("safety")
     s.add_argument("--min-distance-A", type=nonnegative_float, default=0.6)
     s.add_argument("--max-volume-ratio", type=positive_float, default=2.0,
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    bias = bias_from_args(args)
     check_outputs(args)
     images = read_structures(args.structure)
     if not -len(images) <= args.index < len(images):
@@ -116,7 +123,7 @@ def _main(argv=None) -> int:
                  pressure_GPa=args.pressure_GPa, tdamp_fs=args.tdamp_fs, pdamp_fs=args.pdamp_fs,
                  hydrostatic=not args.anisotropic, write_interval=args.write_interval,
                  min_distance_A=args.min_distance_A, max_volume_ratio=args.max_volume_ratio,
-                 cutoff_A=args.cutoff_A, seed=args.seed)
+                 cutoff_A=args.cutoff_A, seed=args.seed, bias=bias)
     md = run.md
     log.info("MD steps %d..%d done, %d frames, %d labels by the gate", md.start_step,
              md.last_step, md.n_frames, md.n_labels)

@@ -15,6 +15,9 @@ atom its own unit, no molecule detection; kJ/mol and per-molecule values then pe
 Without ``--reference`` the run is committee-only: a ``--cap-…`` or non-finite
 committee output ends a chain (reason in summary.json).
 
+Biased sampling: ``--bias hal --hal-tau T`` (E - T σ_E) or ``--bias udd --udd-a-eV A --udd-b-eV B``
+make the chains compare biased energies; steps.csv keeps the unbiased trial energy beside them.
+
 Outputs per chain ``OUT/chain_XXX/``: ``trajectory.extxyz`` (start + every
 accepted structure, with committee uncertainties), ``steps.csv`` (one row per
 step), ``state.json`` (current structure, RNG bit-generator state, lid
@@ -30,6 +33,7 @@ import argparse
 import json
 import sys
 
+from committee_calc.bias import add_bias_arguments, bias_from_args
 from committee_calc.cli import (
     ArgumentParser,
     add_committee_arguments,
@@ -72,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAME=PROB[:STEP],... with NAME in translate (Å), rotate (deg), displace "
                         "(Å), cell_length (fraction), cell_angle (deg), cell_volume (fraction); "
                         f"default {DEFAULT_MOVES} ({DEFAULT_ATOM_MOVES} with --units atoms)")
-    g.add_argument("--adaptive-target", type=float, default=None, help="target acceptance (0-1)")
+    g.add_argument("--adaptive-target", type=float, default=None, help="target acceptance fraction (0-1)")
     g.add_argument("--adaptive-every", type=positive_int, default=50)
     g.add_argument("--seed", type=nonnegative_int, default=0)
     g.add_argument("--no-plots", action="store_true")
+    add_bias_arguments(p)
     return p
 
 
@@ -88,7 +93,7 @@ def settings_from_args(args) -> MCSettings:
         moves=parse_moves(args.moves if args.moves is not None
                           else DEFAULT_ATOM_MOVES if args.units == "atoms" else DEFAULT_MOVES),
         adaptive_target=args.adaptive_target, adaptive_every=args.adaptive_every, seed=args.seed,
-        plots=not args.no_plots, units=args.units)
+        plots=not args.no_plots, units=args.units, bias=bias_from_args(args))
 
 
 def _main(argv) -> int:

@@ -11,13 +11,15 @@
     (``committee_*``, :func:`committee_calc.io.attach_uncertainties`) and ``mc_step``,
     ``mc_energy_eV``, ``mc_lid_eV``, ``gate_decision`` in ``info``.
 ``OUT/chain_XXX/steps.csv``
-    one row per step, :data:`CSV_COLUMNS`.
+    one row per step, :data:`CSV_COLUMNS` (a biased run, ``--bias``: plus :data:`BIAS_COLUMNS`,
+    the unbiased trial energy and the bias beside the biased energies the chain uses).
 ``OUT/chain_XXX/state.json``
     :meth:`~committee_calc.mc.threshold.ThresholdMC.state`, rewritten atomically after
     every step; on resume the trajectory and CSV are cut back to agree with it.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from ..fileio import (
@@ -35,6 +37,8 @@ from ..units import energy_factor, ev_to_kjmol
 CSV_COLUMNS = ("step", "move", "accepted", "trial_energy_eV", "energy_eV", "lid_eV",
                "energy_std_eV", "energy_std_per_molecule_kjmol", "energy_std_per_atom_meV",
                "forces_std_max_eVA", "gate_decision", "gate_reason", "label_index", "step_size")
+#: columns added to steps.csv of a biased chain
+BIAS_COLUMNS = ("trial_energy_unbiased_eV", "bias_energy_eV")
 RUN_FILE, SUMMARY_FILE = "run.json", "summary.json"
 TRAJECTORY, STEPS, STATE = "trajectory.extxyz", "steps.csv", "state.json"
 
@@ -55,7 +59,7 @@ def save_summary(out, summary: dict) -> None:
 def csv_row(rec: dict) -> dict:
     """A step record of :class:`~committee_calc.mc.threshold.ThresholdMC` as a CSV row
     (σ_E per molecule in kJ/mol, per atom in meV)."""
-    row = {k: rec.get(k) for k in CSV_COLUMNS}
+    row = {k: rec.get(k) for k in CSV_COLUMNS + BIAS_COLUMNS}
     row["energy_std_per_molecule_kjmol"] = ev_to_kjmol(rec["energy_std_per_molecule_eV"])
     row["energy_std_per_atom_meV"] = rec["energy_std_per_atom_eV"] * (1.0 / energy_factor("meV"))
     row["accepted"] = int(rec["accepted"])
@@ -73,10 +77,12 @@ def trajectory_frame(mc, rec: dict):
 
 
 class ChainFiles:
-    """trajectory.extxyz, steps.csv and state.json of one chain folder."""
+    """trajectory.extxyz, steps.csv and state.json of one chain folder (``biased``: steps.csv
+    has the :data:`BIAS_COLUMNS` too)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, biased: bool = False):
         self.folder = Path(folder)
+        self.columns = CSV_COLUMNS + (BIAS_COLUMNS if biased else ())
         self.trajectory, self.steps, self.state_path = (self.folder / f for f in (TRAJECTORY, STEPS, STATE))
         self.log = None
 
@@ -92,7 +98,7 @@ class ChainFiles:
                 f.unlink(missing_ok=True)
         else:
             self._truncate(state)
-        self.log = CsvLog(self.steps, CSV_COLUMNS)
+        self.log = CsvLog(self.steps, self.columns)
 
     def _truncate(self, state) -> None:
         if self.trajectory.exists():
@@ -114,9 +120,10 @@ class ChainFiles:
         save_json_atomic(self.state_path, mc.state())
 
     def rows(self) -> list:
-        """The CSV rows (dicts of str)."""
-        return CsvLog(self.steps, CSV_COLUMNS).rows()
+        """The CSV rows (dicts of str; the columns the file has)."""
+        with open(self.steps, newline="") as fh:
+            return list(csv.DictReader(fh))
 
 
-__all__ = ["CSV_COLUMNS", "ChainFiles", "csv_row", "trajectory_frame", "load_run", "save_run",
+__all__ = ["BIAS_COLUMNS", "CSV_COLUMNS", "ChainFiles", "csv_row", "trajectory_frame", "load_run", "save_run",
            "save_summary"]

@@ -351,3 +351,17 @@ def parse_moves(text: str) -> dict:
         except ValueError:
             raise ConfigError(f"--moves item {item!r}: probability and step must be numbers") from None
     return out
+
+
+def free_atoms(atoms) -> np.ndarray:
+    """(N,) bool: the atoms a displacement can move under ``atoms``' ASE constraints (all True
+    without constraints).  Found by applying the constraints to a trial displacement of every
+    atom: an atom whose displacement the constraints undo entirely (``FixAtoms``, a
+    ``FixCartesian`` on x, y and z) is held."""
+    if not atoms.constraints:
+        return np.ones(len(atoms), bool)
+    probe = atoms.copy()
+    probe.calc = None
+    d = np.random.default_rng(0).uniform(0.5, 1.0, (len(atoms), 3))
+    probe.set_positions(atoms.positions + d, apply_constraint=True)
+    return np.linalg.norm(probe.positions - atoms.positions, axis=1) > 1e-9

@@ -19,6 +19,10 @@ kill is found by the gate's labeller, never duplicated.
 molecule detection, per-atom ``translate``/``displace`` and cell moves, and per-molecule
 values (lid in kJ/mol, σ per molecule) count per atom.
 
+``settings.bias`` (HAL/UDD, :mod:`committee_calc.bias`): every chain samples the biased
+energies E + B(σ_E) (steps.csv keeps the unbiased trial energy and the bias); it is stored in
+``run.json``, and a resume with another bias is refused.
+
 Every input (settings, lids, moves, molecule topology of every start) is
 validated before the first file is written.
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bias import bias_from_dict
 from ..errors import ConfigError
 from ..gate import Gate, require_gate
 from ..measures import check_molecules
@@ -59,6 +64,8 @@ class MCSettings:
     plots: write energy.png and uncertainty.png per chain.
     units: ``molecules`` (found from connectivity) or ``atoms`` (every atom one unit:
         network solids; per-molecule values are then per atom).
+    bias: a :class:`~committee_calc.bias.HAL` / :class:`~committee_calc.bias.UDD` bias (or its
+        dict), or None (unbiased).
     """
 
     steps: int = 1000
@@ -76,8 +83,10 @@ class MCSettings:
     seed: int = 0
     plots: bool = True
     units: str = "molecules"
+    bias: object = None
 
     def __post_init__(self):
+        object.__setattr__(self, "bias", bias_from_dict(self.bias))
         if self.units not in UNITS:
             raise ConfigError(f"units must be one of {UNITS}, got {self.units!r}")
         check_count("--steps", self.steps, 0)
@@ -145,14 +154,14 @@ def unit_count(structures, units: str = "molecules", molecules=None):
 def _chain(out, c, atoms, gate, settings, seed):
     """(files, state, chain) of chain ``c``: the fresh chain is built even on resume, so the
     settings and the start's molecules are validated before anything is written."""
-    files = ChainFiles(Path(out) / f"chain_{c:03d}")
+    files = ChainFiles(Path(out) / f"chain_{c:03d}", biased=settings.bias is not None)
     atomwise = settings.units == "atoms"
     labels = np.arange(len(atoms)) if atomwise else None
     lid, raise_ = settings.lids(len(atoms), len(atoms) if atomwise else count_molecules(atoms))
     mc = ThresholdMC(atoms, gate, settings.moves, lid_eV=lid, mode=settings.mode, lid_raise_eV=raise_,
                      lid_every=settings.lid_every, max_lid_raises=settings.max_lid_raises,
                      molecules=labels, seed=[seed, c], adaptive_target=settings.adaptive_target,
-                     adaptive_every=settings.adaptive_every,
+                     adaptive_every=settings.adaptive_every, bias=settings.bias,
                      run_id=f"{Path(out).resolve().name}/chain_{c:03d}")
     state = files.load_state()
     if state is not None:
@@ -193,13 +202,14 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
     """
     require_gate(gate, "run_threshold_mc")
     structures = list(structures)
+    bias = settings.bias.to_dict() if settings.bias else None
     run = load_run(out)
     if run is None:
         if settings.n_starts > len(structures):
             raise ConfigError(f"--n-starts {settings.n_starts} asks for more chains than the "
                               f"{len(structures)} input structure(s); give at most {len(structures)}")
         run = {"starts": _starts(structures, settings, gate), "seed": settings.seed,
-               "units": settings.units, **(info or {})}
+               "units": settings.units, "bias": bias, **(info or {})}
         new = True
     else:
         new = False
@@ -209,6 +219,9 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
         if run.get("units", "molecules") != settings.units:
             raise ConfigError(f"{out} was started with --units {run.get('units', 'molecules')}; "
                               "resume with the same units or use a new --out")
+        if run.get("bias") != bias:
+            raise ConfigError(f"{out} was started with bias {run.get('bias')}, this run asks for {bias}; "
+                              "resume with the same --bias options or use a new --out")
         if max(run["starts"]) >= len(structures):
             raise ConfigError(f"{out} was started from start structure {max(run['starts'])}, but the "
                               f"input holds {len(structures)}; give the same structures or a new --out")

@@ -29,6 +29,10 @@ constraints undo.  Cell moves need a free, 3-D periodic cell: on a structure wit
 constraints or a non-periodic direction (a slab's vacuum) they are refused
 (:func:`check_cell_moves`); the default move sets drop them there with a one-line note.
 
+Biased sampling: with ``bias`` (:class:`committee_calc.bias.HAL`/:class:`~committee_calc.bias.UDD`)
+the chain compares biased energies E + B(σ_E) (:func:`committee_calc.bias.apply_bias` on the gate's
+answer); the records keep the unbiased trial energy and the bias beside them.
+
 Resumability: :meth:`ThresholdMC.state` is a JSON-able dict with the current
 structure (and its constraints), energies, lid schedule, adapted step sizes, counters and the
 numpy ``bit_generator.state``; :meth:`ThresholdMC.from_state` continues the
@@ -40,15 +44,17 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from .. import keys as K
+from ..bias import BIAS_ENERGY, ENERGY_UNBIASED, apply_bias, bias_from_dict
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..gate import require_gate
 from ..structures import atoms_from_dict, atoms_to_dict, is_bulk
 from ..units import check_positive, kjmol_to_ev
-from .moves import CELL_MOVES, DEFAULT_ATOM_MOVES, DEFAULT_MOVES, MoveSet, Topology, make_whole, parse_moves
+from .moves import CELL_MOVES, DEFAULT_ATOM_MOVES, DEFAULT_MOVES, MoveSet, Topology, free_atoms, make_whole, parse_moves
 
 MODES = ("threshold", "downhill")
 log = logging.getLogger("committee_calc.mc")
@@ -107,20 +113,6 @@ def check_cell_moves(moves, atoms):
                       "constraints")
 
 
-def free_atoms(atoms) -> np.ndarray:
-    """(N,) bool: the atoms a displacement can move under ``atoms``' ASE constraints (all True
-    without constraints).  Found by applying the constraints to a trial displacement of every
-    atom: an atom whose displacement the constraints undo entirely (``FixAtoms``, a
-    ``FixCartesian`` on x, y and z) is held."""
-    if not atoms.constraints:
-        return np.ones(len(atoms), bool)
-    probe = atoms.copy()
-    probe.calc = None
-    d = np.random.default_rng(0).uniform(0.5, 1.0, (len(atoms), 3))
-    probe.set_positions(atoms.positions + d, apply_constraint=True)
-    return np.linalg.norm(probe.positions - atoms.positions, axis=1) > 1e-9
-
-
 class ThresholdMC:
     """Threshold (lid) or downhill Monte Carlo on one structure.
 
@@ -148,13 +140,16 @@ class ThresholdMC:
     run_id:
         written with every gate call (``info={"mc_run": run_id, "mc_step": k}``)
         so labels can be traced back to their chain and step.
+    bias:
+        a HAL/UDD bias (or its dict) for biased sampling, or None.
 
     Raises ConfigError / UnitError / MoleculeError for invalid input.
     """
 
     def __init__(self, atoms, gate, moves, lid_eV=None, mode="threshold",
                  lid_raise_eV=0.0, lid_every=None, max_lid_raises=None, molecules=None,
-                 seed=None, adaptive_target=None, adaptive_every=50, run_id="mc", bond_mult=1.1):
+                 seed=None, adaptive_target=None, adaptive_every=50, run_id="mc", bond_mult=1.1,
+                 bias=None):
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
@@ -178,7 +173,7 @@ class ThresholdMC:
         self.moves = moves if isinstance(moves, MoveSet) else MoveSet(moves)
         self.atoms, self.topology = make_whole(atoms, labels=molecules, mult=bond_mult)
         self._find_free_units()
-        self.gate = require_gate(gate, "ThresholdMC")
+        self.gate, self.bias = require_gate(gate, "ThresholdMC"), bias_from_dict(bias)
         self.run_id = str(run_id)
         self.rng = np.random.default_rng(seed)
         self.step_index = 0
@@ -224,7 +219,8 @@ class ThresholdMC:
         return self.topology.n_molecules
 
     def _evaluate(self, atoms, step):
-        return self.gate.evaluate(atoms, step=step, info={"mc_run": self.run_id, "mc_step": int(step)})
+        res = self.gate.evaluate(atoms, step=step, info={"mc_run": self.run_id, "mc_step": int(step)})
+        return res if self.bias is None else replace(res, results=apply_bias(res.results, self.bias, len(atoms)))
 
     def initialise(self) -> dict:
         """Evaluate the start structure (step 0); sets E0 and the lid.
@@ -260,6 +256,8 @@ class ThresholdMC:
                "gate_reason": res.reason if res is not None else self.terminated,
                "label_index": res.label_index if res is not None else None,
                "step_size": step_size}
+        if res is not None and ENERGY_UNBIASED in res.results:
+            rec.update(trial_energy_unbiased_eV=res.results[ENERGY_UNBIASED], bias_energy_eV=res.results[BIAS_ENERGY])
         if res is not None:
             rec["results"] = {**m, **(res.committee_results or res.results)}
         return rec
@@ -354,7 +352,8 @@ class ThresholdMC:
                 "window": self.window,
                 "adaptive_target": self.adaptive_target, "adaptive_every": self.adaptive_every,
                 "run_id": self.run_id, "rng": self.rng.bit_generator.state,
-                "atoms": atoms_to_dict(self.atoms), "labels": self.topology.labels.tolist()}
+                "atoms": atoms_to_dict(self.atoms), "labels": self.topology.labels.tolist(),
+                "bias": self.bias.to_dict() if self.bias else None}
 
     @classmethod
     def from_state(cls, state: dict, gate) -> ThresholdMC:
@@ -364,7 +363,7 @@ class ThresholdMC:
         if state.get("version") != 1:
             raise ConfigError(f"unknown MC state version {state.get('version')!r}")
         mc = cls.__new__(cls)
-        mc.gate = require_gate(gate, "ThresholdMC")
+        mc.gate, mc.bias = require_gate(gate, "ThresholdMC"), bias_from_dict(state.get("bias"))
         mc.mode = state["mode"]
         mc.lid_eV, mc.lid_raise_eV = state["lid_eV"], state["lid_raise_eV"]
         mc.lid_every, mc.max_lid_raises = state["lid_every"], state["max_lid_raises"]

@@ -30,6 +30,12 @@ records them; a resume with other constraints is refused); ``nvt`` and ``nve`` r
 constraints, the cell-changing ensembles refuse them
 (:func:`committee_calc.md.schedule.check_constraints`).
 
+Biased sampling: ``bias`` (:class:`committee_calc.bias.HAL` / :class:`~committee_calc.bias.UDD`)
+drives the dynamics on the biased surface of the gate's answer
+(:class:`~committee_calc.bias.BiasCalculator` over the gate: labels and measures stay unbiased);
+the log gains ``energy_unbiased_eV``, ``bias_energy_eV``, ``pressure_unbiased_GPa`` and frames
+``energy_unbiased``/``bias_energy``; a resume with another bias is refused.
+
 Safety: the run stops with ``MDResult.stop_reason`` (everything written so far
 kept, the offending structure in ``md_unphysical.extxyz``) when two atoms come
 closer than ``min_distance_A``, the volume leaves ``[V0/max_volume_ratio,
@@ -48,14 +54,16 @@ from ase.md import velocitydistribution as vd
 from ase.neighborlist import neighbor_list
 
 from .. import keys as K
+from ..bias import BIAS_ENERGY, ENERGY_UNBIASED, STRESS_UNBIASED, BiasCalculator, bias_from_dict
 from ..committee import max_cutoff
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..fileio import CsvLog, append_frame, write_structures_atomic
 from ..gate import require_gate
 from ..io import attach_uncertainties
+from ..progress import Progress
 from ..structures import cell_widths, constraints_to_list, is_bulk
 from ..units import check_positive, ev_per_a3_to_gpa
-from .io import LOG, STATE, TRAJECTORY, UNPHYSICAL, read_log
+from .io import LOG, STATE, TRAJECTORY, UNPHYSICAL, read_log, thermo_line
 from .schedule import (
     ENSEMBLES,
     TemperatureSchedule,
@@ -74,6 +82,8 @@ CSV_COLUMNS = (
     "energy_std_per_atom_eV", "forces_std_max_eVA", "force_uncertainty_relative",
     "gate_decision", "label_index",
 )
+#: columns added to the log of a biased run (the unbiased observables beside the biased ones)
+BIAS_COLUMNS = ("energy_unbiased_eV", "bias_energy_eV", "pressure_unbiased_GPa")
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,8 @@ class CommitteeMD:
     velocities (seeded by ``seed``) when the structure has none.  ``pressure_GPa`` [GPa],
     ``timestep_fs``/``tdamp_fs``/``pdamp_fs`` [fs], ``min_distance_A``/``cutoff_A`` [Å]
     (cutoff default: the largest member cutoff), ``max_volume_ratio`` (V/V0 bound, > 1),
-    ``write_interval`` [steps]; ``provenance`` is merged into the gate's label provenance.
+    ``write_interval`` [steps]; ``provenance`` is merged into the gate's label provenance;
+    ``bias``: a HAL/UDD bias (or its dict) or None.
     Raises ConfigError for any bad setting (nothing is written before :meth:`run`).
     """
 
@@ -148,7 +159,7 @@ class CommitteeMD:
                  hydrostatic: bool = True, compressibility_per_GPa: float = 1.0e-2,
                  write_interval: int = 10, min_distance_A: float = 0.6, max_volume_ratio: float = 2.0,
                  cutoff_A: float | None = None, seed: int = 0, init_velocities: bool = True,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, bias=None):
         if ensemble not in ENSEMBLES:
             raise ConfigError(f"unknown ensemble {ensemble!r}; use one of {ENSEMBLES}")
         self.ensemble = ensemble
@@ -167,6 +178,7 @@ class CommitteeMD:
         if self.max_volume_ratio <= 1:
             raise ConfigError(f"max_volume_ratio must be > 1, got {max_volume_ratio}")
         self.gate = require_gate(gate, "CommitteeMD")
+        self.bias = bias_from_dict(bias)
         self.retrain = RetrainSchedule(gate)
         self.cutoff_A = cutoff_A if cutoff_A is not None else max_cutoff(gate.committee)
         self.seed = int(seed)
@@ -236,6 +248,11 @@ class CommitteeMD:
         if K.STRESS in results:
             s = a.get_stress(voigt=True, include_ideal_gas=True)
             row["pressure_GPa"] = ev_per_a3_to_gpa(-np.mean(s[:3]))
+            if STRESS_UNBIASED in results:  # the ideal-gas part is the same on both surfaces
+                s = s - results[K.STRESS] + results[STRESS_UNBIASED]
+                row["pressure_unbiased_GPa"] = ev_per_a3_to_gpa(-np.mean(s[:3]))
+        if ENERGY_UNBIASED in results:
+            row["energy_unbiased_eV"], row["bias_energy_eV"] = results[ENERGY_UNBIASED], results[BIAS_ENERGY]
         for col, key in _SPREAD_COLUMNS:
             if key in results:
                 row[col] = float(results[key])
@@ -251,6 +268,7 @@ class CommitteeMD:
         frame.calc = None
         if results:
             attach_uncertainties(frame, results, members=False)
+            frame.info.update({k: float(results[k]) for k in (ENERGY_UNBIASED, BIAS_ENERGY) if k in results})
         return frame
 
     def _append_frame(self, step, results):
@@ -263,7 +281,7 @@ class CommitteeMD:
     def _settings(self) -> dict:
         return {"ensemble": self.ensemble, "timestep_fs": self.timestep_fs,
                 "pressure_GPa": self.pressure_GPa, "schedule": self.schedule.to_dict(),
-                "volume0": self.volume0}
+                "volume0": self.volume0, "bias": self.bias.to_dict() if self.bias else None}
 
     def _save_state(self, step, dyn, n_frames, results):
         self.checkpoint.save(step, dyn, n_frames, results, self._settings(),
@@ -284,25 +302,25 @@ class CommitteeMD:
             raise ConfigError(f"n_steps must be >= 0, got {n_steps}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atoms = self.atoms
-        atoms.calc = self.gate
+        atoms.calc = self.gate if self.bias is None else BiasCalculator(self.gate, self.bias)
         state = self.checkpoint.load()
         if state is not None:
             self.checkpoint.check(state, self._settings())
             self.retrain.restore(state.get("gate"), self.out_dir)
             restore_atoms(atoms, state["integrator"])
-            inject_results(self.gate, atoms, state.get("results"))
+            inject_results(atoms.calc, atoms, state.get("results"))
         dyn = make_integrator(atoms, temperature_K=self.schedule(0), **self.dyn_kwargs)
         if state is None:
             self.checkpoint.fresh_start()
             start, n_frames = 0, 0
         else:
             restore_integrator_state(dyn, state["integrator"])
-            inject_results(self.gate, atoms, state.get("results"))
+            inject_results(atoms.calc, atoms, state.get("results"))
             self.volume0 = state.get("volume0", self.volume0)
             start = int(state["step"])
             n_frames = self.checkpoint.truncate(start)
         set_target_temperature(dyn, self.schedule(start))
-        log = CsvLog(self.paths["log"], CSV_COLUMNS)
+        log = CsvLog(self.paths["log"], CSV_COLUMNS + (BIAS_COLUMNS if self.bias else ()))
         n_labels0 = self.gate.n_labels
         self._gate_context(start)
         if start == 0:
@@ -316,7 +334,7 @@ class CommitteeMD:
             self._append_frame(0, results)
             n_frames += 1
             self._save_state(0, dyn, n_frames, results)
-        step = start
+        step, bar = start, Progress(n_steps, "md", unit="step", initial=start)  # bar/thermo log lines
         for step in range(start + 1, int(n_steps) + 1):
             if stop_after is not None and step - start > stop_after:
                 step -= 1
@@ -329,13 +347,16 @@ class CommitteeMD:
             problem = self.safety_problem(atoms, results)
             row = self._row(step, dyn, results)
             log.append(row)
+            bar.update(1, thermo_line(row))
             if problem:
+                bar.close()
                 return self._stop(start, step, n_frames, n_labels0, problem, results)
             labelled = results.get(K.GATE_DECISION) == K.REFERENCE
             if step % self.write_interval == 0 or labelled or step == n_steps:
                 self._append_frame(step, results)
                 n_frames += 1
                 self._save_state(step, dyn, n_frames, results)
+        bar.close()
         return MDResult(start, step, n_frames, self.gate.n_labels - n_labels0, None,
                         *(str(self.paths[k]) for k in ("trajectory", "log", "state")))
 
@@ -355,7 +376,7 @@ class CommitteeMD:
         plus ``label_index`` of a label appended at this evaluation."""
         atoms.get_forces()
         self.retrain.note()
-        res = dict(self.gate.results)
+        res = dict(atoms.calc.results)  # the gate's, or their biased copy
         last = self.gate.last
         if res.get(K.GATE_DECISION) == K.REFERENCE and last is not None:
             res["label_index"] = last.label_index

@@ -23,6 +23,8 @@ STATE = "md_state.json"
 UNPHYSICAL = "md_unphysical.extxyz"
 SELECTION = "md_selection.json"
 PLOT = "uncertainty_trace.png"
+#: the thermodynamic trace (E, T, P, V, σ against time): :func:`committee_calc.md.plots.plot_thermo`
+THERMO_PLOT = "md_thermo.png"
 
 
 def read_log(path, columns=None) -> dict:
@@ -67,5 +69,19 @@ def save_selection(out_dir, params: dict, steps, labelled=None) -> str:
     return str(path)
 
 
-__all__ = ["TRAJECTORY", "LOG", "STATE", "UNPHYSICAL", "SELECTION", "PLOT", "read_log", "log_has_steps",
-           "load_selection", "save_selection"]
+__all__ = ["TRAJECTORY", "LOG", "STATE", "UNPHYSICAL", "SELECTION", "PLOT", "THERMO_PLOT", "thermo_line",
+           "read_log", "log_has_steps", "load_selection", "save_selection"]
+
+
+#: (column of the MD log, label, format) of the thermo log line, like ASE's ``MDLogger``
+THERMO = (("time_fs", "t[ps]", lambda v: f"{v / 1000:.4f}"), ("energy_eV", "Epot[eV]", "{:.4f}".format),
+          ("temperature_K", "T[K]", "{:.1f}".format), ("pressure_GPa", "P[GPa]", "{:.3f}".format),
+          ("volume_A3", "V[Å³]", "{:.2f}".format), ("forces_std_max_eVA", "σF[eV/Å]", "{:.4f}".format),
+          ("energy_std_per_atom_eV", "σE[meV/atom]", lambda v: f"{1000 * v:.2f}"))
+
+
+def thermo_line(row: dict) -> str:
+    """``t[ps]=… Epot[eV]=… T[K]=… P[GPa]=… V[Å³]=… σF[eV/Å]=… σE[meV/atom]=…`` of one MD log row
+    (columns it lacks are left out): the thermo log of the progress lines."""
+    return " ".join(f"{label}={fmt(float(row[col]))}" for col, label, fmt in THERMO
+                    if row.get(col) not in (None, ""))

@@ -53,3 +53,39 @@ def plot_uncertainty_trace(log_path, png_path, selected_steps=(), title=None, dp
     axes[-1].set_xlabel("time (ps)")
     axes[0].set_title(title or "committee uncertainty along the MD trajectory")
     return save_figure(fig, png_path, dpi=dpi)
+
+
+#: (log column, factor, axis label) of the thermo figure, top to bottom
+THERMO_PANELS = (("energy_eV", 1.0, "E$_{pot}$ (eV per cell)"), ("temperature_K", 1.0, "T (K)"),
+                 ("pressure_GPa", 1.0, "P (GPa)"), ("volume_A3", 1.0, "V (Å³ per cell)"),
+                 ("energy_std_per_atom_eV", 1000.0, "σ$_E$ (meV/atom)"), ("forces_std_max_eVA", 1.0,
+                                                                          "max$_i$ ‖σ$_{F,i}$‖ (eV/Å)"))
+
+
+def plot_thermo(log_path, png_path, dpi=110) -> str:
+    """The thermodynamic trace of an MD run: potential energy, temperature (with the thermostat
+    target dashed), pressure, volume and the committee spreads σ_E and max σ_F (one standard
+    deviation) against time [ps], one panel each (columns the log lacks are left out).  Steps the
+    gate sent to the reference are marked with black crosses.  Returns the path."""
+    plt = pyplot()
+    log = read_log(log_path)
+    if not log or len(log.get("step", [])) == 0:
+        raise ConfigError(f"{log_path} has no MD steps to plot")
+    t_ps = log["time_fs"] / 1000.0
+    panels = [p for p in THERMO_PANELS if p[0] in log and np.any(np.isfinite(log[p[0]]))]
+    ref = np.array([i for i, d in enumerate(log.get("gate_decision", [])) if d == K.REFERENCE], dtype=int)
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 1.6 * len(panels) + 0.8))
+    axes = np.atleast_1d(axes)
+    for k, (ax, (col, f, label)) in enumerate(zip(axes, panels)):
+        y = log[col] * f
+        ax.plot(t_ps, y, color=f"C{k}", lw=0.9)
+        if col == "temperature_K" and "temperature_target_K" in log:
+            ax.plot(t_ps, log["temperature_target_K"], color="k", lw=1.0, ls="--", label="thermostat target")
+            ax.legend(fontsize=7, loc="upper left")
+        if ref.size:
+            ax.plot(t_ps[ref], y[ref], "x", color="black", ms=4, label="reference (gate)" if k == 0 else None)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (ps)")
+    axes[0].set_title("MD thermodynamic trace (committee mean; σ: committee standard deviation)")
+    return save_figure(fig, png_path, dpi=dpi)

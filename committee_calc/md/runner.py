@@ -20,7 +20,8 @@ Modes
 Every setting is checked (ConfigError) before the first file is written.
 Outputs in ``out_dir`` (:mod:`committee_calc.md.io`): ``md_trajectory.extxyz``,
 ``md_log.csv``, ``md_state.json``, ``md_selection.json`` (record mode with a
-selection), ``uncertainty_trace.png``, ``md_unphysical.extxyz`` (stopped runs).
+selection), ``uncertainty_trace.png``, ``md_thermo.png`` (E, T, P, V, σ against time),
+``md_unphysical.extxyz`` (stopped runs).
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from ase.io import read
 from ..errors import ConfigError
 from ..gate import Gate, require_gate
 from .dynamics import CommitteeMD, MDResult
-from .io import PLOT, load_selection, log_has_steps, save_selection
-from .plots import plot_uncertainty_trace
+from .io import PLOT, THERMO_PLOT, load_selection, log_has_steps, save_selection
+from .plots import plot_thermo, plot_uncertainty_trace
 from .select import Selection, label_frames
 
 MODES = ("online", "record")
@@ -123,6 +124,8 @@ def run_md(atoms, gate, out_dir, n_steps: int, mode: str = "online", selection=N
         steps, labelled = select_and_label(frames, selection, gate, md.out_dir)
     plot = (plot_uncertainty_trace(result.log, Path(out_dir) / PLOT, selected_steps=steps)
             if log_has_steps(result.log) else None)
+    if plot:
+        plot_thermo(result.log, Path(out_dir) / THERMO_PLOT)
     store = None if gate.label_store is None else str(gate.label_store.path)
     return MDRun(result, mode, steps, labelled, store, plot)
 

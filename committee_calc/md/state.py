@@ -3,15 +3,16 @@
 ``md_state.json`` (written atomically after each frame) holds, at full precision:
 
 * ``step``, ``time_fs`` [fs], ``n_frames``, ``volume0`` [Å³] and the run settings
-  (``ensemble``, ``timestep_fs`` [fs], ``pressure_GPa`` [GPa], ``schedule``);
+  (``ensemble``, ``timestep_fs`` [fs], ``pressure_GPa`` [GPa], ``schedule``, ``bias``: the
+  HAL/UDD bias dict or None);
 * ``numbers`` (N,) and ``pbc`` (3,): the system, checked on resume;
 * ``constraints``: the user's ASE constraints (``todict()`` form,
   :func:`committee_calc.structures.constraints_to_list`), checked on resume;
 * ``integrator``: positions (N,3) [Å], momenta (N,3) [eV fs/Å in ASE units],
   cell (3,3) [Å], thermostat/barostat chain variables and RNG state
   (:func:`committee_calc.md.schedule.integrator_state`);
-* ``results``: the gate's results at the saved positions (:data:`CACHED`),
-  handed back to the gate on resume so nothing is recomputed (the gate
+* ``results``: the gate's (biased run: the bias calculator's) results at the saved positions
+  (:data:`CACHED`), handed back on resume so nothing is recomputed (the gate
   neither repeats a reference call nor labels the frame twice);
 * ``gate``: the retraining bookkeeping of a gate with a retrain callback
   (``n_labels``, ``n_retrains``, ``labels_since_retrain``, ``retrain_n_labels``
@@ -40,8 +41,8 @@ STATE_VERSION = 1
 CACHED = (K.ENERGY, K.FREE_ENERGY, K.FORCES, K.STRESS, K.ENERGY_STD, K.ENERGY_STD_PER_ATOM,
           K.ENERGY_STD_PER_MOLECULE, K.FORCES_STD_MAX, K.FORCE_UNCERTAINTY_RELATIVE,
           K.GATE_DECISION)
-#: settings that must match between the saved state and the resuming run
-SETTINGS = ("ensemble", "timestep_fs", "pressure_GPa")
+#: settings that must match between the saved state and the resuming run (bias: None unbiased)
+SETTINGS = ("ensemble", "timestep_fs", "pressure_GPa", "bias")
 RETRAIN_LABELS = "md_retrain_labels.extxyz"
 
 

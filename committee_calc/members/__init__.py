@@ -17,6 +17,7 @@ from .base import Member  # noqa: F401
 BACKENDS = {
     "ase": "committee_calc.members.ase_member:ASEMember",
     "mace": "committee_calc.members.mace:MACEMember",
+    "mace_llpr": "committee_calc.members.mace_llpr:LLPRMember",
     "nequip": "committee_calc.members.nequip:NequIPMember",
     "schnetpack": "committee_calc.members.schnetpack:SchNetPackMember",
     "lammps": "committee_calc.members.lammps:LAMMPSMember",
@@ -63,6 +64,11 @@ def build_members(spec: dict, base_dir=None) -> list:
             s = dict(spec, path=p)
             if len(paths) > 1 and spec.get("name"):
                 s["name"] = f"{spec['name']}_{i}"
-            out.append(cls.from_spec(s, base_dir))
+            out.extend(_as_list(cls.from_spec(s, base_dir)))
         return out
-    return [cls.from_spec(spec, base_dir)]
+    return _as_list(cls.from_spec(spec, base_dir))
+
+
+def _as_list(built) -> list:
+    """A backend's ``from_spec`` may return one member or several (e.g. LLPR pseudo-members)."""
+    return list(built) if isinstance(built, (list, tuple)) else [built]
