@@ -5,7 +5,7 @@ export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD := 1
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND := Agg
 
-.PHONY: install demo lint test test-slow test-all clean
+.PHONY: install demo lint test test-slow test-all docs clean
 install:
 	bash install/install.sh
 
@@ -24,6 +24,10 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow" --timeout=3600 tests
+
+# the documentation site (mkdocs-material + mkdocstrings, `docs` extra) into build/site; --strict as in CI
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -15,11 +15,14 @@ label store here, from the same options, and runs through :func:`run_cli`.
 * :data:`nonnegative_int`, :data:`positive_int`, :data:`finite_float`, :data:`positive_float`,
   :data:`nonnegative_float`: argparse ``type=`` checks (seeds, counts, pressures, times).
 * :func:`run_cli` maps committee_calc errors (and OSErrors) to one ``error:`` line and exit 2,
-  and hides known third-party warnings unless ``COMMITTEE_CALC_VERBOSE=1``.
+  and hides (and counts) known third-party warnings unless ``--verbose``.
+* :class:`ArgumentParser` adds ``--version`` and ``--verbose`` to every driver and shows every
+  option's default in ``--help`` (:class:`HelpFormatter`).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import re
@@ -27,12 +30,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .config import load_committee
 from .errors import CommitteeError, ConfigError, GateStop
 from .fileio import check_dir
 from .gate import Gate
 from .imports import import_object
-from .measures import MEASURES, check_molecules, parse_limits
+from .measures import MEASURES, check_molecules, cli_limit_value, parse_limits
 from .reference import load_reference
 from .train import committee_retrainer
 from .units import check_count, check_finite, check_positive
@@ -40,15 +44,70 @@ from .units import check_count, check_finite, check_positive
 log = logging.getLogger("committee_calc")
 
 LIMIT_KINDS = ("threshold", "cap")
-#: warnings of these frameworks are hidden by :func:`run_cli` (``COMMITTEE_CALC_VERBOSE=1`` shows them)
+#: warnings raised from these frameworks are hidden and counted by :func:`run_cli` (``--verbose`` shows them)
 QUIET_MODULES = ("e3nn", "torch", "torch_geometric", "mace", "phonopy", "spglib", "ase.md")
-QUIET_CATEGORIES = (DeprecationWarning, FutureWarning, UserWarning)
-QUIET_MESSAGES = ("The TorchScript type system",)  # attributed to the stdlib module ast
+#: third-party warnings attributed to other modules (ast; phonopy's warnings with a stacklevel
+#: that points into committee_calc, whose own QHAWarning/PhononWarning say the same specifically)
+QUIET_MESSAGES = ("The TorchScript type system", "Lattice parameters are extrapolated outside the fitted volume",
+                  "Half-grid shift", "Mesh [")
+
+
+#: unit suffix of an option name (``--pressure-GPa``) -> the unit shown in ``--help``; one spelling
+#: per unit across all drivers (tests/test_cli_help.py checks every option against this table)
+UNIT_SUFFIXES = {"K": "K", "GPa": "GPa", "fs": "fs", "ps": "ps", "eVA": "eV/Å", "A": "Å", "A3": "Å³",
+                 "meV": "meV", "eV": "eV", "eV-per-atom": "eV/atom", "meV-per-atom": "meV/atom",
+                 "kjmol": "kJ/mol", "THz": "THz", "s": "s"}
+
+
+def option_unit(*options: str) -> str | None:
+    """The unit of the first option named ``--<quantity>-<unit suffix>`` (:data:`UNIT_SUFFIXES`;
+    ``--lid-eV-per-atom`` -> eV/atom), else None."""
+    for option in options:
+        for suffix in sorted(UNIT_SUFFIXES, key=len, reverse=True):
+            if option.startswith("--") and option.endswith("-" + suffix) and len(option) > len(suffix) + 3:
+                return UNIT_SUFFIXES[suffix]
+    return None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The drivers' ``--help``: the description as written, and every option's default appended
+    as ``(default: …)`` unless its help already states one (``default``), the option is required
+    or a flag, or it is positional.  An option without a value shows ``(default: not set)``."""
+
+    def _format_action(self, action):
+        if action.help is not argparse.SUPPRESS and action.option_strings:
+            action = copy.copy(action)  # the help shows "[unit]" of the option's name and its default
+            action.help = self.help_text(action) or None
+        return super()._format_action(action)
+
+    @staticmethod
+    def help_text(action) -> str:
+        """The help of an option: its text, ``[unit]`` from its name, ``(default: …)``."""
+        text, unit = action.help or "", option_unit(*action.option_strings)
+        if unit and unit not in text:
+            text = f"{text} [{unit}]".strip()
+        if not ("default" in text.lower() or action.required or action.nargs == 0
+                or action.default is argparse.SUPPRESS):
+            d = action.default
+            shown = ("not set" if d is None else " ".join(map(str, d)) if isinstance(d, list | tuple)
+                     else str(d))
+            text = f"{text} (default: {shown.replace('%', '%%')})".strip()
+        return text
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors end, like every other refusal, with one ``error:`` line
-    (after the usage) and exit code 2."""
+    (after the usage) and exit code 2; every driver's parser also gets ``--version`` and
+    ``--verbose`` (third-party warnings shown, see :func:`run_cli`) and the :class:`HelpFormatter`
+    (defaults in ``--help``)."""
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("formatter_class") in (None, argparse.RawDescriptionHelpFormatter, argparse.HelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+        self.add_argument("--verbose", action="store_true",
+                          help="show third-party (torch, e3nn, MACE, phonopy, ...) warnings")
 
     def error(self, message):
         self.print_usage(sys.stderr)
@@ -90,11 +149,13 @@ def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = 
     g.add_argument("--labels", required=labels_required, help="label store (extxyz), appended to")
     for m in MEASURES.values():
         unit = f" [{m.display_unit()}]" if m.cli_unit else ""
-        for kind, what in (("threshold", "fall back to the reference above this"),
+        for kind, what in (("threshold", "fall back to the reference above this (or q<quantile>:"
+                                         "<floor>:<ceiling>: a quantile of the running values)"),
                            ("cap", "hard cap: stop instead of labelling above this")):
             dest = m.option(kind)
-            g.add_argument("--" + dest.replace("_", "-"), dest=dest, type=float, default=None,
-                           metavar="X", help=f"{what} {m.help}{unit}")
+            g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, metavar="X",
+                           type=cli_limit_value if kind == "threshold" else float,
+                           help=f"{what} {m.help}{unit}")
     g.add_argument("--logic", choices=("any", "all"), default="any",
                    help="combine several thresholds with any/all (default: any)")
     if retrain:
@@ -219,24 +280,48 @@ def error_line(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}: {msg}"
 
 
-def quiet_third_party_warnings() -> None:
-    """Ignore the deprecation/future/user warnings of :data:`QUIET_MODULES` (and
-    :data:`QUIET_MESSAGES`) in the current warnings filter context."""
-    modules = rf"({'|'.join(re.escape(m) for m in QUIET_MODULES)})(\..*)?$"
-    for category in QUIET_CATEGORIES:
-        warnings.filterwarnings("ignore", category=category, module=modules)
-    for text in QUIET_MESSAGES:
-        warnings.filterwarnings("ignore", message=re.escape(text))
+class _CountingPattern:
+    """A compiled regex whose ``match`` counts its hits.  The warnings machinery calls ``match``
+    on a filter's message and module patterns (C and pure-Python implementations alike), so an
+    ``ignore`` filter with this pattern hides a warning and counts it."""
+
+    def __init__(self, pattern: str):
+        self.regex, self.hits = re.compile(pattern), 0
+
+    def match(self, text):
+        m = self.regex.match(text)
+        self.hits += m is not None
+        return m
+
+
+def quiet_third_party_warnings() -> list:
+    """Ignore (and count) every warning raised from :data:`QUIET_MODULES` or matching
+    :data:`QUIET_MESSAGES` in the current warnings filter context; returns the counting
+    patterns (``sum(p.hits for p in patterns)`` warnings were hidden)."""
+    patterns = [_CountingPattern(rf"({'|'.join(re.escape(m) for m in QUIET_MODULES)})(\..*)?$"),
+                _CountingPattern("|".join(re.escape(t) for t in QUIET_MESSAGES))]
+    warnings.filters.insert(0, ("ignore", None, Warning, patterns[0], 0))
+    warnings.filters.insert(0, ("ignore", patterns[1], Warning, None, 0))
+    warnings._filters_mutated()  # drop the per-module "already warned" caches
+    return patterns
+
+
+def _verbose(argv) -> bool:
+    words = sys.argv[1:] if argv is None else list(argv)
+    return "--verbose" in words or os.environ.get("COMMITTEE_CALC_VERBOSE", "") not in ("", "0")
 
 
 def run_cli(main, argv=None) -> int:
     """Run ``main(argv)``; map errors to one ``error:`` line and exit codes (0, 2 user error
     or an output that cannot be written, 130 interrupt).  Warnings of third-party frameworks
-    (:data:`QUIET_MODULES`) are hidden unless the environment sets ``COMMITTEE_CALC_VERBOSE=1``."""
+    (:data:`QUIET_MODULES`, :data:`QUIET_MESSAGES`) are hidden unless ``--verbose`` is given (or
+    the environment sets ``COMMITTEE_CALC_VERBOSE=1``); a run that ends normally then prints one
+    line ``N third-party warnings hidden (--verbose shows them)`` on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    patterns = []
     with warnings.catch_warnings():
-        if os.environ.get("COMMITTEE_CALC_VERBOSE", "") in ("", "0"):
-            quiet_third_party_warnings()
+        if not _verbose(argv):
+            patterns = quiet_third_party_warnings()
         try:
             rc = main(argv)
         except (CommitteeError, OSError) as exc:
@@ -245,4 +330,8 @@ def run_cli(main, argv=None) -> int:
         except KeyboardInterrupt:
             print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
             return 130
+    hidden = sum(p.hits for p in patterns)
+    if hidden:
+        print(f"{hidden} third-party warning{'s' * (hidden != 1)} hidden (--verbose shows them)",
+              file=sys.stderr)
     return int(rc or 0)

@@ -18,7 +18,7 @@ Layers, lowest first (:data:`ORDER`):
                   molecules, descriptors, layers: no project imports above layer 0
 1    members      one adapter per MLIP framework
 2    committee    committee calculator, statistics, calibration, configs, Δ-learning,
-                  retraining, and the package ``__init__``
+                  uncertainty bias (HAL/UDD), retraining, and the package ``__init__``
 3    gate         measures table, label store, reference, labeller, gate
 4a   analysis     selection, clustering, landscapes
 4b   relax        gated relaxation and pools (may use analysis)
@@ -67,11 +67,18 @@ LAYERS = {
     "committee_calc.committee": "2",
     "committee_calc.uncertainty": "2",
     "committee_calc.calibration": "2",
+    "committee_calc.calibration_maps": "2",
+    "committee_calc.calibration_offsets": "2",
+    "committee_calc.calibration_metrics": "2",
+    "committee_calc.calibration_report": "2",
     "committee_calc.config": "2",
     "committee_calc.delta": "2",
+    "committee_calc.bias": "2",
     "committee_calc.train.*": "2",
     # 3 measures, labels, reference, labeller, gate
     "committee_calc.measures": "3",
+    "committee_calc.calibration_thresholds": "3",
+    "committee_calc.calibration_run": "3",
     "committee_calc.labels": "3",
     "committee_calc.reference.*": "3",
     "committee_calc.labeller": "3",

@@ -6,7 +6,9 @@ Full pipeline (stateless, resumable per volume)::
         --scale-range 0.99 1.03 9 --supercell 3 --mesh 20 20 20 --tmax-K 800 \
         [--reference dft.yaml --labels labels.xyz --threshold-forces-std-max-eVA 0.05]
 
-QHA step alone on phonopy-qha files (no calculator)::
+Hybrid QHA (``--static-from-reference --reference dft.yaml``): static E(V) from the reference
+at each volume, phonons from the committee with the gate's fallback (reference calls counted
+in ``qha_summary.json``).  QHA step alone on phonopy-qha files (no calculator)::
 
     committee-qha --ev e-v.dat --thermal-properties thermal_properties.yaml-* --out qha/
 
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed-volume relaxation at each volume (default internal)")
     g.add_argument("--fmax-eVA", type=float, default=0.005)
     g.add_argument("--relax-steps", type=cli.nonnegative_int, default=500)
+    g.add_argument("--static-from-reference", action="store_true", help="hybrid QHA: static E(V) from "
+                   "--reference at each volume, phonons from the committee (gated)")
     g = p.add_argument_group("phonons (phonopy)")
     g.add_argument("--supercell", type=int, nargs="+", default=[3], help="1, 3 or 9 integers")
     g.add_argument("--primitive-matrix", default=None,
@@ -122,8 +126,8 @@ def run(argv=None) -> int:
     if all(getattr(args, k) is None for k in VOLUME_CHOICES):
         raise ConfigError("give the volumes: --linear-scales, --volume-scales, --scale-range or "
                           "--pressures-GPa (at least 5 points)")
-    scan = VolumeScan(**{k: getattr(args, k) for k in VOLUME_CHOICES}, relax=args.relax,
-                      fmax_eVA=args.fmax_eVA, relax_steps=args.relax_steps)
+    scan = VolumeScan(**{k: getattr(args, k) for k in VOLUME_CHOICES}, relax=args.relax, fmax_eVA=args.fmax_eVA,
+                      relax_steps=args.relax_steps, static_from_reference=args.static_from_reference)
     atoms = read_structures(args.structure)[0]
     settings = settings_from_args(args)
     committee = cli.load_committee_from_args(args)

