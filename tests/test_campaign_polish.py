@@ -122,3 +122,16 @@ def test_polish_killed_half_way_resumes_without_new_reference_calls(setup, tmp_p
     assert len(set(hashes)) == len(hashes) and res.n_rounds == whole.n_rounds
     assert 0 < n_before < len(hashes) and CALLS["n"] == len(hashes) - n_before  # none computed twice
     assert [r["status"] for r in res.candidates] == [r["status"] for r in whole.candidates]
+
+
+def test_a_collapsing_candidate_ends_exploded_without_a_label(setup, tmp_path):
+    committee, cands = setup
+    bad = cands[0].copy()
+    bad.positions[1] = bad.positions[0] + [0.4, 0.0, 0.0]  # closer than the geometry guard
+    res = run_campaign([cands[1], bad], committee, CountingEMT(), tmp_path / "run", ids=["ok", "bad"],
+                       **{**SETTINGS, "max_rounds": 2})
+    rows = {r["id"]: r for r in res.candidates}
+    assert rows["bad"]["status"] == "exploded", rows["bad"]
+    assert "exploded" in rows["bad"]["reason"]
+    assert not [f for f in _labels(tmp_path / "run") if f.info.get("prov_candidate") == "bad"
+                and f.info.get("prov_reason") != "probe"]

@@ -21,7 +21,9 @@ Label (:func:`label_stage`)
     resumed stage asks again and gets the stored label (no reference call).
 Outcome of a relaxation: ``converged`` (status converged, or stopped on U with the force
 below fmax: U = σ/|F| grows without bound at a minimum), ``continue`` (max_steps: no label,
-relaxes on), ``stop`` (any other status: uncertain, hard cap, stalled, non-finite output).
+relaxes on), ``exploded`` (a geometry guard fired: the candidate ends with that status and its
+reason, nothing is labelled), ``stop`` (any other status: uncertain, hard cap, stalled,
+non-finite output).
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from ..structures import read_structures, structure_hash
 from .polish import polish
 from .state import CONVERGED, REFERENCE_FAILED, UNFINISHED
 
+#: status of a relaxation ended by a geometry guard (:mod:`committee_calc.relax.guards`)
+EXPLODED = "exploded"
 #: U_max of a relaxation without the U stop (``free`` candidates)
 NO_U_STOP = 1e300
 
@@ -85,7 +89,9 @@ def make_relaxers(committee, settings) -> tuple:
 
 
 def outcome(status: str, fmax_seen, fmax: float) -> str:
-    """``converged`` | ``continue`` | ``stop`` (module docstring)."""
+    """``converged`` | ``continue`` | ``exploded`` | ``stop`` (module docstring)."""
+    if status == EXPLODED:  # a geometry guard fired: final, never labelled
+        return EXPLODED
     if status == "converged" or (status == "uncertain" and fmax_seen is not None and fmax_seen < fmax):
         return "converged"
     return "continue" if status == "max_steps" else "stop"
@@ -212,8 +218,8 @@ def label_stage(state, labeller, inputs, progress) -> None:
         if cid in rec["labelled"]:
             continue
         row = rec["results"][cid]
-        if row["outcome"] == "continue":
-            entry = {"action": "continue"}
+        if row["outcome"] in ("continue", EXPLODED):
+            entry = {"action": row["outcome"]}
         elif budget is not None and len(labeller.store) >= budget:
             entry = {"action": "budget"}
         else:
@@ -262,6 +268,8 @@ def close_round(state, store_frames) -> int:
             c["reason"] = f"reference fmax {ref['fmax_eVA']:.4f} > {target:g} eV/Å{polished}: labelled, relaxes on"
         elif action == "stop":
             c["free"] = e["seen_before"]
+        elif action == EXPLODED:
+            c.update(status=EXPLODED, reason=row["reason"])
         elif action == "budget":
             c.update(status=UNFINISHED, reason="label budget spent before its label", budget=True)
         elif action == REFERENCE_FAILED:

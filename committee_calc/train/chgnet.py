@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, TrainingError, UnknownSpeciesError
+from ..members._torch_common import check_device
 from ..members.chgnet import DEFAULT_VERSION, VERSIONS, CHGNetMember, _model_input
 from ..structures import is_bulk
 from ..units import GPA
@@ -115,8 +116,6 @@ def member_job(train_file, work_dir, seed, *, energy_key, forces_key, stress_key
     Raises ConfigError (bad option, unknown version, no CUDA for ``device``), ModelFileError
     (``init_model`` missing, corrupt or not a CHGNet checkpoint: checked here, before training).
     """
-    from ..members._torch_common import check_device
-
     opts = resolved_options(model_options)
     check_device(device)
     if init_model is not None:
