@@ -254,6 +254,11 @@ def build_gate(args, driver: str, committee=None, molecules=None, thresholds=Non
     labels = getattr(args, "labels", None) if label_store else None
     if labels and reference is None:
         raise ConfigError("--labels needs a --reference to compute the labels")
+    if label_store and reference is not None and not labels and hasattr(args, "labels") \
+            and getattr(args, "out", None):
+        # reference results are training labels: never compute them only to drop them
+        labels = args.labels = str(Path(args.out) / "labels.extxyz")
+        print(f"labels: {labels} (no --labels given)", flush=True)
     retrain = retrainer_from_args(args)
     return Gate(committee, reference, thresholds=th or None, logic=getattr(args, "logic", "any"),
                 hard_cap=caps or None, label_store=labels or None, provenance={"driver": driver},

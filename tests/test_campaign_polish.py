@@ -135,3 +135,16 @@ def test_a_collapsing_candidate_ends_exploded_without_a_label(setup, tmp_path):
     assert "exploded" in rows["bad"]["reason"]
     assert not [f for f in _labels(tmp_path / "run") if f.info.get("prov_candidate") == "bad"
                 and f.info.get("prov_reason") != "probe"]
+
+
+def test_committee_columns_describe_the_polished_structure(setup, tmp_path):
+    committee, cands = setup
+    res = run_campaign(cands, committee, CountingEMT(), tmp_path / "run", polish=20, **SETTINGS)
+    from ase.io import read
+
+    from committee_calc.config import load_committee
+
+    calc = load_committee(committee)
+    for a, row in zip(read(tmp_path / "run" / "final.extxyz", ":"), res.candidates):
+        a.calc = calc
+        assert row["energy_eV"] == pytest.approx(a.get_potential_energy(), abs=1e-6)

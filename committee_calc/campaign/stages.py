@@ -197,16 +197,26 @@ def _label_one(state, labeller, cid, row, r, inputs):
         start = start_structure(state, cid, inputs)
         start.set_cell(frame.cell, scale_atoms=False)
         start.positions = frame.positions
+        committee = load_committee(state.committee)
         try:
-            done = polish(start, labeller, load_committee(state.committee), settings, settings["polish"],
+            done = polish(start, labeller, committee, settings, settings["polish"],
                           dict(prov, step=prov["step"]), lambda res, at: reference_check(res, settings, at))
         except ReferenceCalculationError as exc:
             return {"action": REFERENCE_FAILED, "reason": str(exc).splitlines()[0]}
         polished = state.round_dir() / "polished" / f"{cid}.extxyz"
         write_structures_atomic(polished, [done["atoms"]])
         entry.update(polished=state.rel(polished), polish_steps=done["steps"], index=int(done["index"]),
-                     reference=done["reference"])
+                     reference=done["reference"], committee=_committee_at(committee, done["atoms"]))
     return entry
+
+
+def _committee_at(committee, atoms) -> dict:
+    """The committee's energy [eV], spread [eV], largest force [eV/Å] and U at ``atoms``."""
+    res = Gate(committee).evaluate_many([atoms])[0].committee_results or {}
+    f = res.get("forces")
+    return {"energy_eV": _num(res.get("energy")), "energy_std_eV": _num(res.get("energy_std")),
+            "fmax_eVA": None if f is None else max_force(np.asarray(f).reshape(-1, 3)),
+            "force_uncertainty_relative": _num(res.get("force_uncertainty_relative"))}
 
 
 def label_stage(state, labeller, inputs, progress) -> None:
@@ -249,6 +259,7 @@ def close_round(state, store_frames) -> int:
         c["structure"] = e.get("polished") or state.rel(rdir / "relaxed" / f"{cid}.extxyz")
         c["committee"] = {k: row[k] for k in ("status", "energy_eV", "energy_std_eV", "fmax_eVA",
                                               "force_uncertainty_relative")}
+        c["committee"].update(e.get("committee") or {})  # at the polished structure
         c["free"] = False
         c["reason"] = row["reason"]
         c["last_round"] = r
