@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from .calibration_offsets import apply_offsets, fit_offsets
 from .calibration_report import SuiteSettings, run_suite, write_report
 from .calibration_thresholds import AdaptiveThreshold
 from .config import read_yaml
-from .errors import CalibrationError, ConfigError
+from .errors import CalibrationError, CommitteeError, ConfigError
 from .fileio import atomic_write_bytes, load_json, save_json_atomic
 from .labeller import Labeller
 from .measures import compute_measures, decide
@@ -160,6 +161,19 @@ def run_calibration(frames, committee, out, settings: SuiteSettings | None = Non
     state = load_json(out / STATE)
     if state is not None and not isinstance(state, dict):
         raise ConfigError(f"{str(out / STATE)!r} is corrupt (not a JSON object); delete it")
+    fresh = not out.exists()
+    try:
+        return _run(frames, committee, out, settings, committee_file, reference, thresholds, logic, apply,
+                    offsets, keys, plots, state)
+    except CommitteeError:
+        # a refused first run leaves no folder behind (never one holding reference labels)
+        if fresh and out.exists() and not any(out.glob("*.extxyz")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(frames, committee, out, settings, committee_file, reference, thresholds, logic, apply, offsets,
+         keys, plots, state) -> CalibrationRun:
     out.mkdir(parents=True, exist_ok=True)
     frames, n_ref = _label_missing(frames, reference, out, keys)
     refs = [reference_labels(a, **keys) for a in frames]
