@@ -41,3 +41,26 @@ def member_stack(members, atoms, prop):
         a.calc = calc
         vals.append(np.asarray(a.calc.get_property(prop, a)))
     return np.array(vals)
+
+
+def rattled_cu_cells(n, seed, strain, rattle):
+    """``n`` cubic fcc Cu cells (4 atoms), lattice 3.61 Å × (1 ± ``strain``), rattled by
+    ``rattle`` Å; reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a = bulk("Cu", "fcc", 3.61 * (1 + rng.uniform(-strain, strain)), cubic=True)
+        a.rattle(rattle, seed=seed * 100 + i)
+        out.append(a)
+    return out
+
+
+def emt_labelled(frames, stress=False):
+    """``frames`` with EMT reference labels REF_energy, REF_forces (and REF_stress), in place."""
+    for a in frames:
+        a.calc = EMT()
+        a.info["REF_energy"], a.arrays["REF_forces"] = a.get_potential_energy(), a.get_forces()
+        if stress:
+            a.info["REF_stress"] = a.get_stress()
+        a.calc = None
+    return frames

@@ -26,6 +26,7 @@ from committee_calc.labels import LabelStore
 from committee_calc.structures import structure_hash
 from committee_calc.train import fine_tune_committee, read_training, train_committee
 from drivers.campaign import main as campaign_main
+from helpers import emt_labelled, rattled_cu_cells
 
 RIDGE = {"r_cut": 4.5, "n_basis": 8, "ridge": 1e-6}
 SETTINGS = {"u_max": 0.05, "fmax": 0.02, "verify_fmax": 0.05, "max_rounds": 8}
@@ -49,25 +50,14 @@ class AlwaysFails(Calculator):
         raise RuntimeError("SCF did not converge (this reference always fails)")
 
 
-def _cells(n, seed, strain, rattle):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = bulk("Cu", "fcc", 3.61 * (1 + rng.uniform(-strain, strain)), cubic=True)
-        a.rattle(rattle, seed=seed * 100 + i)
-        out.append(a)
-    return out
+_cells = rattled_cu_cells
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("campaign")
     seed = _cells(8, 0, 0.02, 0.05)
-    for a in seed:
-        a.calc = EMT()
-        a.info["REF_energy"], a.arrays["REF_forces"] = a.get_potential_energy(), a.get_forces()
-        a.calc = None
-    write(d / "seed.extxyz", seed)
+    write(d / "seed.extxyz", emt_labelled(seed))
     committee = train_committee(d / "seed.extxyz", d / "committee", backend="ridge", n_members=4,
                                 bootstrap=True, model_options=RIDGE)
     candidates = _cells(3, 1, 0.0, 0.12)

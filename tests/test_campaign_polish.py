@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-from ase.build import bulk
 from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 from ase.io import write
@@ -19,6 +18,7 @@ import committee_calc.campaign.polish as polish_mod
 from committee_calc.campaign import run_campaign
 from committee_calc.labels import LabelStore
 from committee_calc.train import train_committee
+from helpers import emt_labelled, rattled_cu_cells
 
 RIDGE = {"r_cut": 4.5, "n_basis": 8, "ridge": 1e-6}
 SETTINGS = {"u_max": 1.0, "fmax": 0.02, "verify_fmax": 0.005, "max_rounds": 1,
@@ -32,25 +32,14 @@ class CountingEMT(EMT):
         super().calculate(atoms, properties, system_changes)
 
 
-def _cells(n, seed, strain, rattle):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = bulk("Cu", "fcc", 3.61 * (1 + rng.uniform(-strain, strain)), cubic=True)
-        a.rattle(rattle, seed=seed * 100 + i)
-        out.append(a)
-    return out
+_cells = rattled_cu_cells
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("polish")
     seed = _cells(8, 0, 0.02, 0.05)
-    for a in seed:
-        a.calc = EMT()
-        a.info["REF_energy"], a.arrays["REF_forces"] = a.get_potential_energy(), a.get_forces()
-        a.calc = None
-    write(d / "seed.extxyz", seed)
+    write(d / "seed.extxyz", emt_labelled(seed))
     committee = train_committee(d / "seed.extxyz", d / "committee", backend="ridge", n_members=4,
                                 bootstrap=True, model_options=RIDGE)
     return committee, _cells(2, 1, 0.0, 0.08)

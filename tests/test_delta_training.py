@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 from ase.io import read, write
@@ -21,20 +20,14 @@ from committee_calc.config import load_committee
 from committee_calc.delta import DeltaCalculator
 from committee_calc.errors import ConfigError
 from committee_calc.train import fine_tune_committee, train_committee
+from helpers import rattled_cu_cells
 
 RIDGE = {"r_cut": 4.5, "n_basis": 8, "ridge": 1e-6}
 LJ = {"calculator": "ase.calculators.lj.LennardJones",
       "parameters": {"sigma": 2.3, "epsilon": 0.4, "rc": 4.5, "smooth": True}}
 
 
-def _cells(n, seed, strain, rattle):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = bulk("Cu", "fcc", 3.61 * (1 + rng.uniform(-strain, strain)), cubic=True)
-        a.rattle(rattle, seed=seed * 100 + i)
-        out.append(a)
-    return out
+_cells = rattled_cu_cells
 
 
 def _labelled(frames):
