@@ -6,6 +6,8 @@ The process runs at float32 with 2 torch threads; the MACE committee is float64.
 """
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +42,22 @@ def assert_untouched():
     assert ENV not in os.environ
 
 
-MODELS = Path(__file__).resolve().parents[1] / "examples" / "si_demo" / "models"
+TESTS = Path(__file__).resolve().parent
+BUILD = ("import sys; sys.path.insert(0, {tests!r}); from tiny_models import build_mace, labelled_si; "
+         "frames = labelled_si(20, seed=0); "
+         "[build_mace(f'{out}/si_mace_{{k}}.model', frames, seed=k) for k in range(2)]")
 
 
-@pytest.fixture
-def mace_models():
-    """The si_demo MACE models (float64, tracked in the repository): nothing to build."""
-    if importlib.util.find_spec("mace") is None:  # not imported here: mace's import sets ENV
+@pytest.fixture(scope="module")
+def mace_models(tmp_path_factory):
+    """Two tiny float64 MACE models, built in a child process: mace is not imported here (its
+    import sets ENV, which these tests check)."""
+    if importlib.util.find_spec("mace") is None:
         pytest.skip("mace is not installed")
-    return MODELS
+    out = tmp_path_factory.mktemp("global_state_mace")
+    subprocess.run([sys.executable, "-c", BUILD.format(tests=str(TESTS), out=str(out))], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=600)
+    return out
 
 
 def mace_committee(mace_models, jit=False):
