@@ -160,7 +160,9 @@ def _corrected_step(best, gate, settings, user, cell, radius):
     from ase.filters import FrechetCellFilter
 
     x, ref = best["atoms"], best["ref"]
-    com = gate.evaluate_many([best["geometry"]])[0].results
+    if "com" not in best:  # once per best point (a rejected step comes back here)
+        best["com"] = gate.evaluate_many([best["geometry"]])[0].results
+    com = best["com"]
     d_stress = (np.asarray(ref[K.STRESS]) - np.asarray(com[K.STRESS])) if cell else None
     y = x.copy()
     if settings.get("fix_symmetry"):

@@ -64,12 +64,16 @@ def ranking_report(rows, finals, zero, ranked=None, reference_only=None) -> dict
     e0 = _f(z.get("energy_per_atom_eV")) if e0 is None else e0
     ref_only = reference_only or {}
     r0 = _f((ref_only.get(zero) or {}).get("energy_per_atom_eV"))
+
+    def rel(e, base=e0):
+        """meV/atom of ``e`` [eV/atom] above ``base`` (None if either is unknown)."""
+        return None if e is None or base is None else 1e3 * (e - base)
+
     out_rows = []
     for r, atoms in zip(rows, finals):
         com, ref = _f(r.get("energy_per_atom_eV")), _f(r.get("reference_energy_per_atom_eV"))
         work = ref if (r["status"] == CONVERGED and ref is not None) else com
         ro = _f((ref_only.get(r["id"]) or {}).get("energy_per_atom_eV"))
-        rel = (lambda e, base=e0: None if e is None or base is None else 1e3 * (e - base))  # noqa: E731
         out_rows.append({
             "id": r["id"], "status": r["status"], "rounds": int(r.get("rounds") or 0),
             "reference_calls": int(r.get("reference_calls") or 0),

@@ -105,9 +105,7 @@ def _relax(relaxers, free, atoms, cid, traj, trained, progress, r):
     res = relaxers[free].relax(atoms, info={"candidate": cid}, on_frame=lambda f, p=traj: append_frame(p, f))
     if free or res.status != "uncertain" or res.atoms is None or not trained:
         return res, free
-    plain = Atoms(numbers=res.atoms.numbers, positions=res.atoms.positions, cell=res.atoms.cell,
-                  pbc=res.atoms.pbc)
-    if structure_hash(plain) not in trained:
+    if structure_hash(res.atoms) not in trained:  # the hash reads the geometry only
         return res, free
     progress(f"round {r}: {cid} stopped on U at a structure labelled in an earlier round: "
              "relaxing on without the U stop")
@@ -187,20 +185,17 @@ def _label_one(state, labeller, cid, row, r, inputs):
     # labelled in an earlier round, so trained on (unless held out) by this round's committee
     info = labeller.store.read(lab.index)[0].info
     seen = info.get("prov_slot") != slot(r, cid) and int(info.get("prov_round", r)) < r and r > 0
-    constrained = start_structure(state, cid, inputs) if inputs[cid].constraints else None
-    if constrained is not None:
-        constrained.positions = frame.positions
+    start = start_structure(state, cid, inputs)  # the labelled geometry with the input's constraints
+    start.set_cell(frame.cell, scale_atoms=False)
+    start.positions = frame.positions
     settings = state.data["settings"]
     entry = {"action": row["outcome"], "index": int(lab.index), "seen_before": bool(seen),
-             "reference": reference_check(lab.results, settings, constrained)}
+             "reference": reference_check(lab.results, settings, start)}
     if row["outcome"] == "converged" and not entry["reference"]["verified"] and settings.get("polish"):
-        start = start_structure(state, cid, inputs)
-        start.set_cell(frame.cell, scale_atoms=False)
-        start.positions = frame.positions
         committee = load_committee(state.committee)
         try:
-            done = polish(start, labeller, committee, settings, settings["polish"],
-                          dict(prov, step=prov["step"]), lambda res, at: reference_check(res, settings, at))
+            done = polish(start, labeller, committee, settings, settings["polish"], prov,
+                          lambda res, at: reference_check(res, settings, at))
         except ReferenceCalculationError as exc:
             return {"action": REFERENCE_FAILED, "reason": str(exc).splitlines()[0]}
         polished = state.round_dir() / "polished" / f"{cid}.extxyz"
