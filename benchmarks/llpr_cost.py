@@ -3,13 +3,18 @@
 Part 1, accuracy: 4 small MACE models are trained by ``committee_calc.train.train_committee``
 on the Si demo seed set (``examples/si_demo/data/seed.extxyz``, GPAW labels ``REF_*``), split
 into ``train`` (85 %) and ``calib`` (15 %, never trained on).  Member 0 gets its LLPR covariance
-from ``train`` and its calibration α, ς from ``calib`` (:func:`~committee_calc.members.mace_llpr.fit_llpr`).
+from ``train`` and its calibration α, ς from ``calib`` (:func:`~committee_calc.members.mace_llpr_fit.fit_llpr`).
 On the held-out frames (``examples/si_demo/data/heldout.extxyz``) the script prints the Spearman
 rank correlation of σ_E with the absolute energy error for
 
 * LLPR: analytic σ of member 0 against |E_0 − E_ref|;
-* LLPR K = 8 pseudo-members (committee spread) against |E_0 − E_ref|;
+* LLPR K = 8 pseudo-members (committee spread) against |E_0 − E_ref|, full posterior and
+  ``rank`` r = ``--ranks`` (:meth:`~committee_calc.members.mace_llpr.LLPRModel.sample`);
 * the deep committee of the 4 models (spread) against |Ē − E_ref|.
+
+and, per rank r, the fraction of the posterior energy variance kept: averaged over the training
+set (``variance_kept``) and on the held-out frames (mean σ_r² / mean σ²), with the Spearman
+correlation of the rank-r analytic σ_r.
 
 Part 2, cost: median process CPU time per call (one thread, interleaved repeats; a new
 structure every call) on rattled Si8 and Si64 cells for
@@ -19,13 +24,21 @@ structure every call) on rattled Si8 and Si64 cells for
   ``predict`` of energy + forces + stress;
 * ``LLPR E+σ``: :class:`~committee_calc.members.mace_llpr.LLPRCalculator`, energy and σ (no backward);
 * ``LLPR EFS+σ``: the same with forces and stress;
-* ``LLPR K=8 EFS``: a CommitteeCalculator of 8 pseudo-members (energy, forces, stress of each);
+* ``LLPR K=8 EFS``: a CommitteeCalculator of 8 pseudo-members (energy, forces, stress of each;
+  full posterior: one backward pass of 1 + 4 gradient rows);
+* ``K=8 r=R EFS``: the same with ``rank: R`` (1 + R rows);
 * ``deep M=8 EFS``: a CommitteeCalculator of 8 MACE members (the 4 models, twice).
 
 Ratios are to ``model E`` (for E+σ) and ``model EFS`` (the others).  Models are cached in
 ``--work``.  Run::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/llpr_cost.py [--repeats 30] [--epochs 40]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/llpr_cost.py [--repeats 30] [--epochs 40] \
+        [--ranks 1,2,3] [--tune-malloc]
+
+``--tune-malloc`` keeps freed memory in glibc's heap (``mallopt``, the same as the environment
+variables ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``): a batched
+backward pass allocates tensors R times larger, which glibc by default maps fresh (page faults)
+on every call.  The note reports both.
 """
 from __future__ import annotations
 
@@ -72,20 +85,30 @@ def train_models(work: Path, epochs: int, jobs: int) -> list:
     return [str(p) for p in models]
 
 
-def accuracy(models, train, cal, heldout):
+def low_rank_sigma(core, phi, rank):
+    """Analytic σ (n,) [eV] of the rank-r posterior of :meth:`LLPRModel.sample` (None: full)."""
+    lam, vec, reg = core.eig
+    top = np.arange(len(lam)) if rank is None else np.argsort(-lam, kind="stable")[:rank]
+    return core.alpha * np.sqrt(((phi @ vec[:, top]) ** 2 / (lam[top] + reg)).sum(axis=1))
+
+
+def accuracy(models, train, cal, heldout, ranks):
     from scipy.stats import spearmanr
 
     from committee_calc.committee import CommitteeCalculator
     from committee_calc.members.mace import MACEMember
-    from committee_calc.members.mace_llpr import LLPRCalculator, LLPRMember, fit_llpr
+    from committee_calc.members.mace_llpr import LLPRCalculator, LLPRMember
+    from committee_calc.members.mace_llpr_fit import features, fit_llpr
 
     fit = fit_llpr(models[0], train, cal)
     e_ref = np.array([a.info["REF_energy"] for a in heldout])
     llpr = LLPRCalculator(models[0])
-    pseudo = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0))
-    deep = CommitteeCalculator([MACEMember.from_file(p) for p in models])
+    calcs = {"llpr": llpr, "pseudo": CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0))}
+    for r in ranks:
+        calcs[f"pseudo r={r}"] = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0, rank=r))
+    calcs["deep"] = CommitteeCalculator([MACEMember.from_file(p) for p in models])
     out = {}
-    for name, calc in (("llpr", llpr), ("pseudo", pseudo), ("deep", deep)):
+    for name, calc in calcs.items():
         e, s = [], []
         for a in heldout:
             b = a.copy()
@@ -95,10 +118,18 @@ def accuracy(models, train, cal, heldout):
         err = np.abs(np.array(e) - e_ref)
         out[name] = (float(spearmanr(s, err).statistic), float(np.sqrt(np.mean(err ** 2))),
                      float(np.sqrt(np.mean(np.square(s)))))
-    return fit, out
+    core, kept = llpr.core, {}  # the rank-r posterior's analytic σ on held-out frames
+    phi, pred = features(core, heldout)
+    full = low_rank_sigma(core, phi, None)
+    for r in ranks:
+        sig = low_rank_sigma(core, phi, r)
+        variance = LLPRMember.from_file(models[0], members=2, rank=r)[0].core.variance_kept
+        kept[r] = (variance, float(np.mean(sig ** 2) / np.mean(full ** 2)),
+                   float(spearmanr(sig, np.abs(pred - e_ref)).statistic))
+    return fit, out, kept
 
 
-def cost(models, repeats):
+def cost(models, repeats, ranks):
     import torch
     from ase.build import bulk
     from ase.calculators.calculator import all_changes
@@ -110,6 +141,7 @@ def cost(models, repeats):
     one = MACEMember.from_file(models[0])
     llpr = LLPRCalculator(models[0])
     pseudo = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0))
+    low = {r: CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0, rank=r)) for r in ranks}
     deep = CommitteeCalculator([MACEMember.from_file(p) for p in models + models])
 
     def calc_call(calc, props):  # one calculation of all props (as ASE's get_property would per prop)
@@ -124,6 +156,7 @@ def cost(models, repeats):
            "LLPR E+σ": calc_call(llpr, ("energy", "energy_std")),
            "LLPR EFS+σ": calc_call(llpr, ("energy", "forces", "stress", "energy_std")),
            "LLPR K=8 EFS": calc_call(pseudo, ("energy", "forces", "stress")),
+           **{f"K=8 r={r} EFS": calc_call(low[r], ("energy", "forces", "stress")) for r in ranks},
            "deep M=8 EFS": calc_call(deep, ("energy", "forces", "stress"))}
     rows = {}
     for label, rep in (("Si8", (1, 1, 1)), ("Si64", (2, 2, 2))):
@@ -142,14 +175,33 @@ def cost(models, repeats):
     return rows
 
 
+def tune_malloc() -> None:
+    """glibc mallopt: no mmap below 32 MiB, trim above 1 GiB, 64 MiB top pad (process-wide)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    ok = all(libc.mallopt(opt, val) == 1 for opt, val in ((-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)))
+    if not ok:
+        raise SystemExit("mallopt failed (not glibc?): run without --tune-malloc")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/llpr_cost_work", help="models and data splits (cached)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--jobs", type=int, default=2, help="members trained at a time")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--ranks", default="1,2,3", help="comma-separated ranks r of low-rank pseudo-members")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="keep freed memory in glibc's heap (mallopt, as MALLOC_MMAP_THRESHOLD_=32 MiB "
+                         "MALLOC_TRIM_THRESHOLD_=1 GiB MALLOC_TOP_PAD_=64 MiB): no page faults on the "
+                         "large tensors of batched backward passes")
     args = ap.parse_args(argv)
+    ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     sys.path.insert(0, str(ROOT))
+    if args.tune_malloc:
+        tune_malloc()
     import torch
     from ase.io import read
 
@@ -161,20 +213,26 @@ def main(argv=None):
     models = train_models(work, args.epochs, args.jobs)
     print(f"torch {torch.__version__}, 1 thread; MACE options {MACE_OPTIONS}, {args.epochs} epochs; "
           f"{len(train)} train / {len(cal)} calib / {len(heldout)} held-out frames (Si8, GPAW)")
-    fit, acc = accuracy(models, train, cal, heldout)
+    fit, acc, kept = accuracy(models, train, cal, heldout, ranks)
     print(f"\nLLPR fit of member 0: D = {fit['features']} features, ς² = {fit['regularizer']:.3g}, "
           f"α = {fit['alpha']:.3g} (calib NLL {fit['nll']:.3f}, calib Spearman {fit['spearman']:.3f})")
     print(f"\n{'held-out ranking':<34} {'Spearman(σ,|err|)':>18} {'RMSE eV':>9} {'RMS σ eV':>9}")
     names = {"llpr": "LLPR σ (member 0, one pass)", "pseudo": "LLPR K=8 pseudo-members",
-             "deep": "deep committee M=4"}
+             "deep": "deep committee M=4", **{f"pseudo r={r}": f"LLPR K=8 pseudo-members rank {r}" for r in ranks}}
     for k, (rho, rmse, rms) in acc.items():
         print(f"{names[k]:<34} {rho:>18.3f} {rmse:>9.4f} {rms:>9.4f}")
     better = "LLPR" if acc["llpr"][0] > acc["deep"][0] else "the deep committee"
     print(f"-> on these {len(heldout)} held-out frames {better} ranks the energy errors better "
           f"(Spearman {acc['llpr'][0]:.3f} LLPR vs {acc['deep'][0]:.3f} deep)")
-    rows = cost(models, args.repeats)
+    print(f"\n{'low-rank posterior':<22} {'train var kept':>15} {'held-out σ² kept':>17} "
+          f"{'held-out Spearman (analytic σ)':>31}")
+    print(f"{'full (rank ' + str(fit['features']) + ')':<22} {1.0:>15.3f} {1.0:>17.3f} {acc['llpr'][0]:>31.3f}")
+    for r, (var, held, rho) in kept.items():
+        print(f"{'rank ' + str(r):<22} {var:>15.3f} {held:>17.3f} {rho:>31.3f}")
+    rows = cost(models, args.repeats, ranks)
     cols = list(next(iter(rows.values())))
-    print(f"\nCPU ms per call (median of {args.repeats}, 1 thread); ratio to one model "
+    print(f"\nCPU ms per call (median of {args.repeats}, 1 thread, malloc "
+          f"{'tuned (--tune-malloc)' if args.tune_malloc else 'glibc default'}); ratio to one model "
           "(E for E+σ, EFS otherwise)")
     print(f"{'cell':<5} " + " ".join(f"{c:>13}" for c in cols))
     for label, med in rows.items():

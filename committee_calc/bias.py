@@ -8,7 +8,10 @@ forces and stress follow from the members' forces F_m and stresses S_m::
     ∂σ²/∂r = (2α²/(M−1)) Σ_m δ_m ∂E_m/∂r = −(2α²/(M−1)) Σ_m δ_m F_m
     F_b = F − B'(σ²) ∂σ²/∂r,        S_b = S + B'(σ²) (2α²/(M−1)) Σ_m δ_m S_m
 
-(ASE stress = (1/V) ∂E/∂ε), exact derivatives of E_b when the members' are.  Biases:
+(ASE stress = (1/V) ∂E/∂ε), exact derivatives of E_b when the members' are.  With a map
+calibration of the energy spread (``isotonic``: σ = f(s), s the raw spread) the factor 2α² becomes
+2σ f'(s)/s (:func:`energy_calibrator`, :func:`apply_bias`).  Result keys: :mod:`committee_calc.keys`.
+Biases:
 
 * :class:`HAL` (hyperactive learning; van der Oord, Sachs, Kovács, Ortner & Csányi, npj Comput.
   Mater. 9, 168 (2023)): ``B = −τ σ``, τ ≥ 0 dimensionless (``--bias hal --hal-tau``).
@@ -35,13 +38,9 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from . import keys as K
 from .errors import ConfigError, MemberPropertyError
+from .keys import BIAS_ENERGY, BIAS_KEYS, ENERGY_UNBIASED, FORCES_UNBIASED, STRESS_UNBIASED
 from .units import check_positive
 
-ENERGY_UNBIASED = "energy_unbiased"    #: () eV, the committee (or gate) energy without bias
-FORCES_UNBIASED = "forces_unbiased"    #: (N,3) eV/Å
-STRESS_UNBIASED = "stress_unbiased"    #: (6,) eV/Å³
-BIAS_ENERGY = "bias_energy"            #: () eV, B(σ²)
-BIAS_KEYS = (ENERGY_UNBIASED, FORCES_UNBIASED, STRESS_UNBIASED, BIAS_ENERGY)
 KINDS = ("none", "hal", "udd")
 
 
@@ -104,13 +103,39 @@ def bias_from_dict(spec) -> HAL | UDD | None:
                           f"got {sorted(params)}") from None
 
 
-def apply_bias(results: dict, bias, natoms: int | None = None) -> dict:
+def energy_calibrator(calc):
+    """The energy :class:`~committee_calc.calibration_maps.Calibrator` of a CommitteeCalculator,
+    or of the committee of a Gate (None when there is none: σ is then read from the results)."""
+    for obj in (calc, getattr(calc, "committee", None)):
+        cals = getattr(obj, "calibrators", None)
+        if isinstance(cals, dict) and K.ENERGY in cals:
+            return cals[K.ENERGY]
+    return None
+
+
+def _slope(cal, sigma: float, natoms: int) -> float:
+    """dσ'/dσ of a map calibrator σ' = f(σ) at raw σ [eV] (piecewise linear: the slope of the
+    segment holding σ, right-hand at a knot; 0 below the first knot, σ'_last/σ_last above)."""
+    n = max(int(natoms), 1) if cal.per_atom else 1
+    x, y, u = np.asarray(cal.sigma, float), np.asarray(cal.calibrated, float), sigma / n
+    i = int(np.searchsorted(x, u, side="right")) - 1
+    if i >= len(x) - 1:
+        return float(y[-1] / x[-1]) if x[-1] > 0 else 0.0
+    if i < 0 or x[i + 1] <= x[i]:
+        return 0.0
+    return float((y[i + 1] - y[i]) / (x[i + 1] - x[i]))
+
+
+def apply_bias(results: dict, bias, natoms: int | None = None, calibrator=None) -> dict:
     """The biased copy of a committee/gate ``results`` dict (module docstring).
 
-    natoms: N for UDD (default: from ``forces``).  Needs ``energy_members`` and ``energy_std``;
-    with ``forces`` also ``forces_members``, with ``stress`` also ``stress_members``
-    (MemberPropertyError otherwise).  Results without members, or with non-finite members,
-    are returned with ``bias_energy`` 0 and the unbiased keys.
+    natoms: N for UDD (default: from ``forces``).  calibrator: the committee's energy calibrator
+    (:func:`energy_calibrator`); None or a scale (``alpha``, ``conformal``): σ = α·spread, α read
+    from the results (``energy_std`` / spread); a map (``isotonic``): σ = f(spread), whose
+    derivative f' enters the forces and stress (∂σ/∂r = f'(spread) ∂spread/∂r).  Needs
+    ``energy_members`` and ``energy_std``; with ``forces`` also ``forces_members``, with
+    ``stress`` also ``stress_members`` (MemberPropertyError otherwise).  Results without members,
+    or with non-finite members, are returned with ``bias_energy`` 0 and the unbiased keys.
     """
     res = dict(results)
     res[ENERGY_UNBIASED], res[BIAS_ENERGY] = float(res[K.ENERGY]), 0.0
@@ -123,11 +148,16 @@ def apply_bias(results: dict, bias, natoms: int | None = None) -> dict:
     natoms = natoms if natoms is not None else len(np.atleast_2d(res.get(K.FORCES, [[0, 0, 0]])))
     delta = em - em.mean()
     var = float(delta @ delta) / (len(em) - 1)
-    sigma = float(res.get(K.ENERGY_STD, math.sqrt(var)))
-    a2 = sigma * sigma / var if var > 0 else 0.0  # α² of the committee's calibration
-    s2 = a2 * var
-    b, db = bias(s2, natoms)
-    c = db * 2.0 * a2 / (len(em) - 1)  # dB/dσ² · dσ²/dE_m per unit δ_m
+    if calibrator is None or calibrator.is_scale:
+        sigma = float(res.get(K.ENERGY_STD, math.sqrt(var)))
+        a2 = sigma * sigma / var if var > 0 else 0.0  # α² of the committee's calibration
+        b, db = bias(a2 * var, natoms)
+        c = db * 2.0 * a2 / (len(em) - 1)  # dB/dσ² · dσ²/dE_m per unit δ_m
+    else:  # σ = f(raw): dσ²/dE_m = 2σ f'(raw) δ_m / ((M−1) raw)
+        raw = math.sqrt(var)
+        sigma = float(calibrator(raw, natoms))
+        b, db = bias(sigma * sigma, natoms)
+        c = db * 2.0 * sigma * _slope(calibrator, raw, natoms) / ((len(em) - 1) * raw) if raw > 0 else 0.0
     res[K.ENERGY] = float(res[K.ENERGY]) + b
     if K.FREE_ENERGY in res:
         res[K.FREE_ENERGY] = float(res[K.FREE_ENERGY]) + b
@@ -158,7 +188,7 @@ class BiasCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         props = list(dict.fromkeys([*properties, K.ENERGY, K.FORCES]))
         self.calc.calculate(self.atoms.copy(), props, all_changes)
-        self.results = apply_bias(self.calc.results, self.bias, len(self.atoms))
+        self.results = apply_bias(self.calc.results, self.bias, len(self.atoms), energy_calibrator(self.calc))
 
     def __repr__(self):
         return f"BiasCalculator({self.calc!r}, {self.bias!r})"
@@ -196,4 +226,4 @@ def bias_from_args(args) -> HAL | UDD | None:
 
 __all__ = ["BIAS_ENERGY", "BIAS_KEYS", "ENERGY_UNBIASED", "FORCES_UNBIASED", "HAL", "KINDS",
            "STRESS_UNBIASED", "UDD", "BiasCalculator", "add_bias_arguments", "apply_bias",
-           "bias_from_args", "bias_from_dict"]
+           "bias_from_args", "bias_from_dict", "energy_calibrator"]

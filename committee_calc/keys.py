@@ -43,6 +43,13 @@ BASELINE_STRESS = "baseline_stress"
 CORRECTION_ENERGY = "correction_energy"  #: () eV, the committee's learned correction
 DELTA_WEIGHT = "delta_weight"            #: () 1, damping weight of the correction
 
+# --- uncertainty bias (committee_calc.bias: biased results keep the unbiased values) ---
+ENERGY_UNBIASED = "energy_unbiased"  #: () eV, the committee (or gate) energy without bias
+FORCES_UNBIASED = "forces_unbiased"  #: (N,3) eV/Å
+STRESS_UNBIASED = "stress_unbiased"  #: (6,) eV/Å³
+BIAS_ENERGY = "bias_energy"          #: () eV, B(σ²) of the HAL/UDD bias
+BIAS_KEYS = (ENERGY_UNBIASED, FORCES_UNBIASED, STRESS_UNBIASED, BIAS_ENERGY)
+
 # --- gate ---------------------------------------------------------------------
 GATE_DECISION = "gate_decision"      #: "committee" | "reference"
 GATE_REASON = "gate_reason"          #: str

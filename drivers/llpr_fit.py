@@ -24,7 +24,8 @@ from pathlib import Path
 
 from committee_calc.cli import ArgumentParser, positive_int, run_cli
 from committee_calc.fileio import check_dir
-from committee_calc.members.mace_llpr import covariance_path, fit_llpr
+from committee_calc.members.mace_llpr import covariance_path
+from committee_calc.members.mace_llpr_fit import fit_llpr
 from committee_calc.structures import read_structures
 
 

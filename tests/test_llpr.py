@@ -30,8 +30,8 @@ from committee_calc.members.mace_llpr import (  # noqa: E402
     LLPRMember,
     LLPRModel,
     covariance_path,
-    features,
 )
+from committee_calc.members.mace_llpr_fit import features  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +166,10 @@ def test_pseudo_members_give_the_committee_schema(llpr_model):
     assert set(Gate(com).evaluate(atoms).measures) >= {K.ENERGY_STD, K.FORCES_STD_MAX}
 
 
-@pytest.mark.parametrize("periodic", [True, False], ids=["periodic", "cluster"])
-def test_pseudo_member_forces_and_stress_equal_finite_differences(llpr_model, periodic):
-    members = LLPRMember.from_file(llpr_model, members=3, seed=2)
+@pytest.mark.parametrize("periodic, rank", [(True, None), (False, None), (True, 1)],
+                         ids=["periodic", "cluster", "periodic-rank1"])
+def test_pseudo_member_forces_and_stress_equal_finite_differences(llpr_model, periodic, rank):
+    members = LLPRMember.from_file(llpr_model, members=3, seed=2, rank=rank)
     atoms = si(seed=5)
     if not periodic:
         atoms.pbc = False
@@ -215,11 +216,57 @@ def test_sigma_from_one_pass_is_the_spread_of_many_pseudo_members(llpr_model):
     assert np.std(energies, ddof=1) == pytest.approx(sigma, rel=0.15)
 
 
+def test_low_rank_pseudo_members_live_in_the_leading_directions(llpr_model):
+    """rank r: δw in the r eigen-directions of C with the largest λ/(λ+ς²); one backward row each."""
+    with np.load(covariance_path(llpr_model)) as f:
+        cov, reg = f["covariance"], float(f["regularizer"])
+    lam, vec = np.linalg.eigh(cov)
+    lam = np.clip(lam, 0, None)
+    share = lam / (lam + reg)
+    core = LLPRModel(llpr_model, members=6, seed=3, rank=2, jit=False)
+    assert core.variance_kept == pytest.approx(np.sort(share)[-2:].sum() / share.sum())
+    assert core.basis.shape == (2, core.last.dim) and core.coef.shape == (3, 2)
+    top = vec[:, np.argsort(lam)[-2:]]
+    dw = core.dw.numpy()
+    np.testing.assert_allclose(dw - (dw @ top) @ top.T, 0, atol=1e-12 * np.abs(dw).max())
+    _, z_rows = core.coefficients(range(6))
+    assert len(z_rows) == 2  # 6 members, 2 gradient rows besides the model's
+    # the members' energy changes of any structure are combinations of two
+    atoms = [si(seed=s) for s in (7, 8, 9)]
+    _, per = core.run(atoms, ("energy",), members=range(6))
+    d = np.array([[row[k]["energy"] for k in range(6)] for row in per])
+    d -= d.mean(axis=1, keepdims=True)
+    assert np.linalg.matrix_rank(d, tol=1e-9 * np.abs(d).max()) == 2
+    core.sample(6, seed=3, rank=core.last.dim)  # 3 draws need 3 rows: the draws are the basis
+    assert core.variance_kept == pytest.approx(1.0) and core.basis.shape == (3, core.last.dim)
+    for rank in (0, core.last.dim + 1, 1.5, True):
+        with pytest.raises(ConfigError, match="'rank' must be an integer from 1"):
+            core.sample(4, rank=rank)
+    spec = {"backend": "mace_llpr", "path": llpr_model, "members": 4, "rank": 1, "jit": False}
+    assert LLPRMember.from_spec(spec)[0].core.rank == 1
+
+
 def test_model_without_covariance_is_refused_naming_the_command(tmp_path, si_train_frames):
     model = build_mace(tmp_path / "bare.model", si_train_frames[:4], seed=1, steps=0)
     for make in (lambda: LLPRMember.from_file(model, members=4), lambda: LLPRCalculator(model)):
         with pytest.raises(ModelFileError, match=r"no LLPR covariance .*committee-llpr-fit .*bare\.model"):
             make()
+
+
+def test_driver_with_an_llpr_committee_without_covariance_exits_2(tmp_path, si_train_frames, capsys):
+    driver = "md"  # committee-md refuses it before writing anything (every driver loads committees alike)
+    from driver_inputs import DRIVERS, argv, make_inputs
+    from test_bad_input import snapshot
+
+    model = build_mace(tmp_path / "bare.model", si_train_frames[:4], seed=1, steps=0)
+    inputs = make_inputs(tmp_path, n=3)
+    (tmp_path / "committee.yaml").write_text(f"members:\n  - {{backend: mace_llpr, path: {model}, members: 4}}\n")
+    before = snapshot(tmp_path)
+    rc = DRIVERS[driver][0](argv(driver, inputs))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("error:") and "no LLPR covariance" in last, last
+    assert "committee-llpr-fit" in last and "bare.model" in last
+    assert snapshot(tmp_path) == before
 
 
 def test_covariance_of_another_model_and_bad_members_are_refused(llpr_model, tmp_path, si_train_frames):

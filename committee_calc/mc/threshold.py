@@ -49,9 +49,10 @@ from dataclasses import replace
 import numpy as np
 
 from .. import keys as K
-from ..bias import BIAS_ENERGY, ENERGY_UNBIASED, apply_bias, bias_from_dict
+from ..bias import apply_bias, bias_from_dict, energy_calibrator
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..gate import require_gate
+from ..keys import BIAS_ENERGY, ENERGY_UNBIASED
 from ..structures import atoms_from_dict, atoms_to_dict, is_bulk
 from ..units import check_positive, kjmol_to_ev
 from .moves import CELL_MOVES, DEFAULT_ATOM_MOVES, DEFAULT_MOVES, MoveSet, Topology, free_atoms, make_whole, parse_moves
@@ -220,7 +221,8 @@ class ThresholdMC:
 
     def _evaluate(self, atoms, step):
         res = self.gate.evaluate(atoms, step=step, info={"mc_run": self.run_id, "mc_step": int(step)})
-        return res if self.bias is None else replace(res, results=apply_bias(res.results, self.bias, len(atoms)))
+        return res if self.bias is None else replace(res, results=apply_bias(
+            res.results, self.bias, len(atoms), energy_calibrator(self.gate)))
 
     def initialise(self) -> dict:
         """Evaluate the start structure (step 0); sets E0 and the lid.

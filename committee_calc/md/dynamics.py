@@ -54,12 +54,13 @@ from ase.md import velocitydistribution as vd
 from ase.neighborlist import neighbor_list
 
 from .. import keys as K
-from ..bias import BIAS_ENERGY, ENERGY_UNBIASED, STRESS_UNBIASED, BiasCalculator, bias_from_dict
+from ..bias import BiasCalculator, bias_from_dict
 from ..committee import max_cutoff
 from ..errors import ConfigError, GateStop, NonFiniteOutputError
 from ..fileio import CsvLog, append_frame, write_structures_atomic
 from ..gate import require_gate
 from ..io import attach_uncertainties
+from ..keys import BIAS_ENERGY, ENERGY_UNBIASED, STRESS_UNBIASED
 from ..progress import Progress
 from ..structures import cell_widths, constraints_to_list, is_bulk
 from ..units import check_positive, ev_per_a3_to_gpa

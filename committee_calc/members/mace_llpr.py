@@ -8,44 +8,46 @@ rigidity; Bigi, Chong, Ceriotti & Grasselli, Mach. Learn.: Sci. Technol. 5, 0450
     C = Σ_train φ φᵀ  (D, D);    σ²(A) = α² φ(A)ᵀ (C + ς² I)⁻¹ φ(A)  [eV²]
 
 α and ς are fitted on held-out frames (maximum likelihood of the energy errors, ς on a log
-grid).  ``committee-llpr-fit model.model train.extxyz --heldout heldout.extxyz`` (:func:`fit_llpr`)
-writes C, α, ς to ``model.model.llpr.npz`` beside the model.  σ needs the features of one
-forward pass, no backward pass (:class:`LLPRCalculator`, :meth:`LLPRModel.run`).
+grid).  ``committee-llpr-fit model.model train.extxyz --heldout heldout.extxyz``
+(:func:`~committee_calc.members.mace_llpr_fit.fit_llpr`) writes C, α, ς to
+``model.model.llpr.npz`` beside the model.  σ needs the features of one forward pass, no
+backward pass (:class:`LLPRCalculator`, :meth:`LLPRModel.run`).
 
 Pseudo-members (``members: K``): K weight changes δw ~ N(0, α²(C + ς²I)⁻¹) (seeded, antithetic
 pairs ±δw, so their mean is the model).  Member k: ``E_k = E + φ·δw_k``, ``F_k = F − ∇_r(φ·δw_k)``,
-``S_k = S + (1/V) ∂(φ·δw_k)/∂ε``; the gradients of E and of the ⌈K/2⌉ distinct terms come from
-one batched backward pass (``torch.autograd.grad(..., is_grads_batched=True)``).  One YAML entry
-is a whole committee::
+``S_k = S + (1/V) ∂(φ·δw_k)/∂ε``, exact derivatives of E_k.  The δw are ``Z @ B`` for R basis
+rows b_j; the gradients of E and of the R terms φ·b_j come from one backward pass
+(``torch.autograd.grad(..., is_grads_batched=True)``), with R = ⌈K/2⌉ for the full posterior or
+R = min(r, ⌈K/2⌉) with ``rank: r`` (the posterior restricted to the r directions carrying most of
+its energy variance, :meth:`LLPRModel.sample`).  Each row costs about half a model evaluation
+(a backward pass), so ``rank`` is what bounds the cost of many members.  One YAML entry is a
+whole committee::
 
     members:
       - {backend: mace_llpr, path: model.model, members: 8}
-        # optional: seed: 0, covariance: <npz>, dtype, device, head, jit, skin (as mace)
+        # optional: rank: 2, seed: 0, covariance: <npz>, dtype, device, head, jit, skin (as mace)
 
 Units as the MACE member.  Errors: ModelFileError for a model without its covariance (naming the
-command that makes it), a corrupt one or one made for another model file; ConfigError; CalibrationError.
+command that makes it), a corrupt one or one made for another model file; ConfigError (members,
+rank).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from ..errors import CalibrationError, ConfigError, ModelFileError
-from ..fileio import atomic_write_bytes
+from ..errors import ConfigError, ModelFileError
 from ..structures import is_bulk
 from ._torch_common import check_dtype, keeps_torch_globals, torch_dtype, torch_load, voigt
 from .base import BatchedMember
 from .mace import MACEMember, _mace
 
 SUFFIX, FIT_COMMAND = ".llpr.npz", "committee-llpr-fit"  #: covariance file suffix, the command writing it
-#: ς² grid of the calibration, relative to the mean eigenvalue of C
-REG_GRID = 10.0 ** np.arange(-10.0, 3.0)
 
 
 def covariance_path(model_path) -> Path:
@@ -83,12 +85,15 @@ class LastLayer:
                 raise ConfigError(f"LLPR supports MACE readouts LinearReadoutBlock and "
                                   f"NonLinearReadoutBlock; this model has {kind}")
             lin = r.linear if kind == "LinearReadoutBlock" else r.linear_2
-            pre = None if kind == "LinearReadoutBlock" else torch.nn.Sequential(
-                copy.deepcopy(r.linear_1), copy.deepcopy(r.non_linearity)).requires_grad_(False)
-            ref = next(lin.parameters())
+            ref, pre = next(lin.parameters()), None
             with torch.no_grad():
                 eye = torch.eye(lin.irreps_in.dim, dtype=ref.dtype, device=ref.device)
                 weights = lin(eye) - lin(torch.zeros_like(eye[:1]))  # (d_in, heads)
+                if kind == "NonLinearReadoutBlock":  # linear_1 as a matrix and offset (no e3nn call)
+                    l1 = r.linear_1
+                    eye1 = torch.eye(l1.irreps_in.dim, dtype=ref.dtype, device=ref.device)
+                    off = l1(torch.zeros_like(eye1[:1]))
+                    pre = (l1(eye1) - off, off, copy.deepcopy(r.non_linearity).requires_grad_(False))
             scalars = [k for (_, ir), sl in zip(lin.irreps_in, lin.irreps_in.slices())
                        if ir.l == 0 and ir.p == 1 for k in range(sl.start, sl.stop)]
             heads = int(getattr(r, "num_heads", 1)) if pre is not None else 1
@@ -115,7 +120,8 @@ class LastLayer:
         import torch
         xs = []
         for lo, hi, pre, idx, _, _ in self.blocks:
-            xs.append((node_feats[:, lo:hi] if pre is None else pre(node_feats[:, lo:hi]))[:, idx])
+            x = node_feats[:, lo:hi]
+            xs.append((x if pre is None else pre[2](torch.addmm(pre[1], x, pre[0])))[:, idx])
         return self.scale * torch.cat(xs, dim=1)
 
 
@@ -123,13 +129,16 @@ class LLPRModel:
     """One MACE model with its LLPR covariance, shared by its pseudo-members.
 
     path: the mace-torch ``.model`` file.  members, seed: pseudo-members and the seed of their
-    weights.  covariance: the ``.npz`` (default :func:`covariance_path`; ``need_covariance=False``
-    for fitting it).  device, dtype, head, jit, skin: as :class:`~committee_calc.members.mace.MACEMember`.
+    weights.  rank: None samples the full posterior (⌈K/2⌉ gradient rows); an integer r
+    (1 ≤ r ≤ D) samples it in the r directions carrying most of its energy variance over the
+    training set (:meth:`sample`; at most r rows for any K).  covariance: the ``.npz`` (default
+    :func:`covariance_path`; ``need_covariance=False`` for fitting it).  device, dtype, head,
+    jit, skin: as :class:`~committee_calc.members.mace.MACEMember`.
     """
 
     @keeps_torch_globals
     def __init__(self, path, members: int = 0, seed: int = 0, covariance=None, device="cpu",
-                 dtype=None, head=None, jit=True, skin=0.0, need_covariance=True):
+                 dtype=None, head=None, jit=True, skin=0.0, need_covariance=True, rank=None):
         _mace()
         self.path = str(path)
         model = torch_load(path, "mace", device=device)
@@ -141,14 +150,14 @@ class LLPRModel:
         self.mace = MACEMember(model, path=self.path, device=device, dtype=dtype, head=head,
                                jit=jit, skin=skin)
         self.last.select(self.mace.heads.index(self.mace.head))
-        self.alpha, self.proj, self.dw = 1.0, None, None
+        self.alpha, self.proj, self.eig, self.basis, self.coef = 1.0, None, None, None, None
+        self.rank, self.variance_kept = None, 1.0
         if need_covariance:
             self.load(covariance or covariance_path(path))
-            self.sample(members, seed)
+            self.sample(members, seed, rank)
 
     def load(self, npz) -> None:
         """Read C, ς², α of ``npz``; checks that it belongs to this model file and head."""
-        import torch
         npz = Path(npz)
         if not npz.is_file():
             raise ModelFileError(f"MACE model {self.path!r} has no LLPR covariance ({str(npz)!r} "
@@ -170,15 +179,44 @@ class LLPRModel:
                                  f"{cov.shape[0]} features, the model head {self.mace.head!r} has "
                                  f"{self.last.dim}; recompute it with {fit_hint(self.path)}")
         lam, vec = np.linalg.eigh(0.5 * (cov + cov.T))  # proj: σ² = α²‖φ proj‖², δw = α proj z
-        self.proj = torch.tensor(vec / np.sqrt(np.clip(lam, 0.0, None) + reg), dtype=self.last.w.dtype,
-                                 device=self.last.w.device)
-        self.alpha = alpha
+        self.eig = (np.clip(lam, 0.0, None), vec, reg)
+        self.proj, self.alpha = vec / np.sqrt(self.eig[0] + reg), alpha  # (D, D) numpy
 
-    def sample(self, members: int, seed: int = 0) -> None:
-        """Draw the weight changes of ``members`` pseudo-members (⌈K/2⌉ distinct, antithetic)."""
+    def sample(self, members: int, seed: int = 0, rank=None) -> None:
+        """Draw the weight changes of ``members`` pseudo-members: ⌈K/2⌉ antithetic pairs ±δw.
+
+        Full posterior (``rank=None``): δw = α V (Λ + ς²)^(-1/2) z, z ~ N(0, I_D), with C = V Λ Vᵀ.
+        ``rank=r``: only the r eigen-directions of C with the largest λ/(λ + ς²), the share of
+        each direction in the posterior energy variance averaged over the training set
+        (Σ_train (φ·v)² / (λ + ς²) = λ / (λ + ς²)); :attr:`variance_kept` is the kept fraction
+        of that average.  The directions of largest *weight* variance (smallest λ) carry almost
+        none of it when ς² dominates them.  Stored as ``coef @ basis`` (:attr:`dw`): forces of
+        any K members need one gradient row per basis row (min(r, ⌈K/2⌉)).
+        """
         import torch
-        z = np.random.default_rng(int(seed)).standard_normal((math.ceil(members / 2), self.last.dim))
-        self.dw = self.alpha * torch.tensor(z, dtype=self.proj.dtype, device=self.proj.device) @ self.proj.T
+        lam, vec, reg = self.eig
+        dim = self.last.dim
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
+                                 or not 1 <= rank <= dim):
+            raise ConfigError(f"LLPR 'rank' must be an integer from 1 to {dim} (the model's last-layer "
+                              f"features) or absent for the full posterior, got {rank!r}")
+        top = np.arange(dim) if rank is None else np.argsort(-lam, kind="stable")[:int(rank)]
+        share = lam / (lam + reg)
+        self.rank, self.variance_kept = len(top), float(share[top].sum() / max(share.sum(), 1e-300))
+        z = np.random.default_rng(int(seed)).standard_normal((math.ceil(members / 2), len(top)))
+        dirs = self.alpha * vec[:, top] / np.sqrt(lam[top] + reg)  # (D, r)
+        basis, self.coef = (z @ dirs.T, np.eye(len(z))) if len(z) <= len(top) else (dirs.T, z)
+        self.basis = torch.tensor(basis, dtype=self.last.w.dtype, device=self.last.w.device)
+
+    @property
+    def dw(self):
+        """Distinct weight changes (⌈K/2⌉, D): member k has ``(-1)**k * dw[k // 2]``."""
+        import torch
+        return None if self.basis is None else torch.tensor(self.coef, dtype=self.basis.dtype) @ self.basis
+
+    @dw.setter
+    def dw(self, value):
+        self.basis, self.coef = value, np.eye(len(value))
 
     def forward(self, structures, stress: bool = False):
         """One forward pass: (batch dict, ptr, model output, per-atom φ (N,D), φ (B,D))."""
@@ -191,61 +229,93 @@ class LLPRModel:
             bdict, ptr = batch.to_dict(), batch["ptr"].cpu().numpy()
         out = self.mace.model(dict(bdict), compute_force=False, compute_displacement=stress, training=False)
         phi_atom = self.last.atom_features(out["node_feats"])
-        phi = torch.zeros(len(structures), phi_atom.shape[1], dtype=phi_atom.dtype,
-                          device=phi_atom.device).index_add_(0, bdict["batch"], phi_atom)
+        phi = phi_atom.sum(0, keepdim=True) if len(structures) == 1 else torch.zeros(
+            len(structures), phi_atom.shape[1], dtype=phi_atom.dtype,
+            device=phi_atom.device).index_add_(0, bdict["batch"], phi_atom)
         return bdict, ptr, out, phi_atom, phi
 
     def sigma(self, phi) -> np.ndarray:
         """Calibrated σ [eV] of features ``phi`` (B, D) (torch or numpy)."""
         p = np.asarray(phi.detach().cpu() if hasattr(phi, "detach") else phi, float)
-        return self.alpha * np.linalg.norm(p @ self.proj.cpu().numpy(), axis=-1)
+        return self.alpha * np.linalg.norm(p @ self.proj, axis=-1)
 
-    @keeps_torch_globals
+    def coefficients(self, members) -> tuple:
+        """(Z (M, R), basis rows (R,)): member k's weight change is ``Z[m] @ basis[rows]``."""
+        if not len(members):
+            return np.zeros((0, 0)), np.zeros(0, int)
+        if self.basis is None:
+            raise ConfigError("this LLPR model has no pseudo-members; build it with members=K")
+        z = np.array([(-1.0 if k % 2 else 1.0) * self.coef[k // 2] for k in members])
+        rows = np.flatnonzero(np.any(z != 0, axis=0))
+        return z[:, rows], rows
+
     def run(self, structures, properties=("energy", "forces"), members=()) -> tuple:
         """Mean-model predictions (with ``energy_std`` [eV]) and pseudo-member predictions.
 
         Returns ``(means, per)``: ``means[i]`` the model's dict for structure i (energy [eV],
         forces (N,3) [eV/Å], stress (6,) [eV/Å³] for 3-D periodic cells, energies (N,),
         energy_std [eV]); ``per[i][k]`` the dict of pseudo-member k for k in ``members``.
-        Energy only: no backward pass.
+        Energy only: no backward pass.  Otherwise one backward pass of 1 + R rows (the model's
+        energy and the R basis terms φ·b_j; positions and cell displacement together): member
+        k's forces and stress are the model's plus Σ_j Z_kj times those of φ·b_j.  Global torch
+        state: the graph is built in ``torch_scope`` (:meth:`MACEMember.build_batch`); the model's
+        passes set none, so no second scope (each copies ``os.environ``: +17 % on E+σ of Si8).
         """
         import torch
         structures, grad = list(structures), "forces" in properties or "stress" in properties
-        periodic = [is_bulk(a) for a in structures]
-        stress, distinct = "stress" in properties and any(periodic), sorted({int(k) // 2 for k in members})
-        if members and self.dw is None:
-            raise ConfigError("this LLPR model has no pseudo-members; build it with members=K")
+        periodic = [is_bulk(a) if "stress" in properties else False for a in structures]
+        stress, members = any(periodic), [int(k) for k in members]
+        z, rows = self.coefficients(members)
         with torch.set_grad_enabled(grad):
             bdict, ptr, out, phi_atom, phi = self.forward(structures, stress)
-            dw = self.dw[distinct] if distinct else phi.new_zeros((0, phi.shape[1]))
-            d_e = phi @ dw.T  # (B, R)
+            if len(rows):
+                basis = self.basis[torch.as_tensor(rows, device=phi.device)]
+                d_e = phi @ basis.T  # (B, R)
             if grad:
-                rows = torch.cat([out["energy"].sum()[None], d_e.sum(0)])
                 inputs = [bdict["positions"]] + ([out["displacement"]] if stress else [])
-                eye = torch.eye(len(rows), dtype=rows.dtype, device=rows.device)
-                grads = [g[None] for g in torch.autograd.grad(rows[0], inputs)] if len(rows) == 1 else \
-                    torch.autograd.grad(rows, inputs, grad_outputs=eye, is_grads_batched=True)
+                grads = _gradients(torch.cat([out["energy"].sum()[None], d_e.sum(0)]) if len(rows)
+                                   else out["energy"].sum()[None], inputs)
         np_ = lambda t: t.detach().cpu().numpy().astype(float)  # noqa: E731
         energy, node_e = np_(out["energy"]).reshape(-1), np_(out["node_energy"])
-        d_e, d_atom = (np.hstack([np.zeros((len(x), 1)), np_(x)]) for x in (d_e, phi_atom @ dw.T))
-        gpos, gdisp = np_(grads[0]) if grad else None, np_(grads[1]) if stress else None
+        if len(rows):
+            d_e, d_atom = np_(d_e) @ z.T, np_(phi_atom @ basis.T) @ z.T  # (B, M), (N, M)
+        else:  # no members (or all with δw = 0)
+            d_e, d_atom = np.zeros((len(structures), len(members))), np.zeros((len(node_e), len(members)))
+        if grad:
+            gpos = np_(grads[0])
+            f_mean, f_mem = -gpos[0], -(gpos[0] + np.tensordot(z, gpos[1:], 1))  # (N,3), (M,N,3)
+        if stress:
+            gdisp = np_(grads[1])
+            s_mean, s_mem = gdisp[0], gdisp[0] + np.tensordot(z, gdisp[1:], 1)  # (B,3,3), (M,B,3,3)
         sig = self.sigma(phi) if self.proj is not None else np.full(len(structures), np.nan)
-        picks = [(None, 0, 0.0)] + [(int(k), distinct.index(int(k) // 2) + 1, -1.0 if k % 2 else 1.0)
-                                    for k in members]  # (member, column, sign); None: the model
         means, per = [], []
         for i, a in enumerate(structures):
-            sl, row = slice(ptr[i], ptr[i + 1]), {}
+            sl = slice(ptr[i], ptr[i + 1])
             vol = a.get_volume() if stress and periodic[i] else None
-            for k, j, s in picks:
-                p = {"energy": float(energy[i] + s * d_e[i, j]), "energies": node_e[sl] + s * d_atom[sl, j]}
-                if grad:
-                    p["forces"] = -(gpos[0, sl] + s * gpos[j, sl])
-                if vol is not None:
-                    p["stress"] = voigt(gdisp[0, i] + s * gdisp[j, i]) / vol
-                row[k] = p
-            means.append(dict(row.pop(None), energy_std=float(sig[i])))
+            mean, row = {"energy": float(energy[i]), "energies": node_e[sl], "energy_std": float(sig[i])}, {}
+            for m, k in enumerate(members):
+                row[k] = {"energy": float(energy[i] + d_e[i, m]), "energies": node_e[sl] + d_atom[sl, m]}
+            if grad:
+                mean["forces"] = f_mean[sl]
+                for m, k in enumerate(members):
+                    row[k]["forces"] = f_mem[m, sl]
+            if vol is not None:
+                mean["stress"] = voigt(s_mean[i]) / vol
+                for m, k in enumerate(members):
+                    row[k]["stress"] = voigt(s_mem[m, i]) / vol
+            means.append(mean)
             per.append(row)
         return means, per
+
+
+def _gradients(rows, inputs) -> list:
+    """Gradients (R, *input.shape) of every entry of ``rows`` (R,) with respect to ``inputs``,
+    in one backward pass (batched over the rows)."""
+    import torch
+    if len(rows) == 1:
+        return [g[None] for g in torch.autograd.grad(rows[0], inputs)]
+    eye = torch.eye(len(rows), dtype=rows.dtype, device=rows.device)
+    return list(torch.autograd.grad(rows, inputs, grad_outputs=eye, is_grads_batched=True))
 
 
 class LLPRMember(BatchedMember):
@@ -272,7 +342,7 @@ class LLPRMember(BatchedMember):
     @classmethod
     def from_spec(cls, spec: dict, base_dir=None) -> list:
         unknown = set(spec) - (known := {"backend", "path", "name", "members", "seed", "covariance",
-                                         "device", "dtype", "head", "jit", "skin"})
+                                         "device", "dtype", "head", "jit", "skin", "rank"})
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)} for a mace_llpr member; known: {sorted(known)}")
         if "path" not in spec:
@@ -280,7 +350,7 @@ class LLPRMember(BatchedMember):
         cov = spec.get("covariance")
         if cov is not None and base_dir is not None and not Path(cov).is_absolute():
             cov = Path(base_dir) / cov
-        kw = {k: spec[k] for k in ("seed", "device", "dtype", "head", "skin") if k in spec}
+        kw = {k: spec[k] for k in ("seed", "device", "dtype", "head", "skin", "rank") if k in spec}
         return cls.from_file(spec["path"], spec.get("members"), name=spec.get("name"), covariance=cov,
                              jit=bool(spec.get("jit", True)), **kw)
 
@@ -321,77 +391,3 @@ class LLPRCalculator(Calculator):
         self.core.mace.check_atoms(self.atoms)
         res = self.core.run([self.atoms], properties)[0][0]
         self.results = dict(res, free_energy=res["energy"], energy_std_per_atom=res["energy_std"] / len(self.atoms))
-
-
-# ------------------------------------------------------------------ fitting (committee-llpr-fit)
-def _energies(frames, key: str, what: str) -> np.ndarray:
-    bad = [i for i, a in enumerate(frames) if not np.isfinite(float(a.info.get(key, np.nan)))]
-    if bad or not len(frames):
-        raise ConfigError(f"{what} structure(s) {bad[:5] or 'none given'}: no finite reference energy "
-                          f"info[{key!r}]; give the key of the energies (--energy-key)")
-    return np.array([float(a.info[key]) for a in frames])
-
-
-def features(core: LLPRModel, frames, batch_size: int = 8) -> tuple:
-    """(φ (n, D), model energies (n,) [eV]) of ``frames`` (forward passes only)."""
-    import torch
-    phis, es = [], []
-    with torch.no_grad():
-        for s in range(0, len(frames), int(batch_size)):
-            chunk = list(frames[s:s + int(batch_size)])
-            _ = [core.mace.check_atoms(a) for a in chunk]
-            _, _, out, _, phi = core.forward(chunk)
-            phis.append(phi.cpu().numpy().astype(float))
-            es.append(out["energy"].cpu().numpy().astype(float).reshape(-1))
-    return np.concatenate(phis), np.concatenate(es)
-
-
-def fit_calibration(cov, phi, errors) -> dict:
-    """ς² (from :data:`REG_GRID` × mean eigenvalue of C) and α maximising the Gaussian likelihood
-    of held-out energy ``errors`` [eV] given raw σ² = φᵀ(C + ς²I)⁻¹φ -> {regularizer, alpha, nll}."""
-    e = np.asarray(errors, float)
-    if len(e) < 2 or not np.any(e != 0):
-        raise CalibrationError(f"LLPR calibration needs at least 2 held-out frames with non-zero "
-                               f"error, got {len(e)}")
-    lam, vec = np.linalg.eigh(cov)
-    lam, z2, fits = np.clip(lam, 0.0, None), (np.asarray(phi, float) @ vec) ** 2, []
-    for reg in REG_GRID * max(float(lam.mean()), 1e-300):
-        s2 = np.maximum(z2 @ (1.0 / (lam + reg)), 1e-300)
-        a2 = float(np.mean(e * e / s2))  # the maximum-likelihood α² at this ς²
-        fits.append({"regularizer": float(reg), "alpha": math.sqrt(a2),
-                     "nll": float(0.5 * np.mean(np.log(2 * np.pi * a2 * s2)) + 0.5)})
-    return min(fits, key=lambda f: f["nll"])
-
-
-def fit_llpr(model_path, train_frames, heldout_frames, energy_key: str = "REF_energy", out=None,
-             head=None, dtype=None, batch_size: int = 8) -> dict:
-    """Compute the LLPR covariance of ``model_path`` over ``train_frames``, calibrate α and ς on
-    ``heldout_frames`` (reference energies ``info[energy_key]`` [eV]) and write them to ``out``
-    (default :func:`covariance_path`).  Returns a summary: path, n_train, n_heldout, features,
-    regularizer, alpha, nll, rmse_eV and rms_sigma_eV on the held-out frames, and
-    spearman (rank correlation of σ with |error| there).  Raises ConfigError (missing energies),
-    CalibrationError, ModelFileError.
-    """
-    from scipy.stats import spearmanr
-
-    e_train, e_held = (_energies(f, energy_key, w) for f, w in ((train_frames, "training"),
-                                                                 (heldout_frames, "held-out")))
-    core = LLPRModel(model_path, dtype=dtype, head=head, need_covariance=False)
-    phi_train, _ = features(core, train_frames, batch_size)
-    phi_held, pred = features(core, heldout_frames, batch_size)
-    cov = phi_train.T @ phi_train
-    cal = fit_calibration(cov, phi_held, pred - e_held)
-    path = Path(out) if out is not None else covariance_path(model_path)
-    buf = io.BytesIO()
-    np.savez(buf, covariance=cov, weights=core.last.w.cpu().numpy(), model_sha256=model_digest(model_path),
-             head=core.mace.head, energy_key=energy_key, n_train=len(e_train), n_heldout=len(e_held),
-             **cal)
-    atomic_write_bytes(path, buf.getvalue())
-    core.load(path)
-    sig, err = core.sigma(phi_held), np.abs(pred - e_held)
-    return {"path": str(path), "n_train": len(e_train), "n_heldout": len(e_held),
-            "features": core.last.dim, **cal, "rmse_eV": float(np.sqrt(np.mean(err ** 2))),
-            "rms_sigma_eV": float(np.sqrt(np.mean(sig ** 2))),
-            "spearman": float(spearmanr(sig, err).statistic)}
-
-
