@@ -14,9 +14,13 @@ positions and cell within 1e-8 Å).  Last line::
 Committee: 4 MACE members (float64, TorchScript as ``committee-relax`` loads them) built at run
 time with fixed seeds and trained briefly on Stillinger-Weber-labelled rattled Si cells
 (LAMMPS, or Lennard-Jones without it: ``tests/tiny_models.labelled_si``); width from the
-options (default 64 channels, L_max 1: hidden irreps 64x0e+64x1o, 2 interactions,
-correlation 2, max_ell 2, r_max 5 Å, 8 Bessel functions, radial MLP [64, 64, 64]; max_ell 3 and
-correlation 3 triple the CPU time).  Gate: committee only, FIRE, fixed cell.
+options (default 32 channels, L_max 0: hidden irreps 32x0e, a small MACE; 2 interactions,
+correlation 2, max_ell 2, r_max 5 Å, 8 Bessel functions, radial MLP [64, 64, 64];
+``--channels 64 --lmax 1`` gives 64x0e+64x1o; max_ell 3 and correlation 3 triple the CPU
+time).  Gate: committee only, FIRE, fixed cell.  For each pool it also prints the CPU time of
+the model passes alone (graph prebuilt), one structure at a time and batched: on one CPU
+thread a float64 MACE of this width is compute-bound, and the per-structure time per
+evaluation divided by the batched model time bounds the ratio batching can reach.
 Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/batched_relax.py [--n8 200 --n64 50]
@@ -100,6 +104,19 @@ def relax(relaxer, images, out, batch, budget):
     return rows, time.process_time() - c0, time.perf_counter() - t0, p.batched
 
 
+def model_only(members, images, reps=5) -> float:
+    """CPU seconds per structure of the committee's model passes alone (forward + forces of
+    every member, graph prebuilt) when ``images`` are evaluated in one batch."""
+    batch = members[0].build_batch(images).to_dict()
+    for m in members:  # warm-up of this shape
+        m.run_model(batch, False, batched=len(images) > 1)
+    c0 = time.process_time()
+    for _ in range(reps):
+        for m in members:
+            m.run_model(batch, False, batched=len(images) > 1)
+    return (time.process_time() - c0) / reps / len(images)
+
+
 def identical(out_a, out_b, rows_a, rows_b, tol=1e-8) -> tuple:
     """(all identical, largest position/cell difference [Å]) of two pool folders."""
     from ase.io import read
@@ -120,8 +137,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n8", type=int, default=200, help="candidates of the Si8 pool")
     ap.add_argument("--n64", type=int, default=50, help="candidates of the Si64 pool")
-    ap.add_argument("--channels", type=int, default=64)
-    ap.add_argument("--lmax", type=int, default=1, help="L of the hidden irreps")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--lmax", type=int, default=0, help="L of the hidden irreps")
     ap.add_argument("--max-ell", type=int, default=2)
     ap.add_argument("--correlation", type=int, default=2)
     ap.add_argument("--r-max", type=float, default=5.0)
@@ -176,6 +193,12 @@ def main(argv=None):
               f"{1e3 * cpu_s / evals:.1f} ms CPU per evaluation", flush=True)
         print(f"  batched:       {n / cpu_b:7.2f} structures/s CPU ({n / wall_b:7.2f} wall), "
               f"{1e3 * cpu_b / evals:.1f} ms CPU per evaluation; {run.describe()}", flush=True)
+        k = max(1, run.budget.atoms // len(images[0]))
+        single, batched = model_only(members, images[:1]), model_only(members, images[:k])
+        print(f"  model passes alone (4 members, forward + forces, graph prebuilt): "
+              f"{1e3 * single:.1f} ms CPU per structure one at a time, {1e3 * batched:.1f} ms in "
+              f"batches of {k}: the most batching can give here is per-structure time per "
+              f"evaluation / batched model time = {cpu_s / evals / batched:.1f}x", flush=True)
         print(f"  ratio {ratios[label]:.2f}x CPU ({wall_s / wall_b:.2f}x wall); identical "
               f"trajectories: {'yes' if same else 'no'} (largest difference {worst:.2g} Å)",
               flush=True)

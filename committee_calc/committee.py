@@ -19,7 +19,7 @@ from .errors import ConfigError, MemberPropertyError, NonFiniteOutputError
 from .members.ase_member import ASEMember
 from .members.base import Member
 from .molecules import count_molecules
-from .progress import progress_iter
+from .progress import Progress
 from .structures import check_cell, is_bulk
 from .uncertainty import aggregate
 
@@ -134,6 +134,7 @@ class CommitteeCalculator(Calculator):
 
     def _aligned(self, preds, atoms) -> list:
         """Member predictions with the energy offsets applied (before aggregation)."""
+        getattr(self, "domain_watch", None) and self.domain_watch(atoms, preds, self)  # see domain.watch
         return apply_offsets(preds, atoms.numbers, self.energy_offsets)
 
     def _make_groups(self):
@@ -216,12 +217,15 @@ class CommitteeCalculator(Calculator):
 
     # ------------------------------------------------------------------
     def predict(self, structures, batch_size: int | None = None, properties=None,
-                progress: bool = False) -> list:
+                progress: bool = False, desc: str = "predict") -> list:
         """Committee results (schema dicts) for many structures.
 
         Does not touch ``self.results``; each structure is evaluated once.
         Backends that can batch several structures implement
-        ``Member.predict_batch``; others are looped.
+        ``Member.predict_batch``; others are looped.  ``batch_size`` structures
+        (default 16) per batched call; ``progress``: a tqdm bar on a terminal,
+        else one plain ``progress:`` line per batch (:class:`~committee_calc.
+        progress.Progress`, ``desc`` names the work).
         """
         structures = list(structures)
         bsize = 16 if batch_size is None else int(batch_size)
@@ -229,15 +233,23 @@ class CommitteeCalculator(Calculator):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
         out = []
         chunks = [structures[i:i + bsize] for i in range(0, len(structures), bsize)]
-        for chunk in progress_iter(chunks, enabled=progress, desc="predict"):
-            for atoms, preds in zip(chunk, self._evaluate_chunk(chunk, properties)):
-                self.n_calls += 1
-                try:
-                    out.append(aggregate(self._aligned(preds, atoms), self.calibrators))
-                except NonFiniteOutputError:
-                    if properties is not None and "raise" in properties:
-                        raise
-                    out.append({"n_nonfinite": len(preds), "energy": float("nan")})
+        with Progress(len(structures), desc, unit="structures", enabled=progress) as bar:
+            for chunk in chunks:
+                out.extend(self._predict_chunk(chunk, properties))
+                bar.update(len(chunk), postfix=f"batch of {len(chunk)}", force=True)
+        return out
+
+    def _predict_chunk(self, chunk, properties) -> list:
+        """Aggregated committee results of one batch (see :meth:`predict`)."""
+        out = []
+        for atoms, preds in zip(chunk, self._evaluate_chunk(chunk, properties)):
+            self.n_calls += 1
+            try:
+                out.append(aggregate(self._aligned(preds, atoms), self.calibrators))
+            except NonFiniteOutputError:
+                if properties is not None and "raise" in properties:
+                    raise
+                out.append({"n_nonfinite": len(preds), "energy": float("nan")})
         return out
 
     def _evaluate_chunk(self, chunk, properties) -> list:

@@ -138,8 +138,10 @@ def write_structures_atomic(path, images, format="extxyz") -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def append_frame(path, atoms, format="extxyz") -> None:
-    """Append one structure to a trajectory file in a single fsynced write."""
+def append_frame(path, atoms, format="extxyz", sync=True) -> None:
+    """Append one structure to a trajectory file in a single write, fsynced unless ``sync`` is
+    False (a killed process still leaves the frame complete or absent; only an OS crash can lose
+    unsynced frames: call :func:`fsync_file` where they must be on disk)."""
     from ase.io import write
 
     buf = io.StringIO()
@@ -147,7 +149,20 @@ def append_frame(path, atoms, format="extxyz") -> None:
     with open(path, "a") as fh:
         fh.write(buf.getvalue())
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
+
+
+def fsync_file(path) -> None:
+    """fsync an existing file (all its written data on disk); a missing file is ignored."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_frames_repair(path) -> list:

@@ -320,3 +320,51 @@ def test_bad_batched_input_names_the_candidate(tmp_path, case, capsys):
     assert {"budget": "candidate cu00 (4 atoms)", "species": "candidate cu02"}[case] in err
     assert {"budget": "atom budget 2", "species": "Al"}[case] in err
     assert not (tmp_path / "out" / "summary.csv").exists() and not (tmp_path / "labels.extxyz").exists()
+
+
+def test_mace_collate_equals_torch_geometric_batch(mace_models):
+    """The fast collate of MACE batches equals mace's ``Batch.from_data_list(...).to_dict()``
+    key by key (dtype, shape, values), for mixed sizes and a non-periodic structure."""
+    import torch
+    from mace.tools import torch_geometric
+
+    from committee_calc.members.mace import MACEMember
+    from tiny_models import rattled_si
+
+    member = MACEMember.from_file(mace_models / "mace_0.model")
+    structs = [rattled_si(1), rattled_si(2, (1, 1, 2)), rattled_si(3)]
+    structs[2].pbc = False
+    ours = member.build_batch(structs).to_dict()
+    graphs = member.build_graphs(structs)
+    theirs = torch_geometric.Batch.from_data_list(graphs).to_dict()
+    assert sorted(ours) == sorted(theirs)
+    for key, value in theirs.items():
+        assert ours[key].dtype == value.dtype and ours[key].shape == value.shape, key
+        assert torch.equal(ours[key], value), key
+    assert ours["ptr"].tolist() == [0, 8, 24, 32]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_trajectories_are_fsynced_per_candidate_not_per_frame(tmp_path, monkeypatch, batch):
+    """Frames are appended in one write each (complete or absent after a kill) and a candidate's
+    trajectory is fsynced once, when it finishes, before its summary row."""
+    import committee_calc.relax.pool as pool_mod
+
+    synced, order = [], []
+    real_sync, real_append = pool_mod.fsync_file, pool_mod.CsvLog.append
+    monkeypatch.setattr(pool_mod, "fsync_file", lambda p: synced.append(Path(p).stem) or
+                        order.append(("sync", Path(p).stem)) or real_sync(p))
+    monkeypatch.setattr(pool_mod.CsvLog, "append", lambda self, row: order.append(
+        ("row", row["id"])) or real_append(self, row))
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    relaxer, _ = _gated(tmp_path, "sync")
+    images = _pool()
+    rows = RelaxPool(relaxer, tmp_path / "out", progress=False, batch=batch).run(images)
+    frames = sum(len(read(tmp_path / "out" / "trajectories" / f"{r['id']}.extxyz", ":"))
+                 for r in rows)
+    assert sorted(synced) == sorted(r["id"] for r in rows)
+    for cid in synced:  # the trajectory is on disk before the row that says it is finished
+        assert order.index(("sync", cid)) < order.index(("row", cid))
+    assert frames > 3 * len(rows) and len(fsyncs) < frames

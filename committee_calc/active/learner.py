@@ -50,6 +50,7 @@ from ..fileio import load_json, save_json_atomic, write_structures_atomic
 from ..gate import Gate
 from ..labeller import Labeller
 from ..progress import progress_iter
+from ..scale.labelling import label_pending
 from ..structures import structure_hash
 from ..units import check_positive
 
@@ -97,10 +98,12 @@ def training_frames(labels, quantity, energy_key="REF_energy", forces_key="REF_f
     return out
 
 
-def committee_results(committee, images) -> list:
-    """Committee results per image through ``Gate(committee).evaluate_many`` (one batched
-    call); None for an image whose committee output is not finite (σ counts as infinite)."""
-    many = Gate(committee).evaluate_many(images, nonfinite="none")
+def committee_results(committee, images, progress=False, batch_size=None) -> list:
+    """Committee results per image through ``Gate(committee).evaluate_many`` (batched committee
+    calls of ``batch_size`` structures, default 16; ``progress``: a progress line per batch);
+    None for an image whose committee output is not finite (σ counts as infinite)."""
+    many = Gate(committee).evaluate_many(images, nonfinite="none", progress=progress,
+                                         batch_size=batch_size)
     return [None if r is None else r.committee_results for r in many]
 
 
@@ -111,6 +114,8 @@ class ActiveLearner:
     reference: ASE calculator, ReferenceSpec or YAML; trainer: see the module docstring;
     threshold_eV, energy_cutoff_eV, ei_window_eV: eV per landscape unit (molecule or atom);
     label_store: LabelStore or path (default ``out_dir/labels.extxyz``).
+    executor: a ``concurrent.futures.Executor`` (e.g. a Dask cluster's): each batch's labels as
+    one task per label, appended here in order (:func:`committee_calc.scale.labelling.label_pending`).
     Raises ConfigError for inconsistent options (checked before anything is written).
     """
 
@@ -118,7 +123,7 @@ class ActiveLearner:
                  quantity="dE", batch_size=10, initial_size=None, threshold_eV=0.01,
                  energy_cutoff_eV=None, target_fraction=0.0, max_train_size=None,
                  max_iterations=1000, ei_window_eV=0.0, descriptors=None, seed=0,
-                 label_store=None, progress=False):
+                 label_store=None, progress=False, executor=None):
         _check_count("batch size (--batch-size)", batch_size)
         for name, value in (("initial size (--initial-size)", initial_size),
                             ("max train size (--max-train-size)", max_train_size),
@@ -150,6 +155,7 @@ class ActiveLearner:
         self.max_train_size = max_train_size
         self.max_iterations, self.ei_window = int(max_iterations), float(ei_window_eV)
         self.seed, self.progress = seed, progress
+        self.executor = executor  # a concurrent.futures.Executor: one reference task per label (scale-out)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.labeller = Labeller(reference, label_store if label_store is not None
@@ -201,7 +207,8 @@ class ActiveLearner:
     def predict(self, indices, committee=None):
         """Per index: total energy per unit [eV], σ per unit [eV], forces_std_max [eV/Å] (each (n,))."""
         ls = self.landscape
-        coms = committee_results(committee or self.committee, [ls.structures[i] for i in indices])
+        coms = committee_results(committee or self.committee, [ls.structures[i] for i in indices],
+                                 progress=self.progress)
         e = np.array([c[K.ENERGY] if c else np.nan for c in coms], float)
         s = np.array([c.get(K.ENERGY_STD, np.inf) if c else np.inf for c in coms], float)
         f = np.array([c.get(K.FORCES_STD_MAX, np.inf) if c else np.inf for c in coms], float)
@@ -258,6 +265,9 @@ class ActiveLearner:
             state["pending"] = [int(self.pool[k]) for k in first]
             save_json_atomic(self.state_path, state)
         while True:
+            if self.executor is not None:  # labels as tasks, appended here; the loop below then finds them
+                label_pending(self.executor, self.labeller, self.landscape, state["pending"], state["iteration"],
+                              progress=self.progress)
             for i in progress_iter(state["pending"], enabled=self.progress,
                                    desc=f"label it{state['iteration']}"):
                 self._label(i, state["iteration"])

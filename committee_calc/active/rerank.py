@@ -5,8 +5,9 @@
     result = rerank(landscape, committee, out_dir="rerank", reference=ref,
                     sigma_cap_eV=kjmol_to_ev(6.0), delta=True)
 
-1. every structure goes through a :class:`~committee_calc.gate.Gate` (one
-   batched committee call per molecule count): committee mean and
+1. every structure goes through a :class:`~committee_calc.gate.Gate` (batched
+   committee calls of ``batch_size`` structures per molecule count, a progress
+   line per batch): committee mean and
    ``energy_std``; with ``delta=True`` the committee predicts reference −
    baseline and the baseline is added back;
 2. the σ cap is the gate threshold on ``energy_std_per_molecule`` (or
@@ -70,14 +71,17 @@ def _gates(ls, committee, reference, thresholds, logic, hard_cap, label_store) -
     return out
 
 
-def evaluate_landscape(ls, gates, progress=False, delta=False) -> list:
-    """GateResult per structure of ``ls`` (original order), one batched call per gate; with
-    ``delta`` the landscape's baseline values are stored with any label (Δ-learning)."""
+def evaluate_landscape(ls, gates, progress=False, delta=False, batch_size=None) -> list:
+    """GateResult per structure of ``ls`` (original order) through the batched committee path
+    (:meth:`Gate.evaluate_many <committee_calc.gate.Gate.evaluate_many>`: batched committee calls
+    of ``batch_size`` structures, default 16, with a progress line per batch); with ``delta`` the
+    landscape's baseline values are stored with any label (Δ-learning)."""
     results = [None] * len(ls)
     for n, gate in gates.items():
         idx = np.flatnonzero(ls.n_units == n)
         base = [ls.baseline(i) for i in idx] if delta else None
         many = gate.evaluate_many([ls.structures[i] for i in idx], progress=progress, baselines=base,
+                                  batch_size=batch_size,
                                   infos=[{"index": int(i), "name": ls.names[i]} for i in idx])
         for i, r in zip(idx, many):
             results[i] = r
@@ -86,11 +90,12 @@ def evaluate_landscape(ls, gates, progress=False, delta=False) -> list:
 
 def rerank(landscape: Landscape, committee, out_dir, reference=None, sigma_cap_eV=None,
            delta=False, experimental=(), progress=False, plot=True, thresholds=None, logic="any",
-           hard_cap=None, label_store=None) -> dict:
+           hard_cap=None, label_store=None, batch_size=None) -> dict:
     """Re-rank ``landscape`` (module docstring).  ``reference``: ASE calculator, ReferenceSpec or
-    YAML (needed with a cap or thresholds).  Raises ConfigError for inconsistent options (before
-    anything is written), NonFiniteOutputError for non-finite committee output without a
-    reference, GateStop above a hard cap."""
+    YAML (needed with a cap or thresholds); batch_size: structures per batched committee call
+    (default 16; 1 evaluates one structure at a time, the same numbers).  Raises ConfigError
+    for inconsistent options (before anything is written), NonFiniteOutputError for
+    non-finite committee output without a reference, GateStop above a hard cap."""
     ls = landscape
     if delta and ls.baseline_energy is None:
         raise ConfigError("delta=True needs baseline energies in the landscape (the committee predicts a correction)")
@@ -101,7 +106,7 @@ def rerank(landscape: Landscape, committee, out_dir, reference=None, sigma_cap_e
     gates = _gates(ls, committee, reference, limits, logic, hard_cap,
                    label_store if label_store is not None else out / "labels.extxyz")
     out.mkdir(parents=True, exist_ok=True)
-    res = evaluate_landscape(ls, gates, progress=progress, delta=delta)
+    res = evaluate_landscape(ls, gates, progress=progress, delta=delta, batch_size=batch_size)
     coms = [r.committee_results for r in res]
     E = np.array([c[K.ENERGY] if c else np.nan for c in coms], float)
     S = np.array([c.get(K.ENERGY_STD, np.inf) if c else np.inf for c in coms], float)

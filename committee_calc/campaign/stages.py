@@ -8,6 +8,8 @@ Relax (:func:`relax_stage`)
     candidate that stopped at a structure labelled in an earlier round (in the training set of
     this round's committee, or held out) relaxes one round without the U stop (``free``: the
     retrained committee is still unsure there; the reference check at its end decides).
+    The candidates relax in flight together, one batched committee call per round
+    (:mod:`committee_calc.relax.batched`; the same trajectories as one after another).
     Each finished candidate's final frame is written to ``round_NNN/relaxed/<id>.extxyz``
     and its result to the state at once; a killed round
     relaxes the unfinished candidates again from the round's start (committee calls only, the
@@ -38,8 +40,11 @@ from ..errors import NonFiniteOutputError, ReferenceCalculationError
 from ..fileio import append_frame, read_frames_repair, write_structures_atomic
 from ..gate import Gate
 from ..io import read_uncertainties
+from ..relax.batched import BatchedRelaxation
+from ..relax.budget import AtomBudget
 from ..relax.criteria import max_force, stress_residual_GPa
 from ..relax.gated import GatedRelaxer
+from ..scale.campaign import prefetch_labels
 from ..structures import read_structures, structure_hash
 from .polish import polish
 from .state import CONVERGED, REFERENCE_FAILED, UNFINISHED
@@ -97,44 +102,64 @@ def outcome(status: str, fmax_seen, fmax: float) -> str:
     return "continue" if status == "max_steps" else "stop"
 
 
-def _relax(relaxers, free, atoms, cid, traj, trained, progress, r):
-    """One candidate's relaxation -> (result, free).  A relaxation that stops on U at a structure
-    the committee was trained on (``trained``: structure hashes of labels of earlier rounds) goes
-    on at once without the U stop: its label is in the training set, so the retrained committee's
-    spread there is what it is, and waiting a round would only repeat the stop."""
-    res = relaxers[free].relax(atoms, info={"candidate": cid}, on_frame=lambda f, p=traj: append_frame(p, f))
-    if free or res.status != "uncertain" or res.atoms is None or not trained:
-        return res, free
+def _frames_to(traj):
+    """The frame writer of a candidate's trajectory (``append_frame`` looked up per call)."""
+    return lambda f: append_frame(traj, f)
+
+
+def _go_on(relaxers, res, atoms, cid, traj, trained, progress, r):
+    """A relaxation that stopped on U at a structure the committee was trained on (``trained``:
+    structure hashes of labels of earlier rounds) goes on at once without the U stop: its label
+    is in the training set, so the retrained committee's spread there is what it is, and waiting
+    a round would only repeat the stop.  -> (result, True), or None when it does not apply."""
+    if res.status != "uncertain" or res.atoms is None or not trained:
+        return None
     if structure_hash(res.atoms) not in trained:  # the hash reads the geometry only
-        return res, free
+        return None
     progress(f"round {r}: {cid} stopped on U at a structure labelled in an earlier round: "
              "relaxing on without the U stop")
     again = atoms.copy()
     again.set_cell(res.atoms.cell, scale_atoms=False)
     again.positions = res.atoms.positions
-    more = relaxers[True].relax(again, info={"candidate": cid}, on_frame=lambda f, p=traj: append_frame(p, f))
+    more = relaxers[True].relax(again, info={"candidate": cid}, on_frame=_frames_to(traj))
     return replace(more, steps=res.steps + more.steps,
                    n_committee_calls=res.n_committee_calls + more.n_committee_calls), True
 
 
-def relax_stage(state, committee, inputs, progress, trained=frozenset()) -> None:
+def relax_stage(state, committee, inputs, progress, trained=frozenset(), atom_budget=None) -> None:
     """Relax the round's unfinished candidates (see the module docstring); saves the state
-    after each.  trained: structure hashes of the labels the round's committee was trained on."""
+    after each.  trained: structure hashes of the labels the round's committee was trained on.
+
+    The candidates relax in flight together (:class:`~committee_calc.relax.batched.
+    BatchedRelaxation`: one batched committee call per round over the active candidates under
+    an :class:`~committee_calc.relax.budget.AtomBudget`, ``atom_budget`` atoms or grown from
+    timings), each on its own optimiser: the same trajectories and results as one after
+    another.  A candidate that goes on without the U stop (:func:`_go_on`) does so alone.
+    Results are recorded as candidates finish and put in the order of the round's candidates
+    at the end."""
     rec, r, rdir = state.round_record(), state.round, state.round_dir()
     settings = state.data["settings"]
     relaxers = make_relaxers(committee, settings)
     (rdir / "trajectories").mkdir(parents=True, exist_ok=True)
-    for cid in rec["active"]:
-        if cid in rec["results"]:
-            continue
-        free = bool(state.candidates[cid]["free"])
-        atoms = start_structure(state, cid, inputs)
-        traj = rdir / "trajectories" / f"{cid}.extxyz"
-        traj.unlink(missing_ok=True)  # a candidate killed half-way relaxes again from the start
-        try:
-            res, free = _relax(relaxers, free, atoms, cid, traj, trained, progress, r)
+    todo = [cid for cid in rec["active"] if cid not in rec["results"]]
+    starts, frees, trajs = {}, {}, {}
+
+    def start(cid):
+        frees[cid] = bool(state.candidates[cid]["free"])
+        trajs[cid] = rdir / "trajectories" / f"{cid}.extxyz"
+        trajs[cid].unlink(missing_ok=True)  # a candidate killed half-way relaxes again from the start
+        return relaxers[frees[cid]].start(starts[cid], info={"candidate": cid},
+                                          on_frame=_frames_to(trajs[cid]))
+
+    def finish(cid, task, exc):
+        atoms, free, traj = starts[cid], frees[cid], trajs[cid]
+        if exc is None:
+            res = task.result
+            more = None if free else _go_on(relaxers, res, atoms, cid, traj, trained, progress, r)
+            if more is not None:
+                res, free = more
             final, status, reason = res.atoms, res.status, res.reason
-        except NonFiniteOutputError as exc:
+        else:
             res, status, reason = None, "nonfinite", f"non-finite committee output: {exc}"
             final = None
         if final is None:  # stopped at its first evaluation, or by non-finite output
@@ -153,6 +178,17 @@ def relax_stage(state, committee, inputs, progress, trained=frozenset()) -> None
         state.save()
         progress(f"round {r}: {cid} {status} after {row['steps']} steps"
                  + (" (no U stop)" if free else "") + f": {reason} -> {row['outcome']}")
+
+    for cid in todo:
+        starts[cid] = start_structure(state, cid, inputs)
+    budget = AtomBudget(atom_budget, largest=max((len(a) for a in starts.values()), default=1))
+    BatchedRelaxation(relaxers[False], budget, errors=(NonFiniteOutputError,)).run(
+        [(cid, len(starts[cid])) for cid in todo], start, finish)
+    order = [cid for cid in rec["active"] if cid in rec["results"]]
+    order += [cid for cid in rec["results"] if cid not in order]
+    if list(rec["results"]) != order:
+        rec["results"] = {cid: rec["results"][cid] for cid in order}
+        state.save()
 
 
 def reference_check(results, settings, atoms=None) -> dict:
@@ -217,6 +253,7 @@ def _committee_at(committee, atoms) -> dict:
 def label_stage(state, labeller, inputs, progress) -> None:
     """Label the round's stopped candidates and verify its converged ones; saves the state
     after each (see the module docstring)."""
+    prefetch_labels(state, labeller, slot)  # reference on workers (scale-out): the labels as parallel tasks first
     rec, r = state.round_record(), state.round
     budget = state.data["settings"]["label_budget"]
     for cid in rec["active"]:
