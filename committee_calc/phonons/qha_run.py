@@ -55,6 +55,7 @@ from .qha_io import (
     write_volume_point,
 )
 from .qha_plots import plot_pressure_scan, plot_qha
+from .scaled import volumes_on_workers
 from .settings import PhononSettings
 from .spectra import run_band_structure, run_dos
 from .supercell import make_phonopy, supercell_size_message
@@ -219,13 +220,19 @@ def report_volume_imaginary(i: int, point) -> dict:
 
 
 def compute_volumes(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: VolumeScan, out,
-                    committee_file=None, reference_file=None) -> tuple:
+                    committee_file=None, reference_file=None, spec=None) -> tuple:
     """The resumable volume loop: load finished volumes, compute and write the missing ones.
 
     Progress (:class:`~committee_calc.progress.Progress`, in volumes): half a volume when its
     relaxation ends, the other half when its displaced supercells are computed.
+    ``spec``: an :class:`~committee_calc.scale.executors.ExecutorSpec`; when it is distributed the
+    missing volumes are computed as tasks first (:mod:`.scaled`), then written here as usual.
     Returns (points, indices computed now, {index: imaginary-mode counts})."""
     structures, pressures = scan.structures(atoms)
+    ready = {} if spec is None or not spec.distributed else volumes_on_workers(
+        spec, gate, committee_file, settings, scan, out, structures, pressures,
+        [volume_hash(atoms, settings, scan, s, None if pressures is None else pressures[i], committee_file,
+                     reference_file) for i, s in enumerate(structures)])
     points, computed, imaginary = [], [], {}
     bar = Progress(len(structures), "qha", unit="volumes")
     for i, s in enumerate(structures):
@@ -235,7 +242,7 @@ def compute_volumes(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Vo
         if point is None:
             with warnings.catch_warnings():  # the supercell size was checked once, up front
                 warnings.filterwarnings("ignore", message=".*twice the committee cutoff")
-                point = run_volume_point(s, gate, settings, relax=scan.relax,
+                point = ready.get(i) or run_volume_point(s, gate, settings, relax=scan.relax,
                                          fmax_eVA=scan.fmax_eVA, steps=scan.relax_steps,
                                          pressure_GPa=p_i, info={"volume_index": i},
                                          static_from_reference=scan.static_from_reference,
@@ -291,12 +298,13 @@ def write_spectra(points, out: Path, npoints: int = 51) -> None:
 
 def run_qha_scan(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: VolumeScan, out,
                  options: QHAOptions | None = None, committee_file=None,
-                 reference_file=None) -> QHARun:
+                 reference_file=None, spec=None) -> QHARun:
     """The full pipeline on ``atoms`` through ``gate``, written to ``out`` (resumed).
 
     committee_file, reference_file: identify the committee and reference in the resume key
     (:func:`volume_hash`).  Warns once (PhononWarning) when the supercell is thinner than
-    twice the committee cutoff, and per volume about imaginary modes.  Raises ConfigError
+    twice the committee cutoff, and per volume about imaginary modes.  ``spec``: where the volumes
+    are computed (:func:`compute_volumes`; default in this process).  Raises ConfigError
     (a stored volume from other inputs, bad settings) and whatever the gate raises.
     """
     options = options or QHAOptions()
@@ -312,7 +320,7 @@ def run_qha_scan(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Volum
     if cutoff_msg:
         warnings.warn(cutoff_msg, PhononWarning, stacklevel=2)
     points, computed, imaginary = compute_volumes(atoms, gate, settings, scan, out,
-                                                  committee_file, reference_file)
+                                                  committee_file, reference_file, spec=spec)
     n_imag = write_imaginary_csv(out / "imaginary_modes.csv", points)
     bad = [i for i, c in imaginary.items() if c["mean"] or any(c["members"])]
     if bad:
