@@ -47,7 +47,9 @@ from .errors import CalibrationError, CommitteeError, ConfigError
 from .fileio import atomic_write_bytes, load_json, save_json_atomic
 from .labeller import Labeller
 from .measures import compute_measures, decide
+from .progress import Progress
 from .structures import structure_hash
+from .summary_md import write_summary_md
 from .uncertainty import reaggregate
 
 STATE = "state.json"
@@ -75,8 +77,9 @@ def _key(committee_file, frames) -> str:
     return h.hexdigest()[:16]
 
 
-def _label_missing(frames, reference, out: Path, keys: dict) -> tuple:
-    """(frames with reference values, reference calls): frames lacking an energy are labelled."""
+def _label_missing(frames, reference, out: Path, keys: dict, bar=None) -> tuple:
+    """(frames with reference values, reference calls): frames lacking an energy are labelled
+    (``bar``: a Progress advanced by one per labelled frame)."""
     missing = [i for i, a in enumerate(frames) if reference_labels(a, **keys)[0] is None]
     if not missing:
         return frames, 0
@@ -88,6 +91,8 @@ def _label_missing(frames, reference, out: Path, keys: dict) -> tuple:
     frames = list(frames)
     for i in missing:
         res = labeller.label(frames[i], provenance={"frame": i}).results
+        if bar is not None:
+            bar.update(1, postfix=f"labelled frame {i} with the reference")
         a = frames[i].copy()
         a.info[keys["energy_key"]] = float(res[K.ENERGY])
         a.arrays[keys["forces_key"]] = np.asarray(res[K.FORCES], float)
@@ -97,14 +102,21 @@ def _label_missing(frames, reference, out: Path, keys: dict) -> tuple:
     return frames, labeller.n_reference_calls
 
 
-def _predict(committee, frames, out: Path, key: str, state) -> list:
+def _predict(committee, frames, out: Path, key: str, state, bar=None) -> list:
     """Raw committee results (no calibration, no offsets) per frame, from the cache when its key matches."""
     cache = out / CACHE
     if state and state.get("key") == key and cache.is_file():
         with np.load(cache) as z:
             return [reaggregate({f"{q}_members": z[f"{q}_{i}"] for q in (K.ENERGY, K.FORCES, K.STRESS)
                                  if f"{q}_{i}" in z}) for i in range(len(frames))]
-    results = predict_raw(committee, frames)
+    results, step = [], max(1, len(frames) // 20)  # chunks: a progress line per 5 % of the frames
+    for s in range(0, len(frames), step):
+        try:
+            results += predict_raw(committee, frames[s:s + step])
+        except CalibrationError as exc:  # name the frames by their index in the whole input
+            raise CalibrationError(f"{exc} (frame indices counted from {s})") from None
+        if bar is not None:
+            bar.update(len(frames[s:s + step]), postfix="committee predictions")
     arrays = {f"{q}_{i}": np.asarray(r[f"{q}_members"], float) for i, r in enumerate(results)
               for q in (K.ENERGY, K.FORCES, K.STRESS) if f"{q}_members" in r}
     buf = io.BytesIO()
@@ -172,12 +184,43 @@ def run_calibration(frames, committee, out, settings: SuiteSettings | None = Non
         raise
 
 
+def _write_summary_md(out, report, n_frames, n_ref, apply, offsets, files) -> None:
+    """``summary.md``: per quantity the method with the lowest held-out NLL and its 95 % coverage."""
+    numbers = [("frames", str(n_frames)), ("held-out frames", str(len(report.get("test_frames", [])))),
+               ("reference calls", str(n_ref))]
+    warns = []
+    for q, d in report["quantities"].items():
+        if "skipped" in d:
+            warns.append(f"{q}: skipped ({d['skipped']})")
+            continue
+        best = min(d["methods"], key=lambda m: d["methods"][m]["nll"])
+        r = d["methods"][best]
+        numbers.append((f"{q}: best method (held-out NLL)", f"{best}: NLL {r['nll']:.3f}, 95 % coverage "
+                        f"{100 * r['coverage_95']:.1f} % (raw: {100 * d['methods']['raw']['coverage_95']:.1f} %)"
+                        if "raw" in d["methods"] else f"{best}: NLL {r['nll']:.3f}"))
+    if apply:
+        numbers.append(("written into the committee YAML", f"calibration {apply}"))
+    if offsets:
+        numbers.append(("written into the committee YAML", "energy offsets"))
+    write_summary_md(out, "committee-calibrate summary", "committee-calibrate fitted the spread calibrations "
+                     "on one split of the frames and judged them on the other (held-out).", numbers, warns,
+                     [(Path(f).name, _WHAT.get(Path(f).suffix, "output")) for f in files])
+
+
+_WHAT = {".png": "figure", ".md": "the full report (tables)", ".json": "the report, machine-readable",
+         ".csv": "the report as a table", ".yaml": "every fitted calibration (a calibration: block)"}
+
+
 def _run(frames, committee, out, settings, committee_file, reference, thresholds, logic, apply, offsets,
          keys, plots, state) -> CalibrationRun:
     out.mkdir(parents=True, exist_ok=True)
-    frames, n_ref = _label_missing(frames, reference, out, keys)
+    n_missing = sum(reference_labels(a, **keys)[0] is None for a in frames)
+    bar = Progress(n_missing + len(frames), "calibrate", unit="frames")
+    frames, n_ref = _label_missing(frames, reference, out, keys, bar)
     refs = [reference_labels(a, **keys) for a in frames]
-    raw = _predict(committee, frames, out, _key(committee_file, frames), state)
+    raw = _predict(committee, frames, out, _key(committee_file, frames), state, bar)
+    bar.update(bar.total - bar.n, force=True, postfix="fitting the calibrations")
+    bar.close()
     fitted_offsets = None
     if offsets:
         fitted_offsets, off_report = fit_offsets(np.array([r[K.ENERGY_MEMBERS] for r in raw]),
@@ -197,6 +240,7 @@ def _run(frames, committee, out, settings, committee_file, reference, thresholds
             m: labelled_fraction([reaggregate(raw[i], c) for i in test], [n_atoms[i] for i in test],
                                  thresholds, logic) for m, c in cals.items() if m == "raw" or c}
     files = write_report(out, report, samples, fitted, plots=plots)
+    _write_summary_md(out, report, len(frames), n_ref, apply, offsets, files)
     if apply:
         report["applied"] = {"method": apply, "calibration": save_calibration(committee_file, fitted[apply])}
     if offsets:

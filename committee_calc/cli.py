@@ -14,6 +14,11 @@ label store here, from the same options, and runs through :func:`run_cli`.
   before any work.
 * :data:`nonnegative_int`, :data:`positive_int`, :data:`finite_float`, :data:`positive_float`,
   :data:`nonnegative_float`: argparse ``type=`` checks (seeds, counts, pressures, times).
+* :func:`add_executor_arguments` and :func:`spec_from_args`: where the work runs (``--workers``,
+  ``--scheduler``, ``--cluster-config``, ``--shard``; :mod:`committee_calc.scale`);
+  :mod:`committee_calc.cli_scale`: the run's one executor (opened once, closed by :func:`run_cli`);
+  with ``reference_tasks=True`` every reference call of the driver is a task on it
+  (:func:`load_reference_from_args`).
 * :func:`run_cli` maps committee_calc errors (and OSErrors) to one ``error:`` line and exit 2,
   and hides (and counts) known third-party warnings unless ``--verbose``.
 * :class:`ArgumentParser` adds ``--version`` and ``--verbose`` to every driver and shows every
@@ -31,7 +36,9 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .cli_scale import close_executors, reference_on_executor, spec_from_args  # noqa: F401 (drivers: cli.spec_from_args)
 from .config import load_committee
+from .domain import watch as watch_domain
 from .errors import CommitteeError, ConfigError, GateStop
 from .fileio import check_dir
 from .gate import Gate
@@ -45,7 +52,8 @@ log = logging.getLogger("committee_calc")
 
 LIMIT_KINDS = ("threshold", "cap")
 #: warnings raised from these frameworks are hidden and counted by :func:`run_cli` (``--verbose`` shows them)
-QUIET_MODULES = ("e3nn", "torch", "torch_geometric", "mace", "phonopy", "spglib", "ase.md")
+QUIET_MODULES = ("e3nn", "torch", "torch_geometric", "mace", "phonopy", "spglib", "ase.md", "chgnet", "pymatgen",
+                 "nequip", "schnetpack")
 #: third-party warnings attributed to other modules (ast; phonopy's warnings with a stacklevel
 #: that points into committee_calc, whose own QHAWarning/PhononWarning say the same specifically)
 QUIET_MESSAGES = ("The TorchScript type system", "Lattice parameters are extrapolated outside the fitted volume",
@@ -142,8 +150,13 @@ def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = Tr
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = False,
-                       retrain: bool = True) -> None:
-    """--reference, --labels, one --threshold-… and --cap-… per measure, --logic, --retrain-every."""
+                       retrain: bool = True, reference_tasks: bool = False) -> None:
+    """--reference, --labels, one --threshold-… and --cap-… per measure, --logic, --retrain-every;
+    with ``reference_tasks`` also the scale-out options, the reference calls as tasks on them
+    (:func:`add_executor_arguments`: drivers whose own work is one sequential run)."""
+    if reference_tasks:
+        add_executor_arguments(parser, reference_tasks=True, distributes="the reference calls, each a task "
+                               "(the run itself stays in this process and waits for each label)")
     g = parser.add_argument_group("uncertainty gate")
     g.add_argument("--reference", help="reference-calculator YAML (e.g. GPAW); omit to run committee-only")
     g.add_argument("--labels", required=labels_required, help="label store (extxyz), appended to")
@@ -161,6 +174,34 @@ def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = 
     if retrain:
         g.add_argument("--retrain-every", type=int, default=None,
                        help="retrain after every K new labels (needs 'training:' in the committee YAML)")
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, shard: bool = False, distributes: str | None = None,
+                           reference_tasks: bool = False) -> None:
+    """Where the work runs (:mod:`committee_calc.scale`): ``--workers N`` (a local Dask cluster),
+    ``--scheduler ADDRESS|FILE``, ``--cluster-config FILE`` (dask-jobqueue YAML; ``--dry-run``
+    prints its job script and exits), ``--retries``, ``--scheduler-timeout-s``; with ``shard``
+    also ``--shard k/N``.  distributes: what runs on the workers, for ``--help``.
+    reference_tasks: every reference call of the driver becomes a task on the executor
+    (:func:`load_reference_from_args`).  Read by :func:`spec_from_args`."""
+    g = parser.add_argument_group("scale-out (default: this process)",
+                                  f"On the workers: {distributes}." if distributes else None)
+    parser.set_defaults(reference_tasks=bool(reference_tasks))
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="run tasks on a local Dask cluster of N single-threaded worker processes")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS|FILE",
+                       help="run tasks on an existing Dask scheduler (tcp://host:8786 or a scheduler file)")
+    where.add_argument("--cluster-config", default=None, metavar="FILE",
+                       help="run tasks on batch jobs: dask-jobqueue YAML (examples/cluster/slurm.yaml)")
+    g.add_argument("--dry-run", action="store_true", help="with --cluster-config: print the job script, exit")
+    g.add_argument("--retries", type=nonnegative_int, default=2, help="resubmissions of a failed task before it is "
+                   "reported failed")
+    g.add_argument("--scheduler-timeout-s", type=positive_float, default=30.0,
+                   help="give up connecting to --scheduler after this long")
+    if shard:
+        g.add_argument("--shard", default=None, metavar="k/N", help="relax share k of N of the pool "
+                       "into <out>/shard-k-of-N (job arrays; combine with committee-merge)")
 
 
 def add_output_argument(parser: argparse.ArgumentParser) -> None:
@@ -203,11 +244,15 @@ def load_reference_from_args(args):
     first fallback (None without ``--reference``)."""
     path = getattr(args, "reference", None)
     if not path:
+        if getattr(args, "reference_tasks", False):  # nothing to distribute: the options still checked
+            spec_from_args(args)
         return None
     spec = load_reference(path)
     import_object(spec.calculator)
     if spec.dispersion:
         import_object(spec.dispersion["calculator"])
+    if getattr(args, "reference_tasks", False):  # add_executor_arguments(reference_tasks=True)
+        return reference_on_executor(args, spec)
     return spec
 
 
@@ -243,6 +288,8 @@ def build_gate(args, driver: str, committee=None, molecules=None, thresholds=Non
     committee: built from ``--committee`` unless given.  molecules: overrides ``--molecules``.
     thresholds: overrides the ``--threshold-…`` options (internal units), e.g. for a policy.
     label_store: False to ignore ``--labels``.
+    Without a reference (a committee-only run) the committee's ``domain:``/``trust:`` are watched
+    (:func:`committee_calc.domain.watch`: a warning once per structure that leaves them).
     """
     mol = check_molecules(molecules) if molecules is not None else molecules_from_args(args)
     committee = committee or load_committee_from_args(args, molecules=mol)
@@ -260,6 +307,8 @@ def build_gate(args, driver: str, committee=None, molecules=None, thresholds=Non
         labels = args.labels = str(Path(args.out) / "labels.extxyz")
         print(f"labels: {labels} (no --labels given)", flush=True)
     retrain = retrainer_from_args(args)
+    if reference is None:  # committee only: warn when a structure leaves the recorded domain/trust
+        watch_domain(committee)
     return Gate(committee, reference, thresholds=th or None, logic=getattr(args, "logic", "any"),
                 hard_cap=caps or None, label_store=labels or None, provenance={"driver": driver},
                 retrain=retrain, retrain_every=getattr(args, "retrain_every", None) if retrain else None,
@@ -335,6 +384,8 @@ def run_cli(main, argv=None) -> int:
         except KeyboardInterrupt:
             print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
             return 130
+        finally:
+            close_executors()
     hidden = sum(p.hits for p in patterns)
     if hidden:
         print(f"{hidden} third-party warning{'s' * (hidden != 1)} hidden (--verbose shows them)",

@@ -9,7 +9,11 @@ calibration: {energy: 1.0, forces: 1.0}                # optional α factors, or
 energy_offsets: [{member: m0, eV_per_atom: {Si: 0.0}}, ...]     # optional, calibration_offsets
 molecules: auto                                        # optional: int or auto
 baseline: {calculator: ase.calculators.lj.LennardJones, parameters: {}}  # Δ-learning
+trust: {forces_std_max: 0.12}                          # optional: calibrated thresholds (domain)
+domain: {elements: [Si], volume_per_atom_A3: [17, 24], pressure_GPa: [-8, 14]}  # optional (domain)
 ```
+``trust:`` and ``domain:`` are checked by :mod:`committee_calc.domain` in committee-only runs;
+:func:`write_domain` records the domain of a training set into a spec file.
 Relative paths are resolved against the YAML file's folder.
 """
 from __future__ import annotations
@@ -20,12 +24,13 @@ import yaml
 
 from .committee import CommitteeCalculator
 from .delta import build_delta
+from .domain import parse_domain, parse_trust, record_domain
 from .errors import ConfigError, ModelFileError
 from .fileio import atomic_write_text
 from .members import build_members
 
 KNOWN_KEYS = {"members", "calibration", "molecules", "stress", "baseline", "delta", "name", "training",
-              "energy_offsets"}
+              "energy_offsets", "trust", "domain"}
 
 
 def read_yaml(path) -> dict:
@@ -61,6 +66,8 @@ def build_committee(spec: dict, base_dir=None, **overrides):
               if spec.get(k) is not None}
     kwargs.update(overrides)
     committee = CommitteeCalculator(members, **kwargs)
+    # the recorded domain and trust (checked once committee_calc.domain.watch switches them on)
+    committee.domain, committee.trust = parse_domain(spec.get("domain")), parse_trust(spec.get("trust"))
     baseline = spec.get("baseline")
     if baseline:
         return build_delta(committee, baseline, spec.get("delta") or {}, base_dir)
@@ -72,3 +79,41 @@ def load_committee(path, **overrides):
     path = Path(path)
     spec = read_yaml(path)
     return build_committee(spec, base_dir=path.parent, **overrides)
+
+
+def training_file(path) -> Path:
+    """The ``training.train_file`` of the committee YAML at ``path`` (resolved); ConfigError when
+    the spec names none or it does not exist."""
+    path = Path(path)
+    train = (read_yaml(path).get("training") or {}).get("train_file")
+    if not train:
+        raise ConfigError(f"{path} has no training.train_file to record the domain from; "
+                          "pass the training frames")
+    train_path = path.parent / train
+    if not train_path.is_file():
+        raise ConfigError(f"training file {str(train_path)!r} of {path} does not exist")
+    return train_path
+
+
+def write_domain(path, frames=None, stress_key: str = "REF_stress", source: str | None = None,
+                 trust: dict | None = None) -> dict:
+    """Record the domain of training ``frames`` (:func:`committee_calc.domain.record_domain`; None:
+    the spec's ``training.train_file``) and write it as ``domain:`` (and ``trust``, checked by
+    :func:`~committee_calc.domain.parse_trust`, as ``trust:``) into the committee YAML at ``path``,
+    other keys unchanged.  Returns the domain block.  Raises ConfigError (no frames, no
+    training file), ModelFileError (no spec file)."""
+    from ase.io import read
+
+    path = Path(path)
+    spec = read_yaml(path)
+    if frames is None:
+        train_path = training_file(path)
+        frames = read(str(train_path), ":")
+        source = f"{source or spec['training']['train_file']} ({len(frames)} frames)"
+    block = record_domain(frames, stress_key=stress_key, source=source)
+    parse_domain(block)
+    spec["domain"] = block
+    if trust:
+        spec["trust"] = {**parse_trust(trust), **({"source": str(trust["source"])} if "source" in trust else {})}
+    write_yaml_atomic(path, spec)
+    return block

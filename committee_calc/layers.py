@@ -15,9 +15,9 @@ Layers, lowest first (:data:`ORDER`):
 
 ==== ============ =========================================================================
 0    base         errors, units, keys, imports, structures, io, fileio, _lock, progress,
-                  molecules, descriptors, layers: no project imports above layer 0
+                  molecules, descriptors, summary_md, layers: no project imports above layer 0
 1    members      one adapter per MLIP framework
-2    committee    committee calculator, statistics, calibration, configs, Δ-learning,
+2    committee    committee calculator, statistics, calibration, configs, domain/trust, Δ-learning,
                   uncertainty bias (HAL/UDD), retraining, and the package ``__init__``
 3    gate         measures table, label store, reference, labeller, gate
 4a   analysis     selection, clustering, landscapes
@@ -58,6 +58,7 @@ LAYERS = {
     "committee_calc.progress": "0",
     "committee_calc.molecules": "0",
     "committee_calc.plotting": "0",
+    "committee_calc.summary_md": "0",
     "committee_calc.descriptors": "0",
     "committee_calc.layers": "0",
     # 1 members
@@ -72,6 +73,7 @@ LAYERS = {
     "committee_calc.calibration_metrics": "2",
     "committee_calc.calibration_report": "2",
     "committee_calc.config": "2",
+    "committee_calc.domain": "2",
     "committee_calc.delta": "2",
     "committee_calc.bias": "2",
     "committee_calc.train.*": "2",
@@ -83,6 +85,11 @@ LAYERS = {
     "committee_calc.reference.*": "3",
     "committee_calc.labeller": "3",
     "committee_calc.gate": "3",
+    "committee_calc.scale.*": "3",  # executors, tasks, shards, label replay (Dask lazily)
+    "committee_calc.scale.pool": "4b",  # pool relaxation as tasks (uses relax)
+    "committee_calc.scale.merge": "4b",  # merge of shard folders (uses relax)
+    "committee_calc.scale.tasks": "0",  # keyed tasks with retries on any executor (no project imports)
+    "committee_calc.scale.landscape": "2",  # RemoteCommittee: a committee whose predict runs as tasks
     # 4 science library
     "committee_calc.analysis.*": "4a",
     "committee_calc.relax.*": "4b",
@@ -93,6 +100,7 @@ LAYERS = {
     "committee_calc.campaign.*": "4c",
     # 5 cli, 6 drivers
     "committee_calc.cli": "5",
+    "committee_calc.cli_scale": "5",  # the executor of a driver run (re-exported by cli)
     "drivers.*": "6",
 }
 

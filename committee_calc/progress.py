@@ -1,6 +1,7 @@
 """Progress reporting for every driver: a tqdm bar in a terminal, plain log lines elsewhere.
 
-* :func:`progress_iter` — wrap an iterable in a tqdm bar when stderr is a terminal (else unchanged).
+* :func:`progress_iter` — wrap an iterable in a tqdm bar when stderr is a terminal, else in plain
+  :class:`Progress` lines (when its length is known).
 * :class:`Progress` — ``total`` units of work (steps, volumes, candidates).  On a terminal it is a
   tqdm bar on stderr (``postfix`` shows e.g. the MD thermo values); when stderr is not a terminal
   (``nohup``, a batch scheduler, a file) it logs one plain line (logger ``committee_calc.progress``,
@@ -28,12 +29,24 @@ def _isatty(stream) -> bool:
 
 
 def progress_iter(iterable, enabled=True, desc=None, total=None):
-    """``iterable`` in a tqdm bar when ``enabled`` and stderr is a terminal, else unchanged."""
-    if not enabled or not _isatty(sys.stderr):
+    """``iterable`` in a tqdm bar when ``enabled`` and stderr is a terminal; when stderr is not a
+    terminal and the length is known (``total`` or ``len``), plain :class:`Progress` lines as the
+    items are consumed; else unchanged."""
+    if not enabled:
         return iterable
+    if not _isatty(sys.stderr):
+        n = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        return _plain_iter(iterable, n, desc or "work") if n else iterable
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+def _plain_iter(iterable, total, desc):
+    bar = Progress(total, desc, terminal=False)
+    for item in iterable:
+        yield item
+        bar.update(1)
 
 
 def _interval(seconds: float) -> str:

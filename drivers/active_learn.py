@@ -25,6 +25,7 @@ from committee_calc.active.trainers import run_learning
 from committee_calc.analysis.select import STRATEGIES
 from committee_calc.cli import (
     ArgumentParser,
+    add_executor_arguments,
     add_output_argument,
     check_outputs,
     load_reference_from_args,
@@ -33,6 +34,7 @@ from committee_calc.cli import (
     positive_int,
     run_cli,
 )
+from committee_calc.cli_scale import executor_from_args
 from committee_calc.errors import ConfigError
 
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_landscape_arguments(p)
     p.add_argument("--reference", required=True, help="reference-calculator YAML")
     add_output_argument(p)
+    add_executor_arguments(p, reference_tasks=True, distributes="the reference labels of each batch, one task "
+                           "per label (appended here, in order); training and selection run here")
     p.add_argument("--backend", default="ridge", help="trainer backend: ridge, mace, nequip, schnetpack")
     p.add_argument("--n-members", type=positive_int, default=8)
     p.add_argument("--strategy", choices=STRATEGIES, default="highest_uncertainty")
@@ -75,7 +79,7 @@ def run(argv=None):
                        target_fraction=args.target_fraction, max_train_size=args.max_train_size,
                        max_iterations=args.max_iterations,
                        ei_window_eV=energy_from_args(args, "ei_window", ls.unit) or 0.0,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, executor=executor_from_args(args))
     print(f"stopped: {res['stopped']} after {res['iterations']} iterations; "
           f"{res['n_train']} labels of {res['pool_size']} candidates")
     return 0

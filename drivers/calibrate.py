@@ -25,6 +25,8 @@ from committee_calc import cli
 from committee_calc.calibration_maps import METHODS
 from committee_calc.calibration_report import SuiteSettings
 from committee_calc.calibration_run import run_calibration
+from committee_calc.config import training_file, write_domain
+from committee_calc.domain import TRUST_MEASURES
 from committee_calc.errors import ConfigError
 from committee_calc.measures import MEASURES, cli_limit_value
 from committee_calc.structures import read_structures
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_committee_arguments(p)
     p.add_argument("--reference", help="reference YAML: labels frames without reference values")
     cli.add_output_argument(p)
+    cli.add_executor_arguments(p, reference_tasks=True, distributes="the reference calls of frames without labels, "
+                               "each a task (the calibration itself runs here)")
     g = p.add_argument_group("calibration")
     g.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     g.add_argument("--quantities", nargs="+", choices=QUANTITIES, default=list(QUANTITIES))
@@ -53,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--forces-key", default="REF_forces")
     g.add_argument("--stress-key", default="REF_stress")
     g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--record-domain", action="store_true",
+                   help="write the training set's domain (elements, volume per atom, pressure) and the "
+                        "--threshold-forces-std-max-eVA/-energy-std-per-atom-meV values as trust: into "
+                        "the committee YAML (committee-only runs warn outside them)")
     g = p.add_argument_group("thresholds to translate (fraction of held-out frames above them)")
     for m in MEASURES.values():
         dest = m.option("threshold")
@@ -72,6 +80,8 @@ def run(argv=None) -> int:
     thresholds = cli.limits_from_args(args, "threshold")
     if args.apply and args.apply not in settings.methods:
         raise ConfigError(f"--apply {args.apply} is not among --methods {list(settings.methods)}")
+    if args.record_domain:
+        training_file(args.committee)  # refused before any output
     frames = read_structures(args.structures)
     committee = cli.load_committee_from_args(args)
     cli.check_species(committee, frames)
@@ -91,6 +101,10 @@ def run(argv=None) -> int:
         print(f"wrote the {args.apply} calibration into {args.committee}")
     if args.offsets:
         print(f"wrote energy offsets into {args.committee}")
+    if args.record_domain:
+        trust = {k: float(v) for k, v in thresholds.items() if k in TRUST_MEASURES and isinstance(v, (int, float))}
+        block = write_domain(args.committee, stress_key=args.stress_key, trust=trust or None)
+        print(f"wrote domain {block} and trust {trust} into {args.committee}")
     print(f"report in {args.out} ({res.n_reference_calls} reference calls)")
     return 0
 

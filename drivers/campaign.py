@@ -20,6 +20,7 @@ Rerunning the same command resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from committee_calc.campaign import run_campaign
@@ -39,8 +40,10 @@ from committee_calc.cli import (
 )
 from committee_calc.committee import require_stress
 from committee_calc.errors import ConfigError
+from committee_calc.progress import Progress
 from committee_calc.relax.gated import OPTIMIZERS, policy_thresholds
 from committee_calc.structures import read_structures
+from committee_calc.summary_md import write_summary_md
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidates", help="structures: extxyz/cif/ASE-db file or a folder of files")
     add_committee_arguments(p)
-    add_gate_arguments(p, retrain=False)
+    add_gate_arguments(p, retrain=False, reference_tasks=True)
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument("--u-max", type=float, default=None,
                    help="U_max: stop a relaxation when U > U_max (default 0.2; same as "
@@ -104,7 +107,7 @@ def run(argv=None) -> int:
         optimizer=args.optimizer, fix_symmetry=args.fix_symmetry, verify_fmax=args.verify_fmax,
         verify_stress_GPa=args.verify_stress_GPa, polish=args.polish, heldout_file=args.heldout,
         heldout_fraction=args.heldout_fraction, max_epochs=args.max_epochs, n_jobs=args.n_jobs,
-        device=args.device, molecules=molecules_from_args(args), progress=lambda s: print(s, flush=True))
+        device=args.device, molecules=molecules_from_args(args), progress=_progress(args.max_rounds))
     print(f"{'id':<14s} {'status':<16s} {'rounds':>6s} {'ref calls':>9s} {'E_committee':>14s} "
           f"{'E_reference':>14s} {'ref fmax':>9s}  [eV/atom, eV/Å]")
     for r in res.candidates:
@@ -114,9 +117,29 @@ def run(argv=None) -> int:
               f"{'-' if e is None else format(e, '.5f'):>14s} "
               f"{'-' if e_ref is None else format(e_ref, '.5f'):>14s} "
               f"{'-' if f_ref is None else format(f_ref, '.4f'):>9s}")
+    write_summary_md(res.out, "committee-campaign summary", f"committee-campaign {res.status}: {res.reason}.", [
+        ("rounds", str(res.n_rounds)), ("reference calls", str(res.n_reference_calls)), ("labels", str(res.n_labels)),
+        ("converged, reference-verified", f"{sum(r['status'] == 'converged' for r in res.candidates)} of "
+                                          f"{len(res.candidates)}"), ("committee", str(res.committee))],
+        files=[("summary.csv", "one row per candidate"), ("final.extxyz", "final structures"),
+               ("labels.extxyz", "every reference label"), ("campaign.json", "state to resume from")])
     print(f"campaign {res.status} after {res.n_rounds} rounds: {res.n_reference_calls} reference calls, "
           f"{res.n_labels} labels; {res.reason}; committee {res.committee}; outputs in {res.out}")
     return 0
+
+
+def _progress(max_rounds: int):
+    """Print the campaign's messages; a Progress over the rounds (round r starting: r rounds done)."""
+    bar = Progress(max_rounds, "campaign", unit="rounds", every=1e-9)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        m = re.match(r"round (\d+): ", text)
+        if m and int(m.group(1)) > bar.n:
+            bar.update(int(m.group(1)) - bar.n, postfix=text[:60])
+        elif text.startswith("campaign ") and bar.n < bar.total:  # the end, early or not
+            bar.update(bar.total - bar.n, force=True, postfix=text.split(":")[0])
+    return say
 
 
 def main(argv=None) -> int:

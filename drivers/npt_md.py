@@ -52,7 +52,7 @@ from committee_calc.errors import ConfigError
 from committee_calc.md.io import UNPHYSICAL
 from committee_calc.md.runner import MODES, check_mode, run_md
 from committee_calc.md.schedule import ENSEMBLES, NPT_ENSEMBLES, TemperatureSchedule
-from committee_calc.md.select import MEASURES, METHODS, Selection
+from committee_calc.md.select import MEASURES, METHODS, Selection, trust_from_option
 from committee_calc.structures import read_structures
 
 log = logging.getLogger("committee_calc.md")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which structure of the file (default 0)")
     p.add_argument("--out", default="md_out", help="output folder (resumed if it holds a run)")
     add_committee_arguments(p)
-    add_gate_arguments(p)
+    add_gate_arguments(p, reference_tasks=True)
     p.add_argument("--mode", choices=MODES, default="record")
     md = p.add_argument_group("dynamics")
     md.add_argument("--ensemble", choices=ENSEMBLES, default="mtk_iso")
@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--select-measure", choices=MEASURES, default=K.FORCES_STD_MAX)
     q.add_argument("--n-select", type=int, default=10, help="maximum frames labelled per generation")
     q.add_argument("--lower-trust", type=float, default=None,
-                   help="below this σ frames are trusted; in the internal unit of "
-                        "--select-measure (eV, eV/atom, eV/molecule, eV/Å, 1)")
+                   help="below this σ frames are trusted; in the unit of --select-measure's --threshold-… "
+                        "option (eV/Å for forces_std_max, meV for energy_std_per_atom, kJ/mol, eV)")
     q.add_argument("--upper-trust", type=float, default=None,
                    help="above this σ frames are discarded as unphysical (same unit)")
     return p
@@ -113,7 +113,8 @@ def _main(argv=None) -> int:
     schedule = TemperatureSchedule.parse(args.temperature_K, args.steps, args.schedule_mode)
     check_mode(args.mode, limits_from_args(args, "threshold"), args.retrain_every)
     selection = None if args.mode == "online" or args.select == "none" else Selection(
-        args.select, args.select_measure, args.n_select, args.lower_trust, args.upper_trust, args.seed)
+        args.select, args.select_measure, args.n_select, *(trust_from_option(args.select_measure, v)
+                                                             for v in (args.lower_trust, args.upper_trust)), args.seed)
     committee = load_committee_from_args(args)
     check_species(committee, [atoms])
     require_stress(committee, args.ensemble in NPT_ENSEMBLES, f"--ensemble {args.ensemble}")

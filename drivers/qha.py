@@ -12,16 +12,14 @@ in ``qha_summary.json``).  QHA step alone on phonopy-qha files (no calculator)::
 
     committee-qha --ev e-v.dat --thermal-properties thermal_properties.yaml-* --out qha/
 
-Each finished volume is written to ``<out>/volumes/NN/`` (phonopy yaml, forces,
-thermal properties, volume.json last); a rerun loads finished volumes and
-computes only the missing ones.  Outputs: ``qha.csv`` (T, V, G, B_T, β_V, C_P,
-each for the mean potential and as member mean ± std), ``qha_members.csv``,
-``qha_pressure.csv`` (with --screen-pressures-GPa), ``imaginary_modes.csv``,
-``qha_summary.json`` and figures (``qha.png``, ``bands.png``, ``dos.png``,
-``lattice_vs_pressure.png``).  Warnings (also in ``qha_summary.json``): a supercell
-thinner than twice the committee cutoff (``cutoff:`` of the members; the message names
-the smallest diagonal --supercell that satisfies it) and imaginary modes per volume
-(mean potential and members, listed with their q-points in ``imaginary_modes.csv``).
+Each finished volume is written to ``<out>/volumes/NN/`` (phonopy yaml, forces, thermal properties, volume.json last);
+a rerun loads finished volumes and computes only the missing ones (one task per volume on Dask workers with
+``--workers``/``--scheduler``/``--cluster-config``). Outputs: ``qha.csv`` (T, V, G, B_T, β_V, C_P, each for the mean
+potential and as member mean ± std), ``qha_members.csv``, ``qha_pressure.csv`` (with --screen-pressures-GPa),
+``imaginary_modes.csv``, ``qha_summary.json``, ``summary.md``, figures (``qha.png``, ``bands.png``, ``dos.png``,
+``lattice_vs_pressure.png``). Warnings (also in ``qha_summary.json``): a supercell thinner than twice the committee
+cutoff (``cutoff:`` of the members; the message names the smallest diagonal --supercell that satisfies it) and
+imaginary modes per volume (mean potential and members, listed with their q-points in ``imaginary_modes.csv``).
 """
 from __future__ import annotations
 
@@ -33,6 +31,7 @@ from committee_calc.committee import require_stress
 from committee_calc.errors import ConfigError
 from committee_calc.phonons.qha_io import inputs_from_phonopy_files
 from committee_calc.phonons.qha_run import VOLUME_CHOICES, QHAOptions, VolumeScan, run_qha_files, run_qha_scan
+from committee_calc.phonons.qha_summary_md import write_qha_summary_md
 from committee_calc.phonons.settings import PhononSettings
 from committee_calc.structures import read_structures
 
@@ -87,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ev", help="e-v.dat (V, E per cell)")
     g.add_argument("--thermal-properties", nargs="+", help="thermal_properties.yaml per volume")
     g.add_argument("--efe", help="fe-v.dat: T-dependent electronic free energies")
+    cli.add_executor_arguments(p, distributes="one task per missing volume (relaxation, displaced supercells)")
     return p
 
 
@@ -109,6 +109,7 @@ def run(argv=None) -> int:
     """The driver; raises committee_calc errors (``main`` maps them to exit code 2).
     Every input is validated before the output folder is created."""
     args = build_parser().parse_args(argv)
+    spec = cli.spec_from_args(args)
     cli.check_outputs(args)
     options = QHAOptions(eos=args.eos, pressure_GPa=args.pressure_GPa, t_max_K=args.qha_tmax_K,
                          ddof=args.ddof, screen_pressures_GPa=args.screen_pressures_GPa,
@@ -124,8 +125,7 @@ def run(argv=None) -> int:
         raise ConfigError("give a structure file and --committee (or --ev with "
                           "--thermal-properties for the QHA step alone)")
     if all(getattr(args, k) is None for k in VOLUME_CHOICES):
-        raise ConfigError("give the volumes: --linear-scales, --volume-scales, --scale-range or "
-                          "--pressures-GPa (at least 5 points)")
+        raise ConfigError("give the volumes (>= 5): --linear-scales, --volume-scales, --scale-range or --pressures-GPa")
     scan = VolumeScan(**{k: getattr(args, k) for k in VOLUME_CHOICES}, relax=args.relax, fmax_eVA=args.fmax_eVA,
                       relax_steps=args.relax_steps, static_from_reference=args.static_from_reference)
     atoms = read_structures(args.structure)[0]
@@ -135,9 +135,9 @@ def run(argv=None) -> int:
     require_stress(committee, args.pressures_GPa is not None, "--pressures-GPa")
     gate = cli.build_gate(args, "qha", committee=committee)
     res = run_qha_scan(atoms, gate, settings, scan, args.out, options,
-                       committee_file=args.committee, reference_file=args.reference)
-    log.info("QHA written to %s (%d volumes computed now, %d loaded)", res.out, len(res.computed),
-             len(res.points) - len(res.computed))
+                       committee_file=args.committee, reference_file=args.reference, spec=spec)
+    log.info("QHA written to %s (%d volumes computed now, %d loaded); conclusions in %s", res.out, len(res.computed),
+             len(res.points) - len(res.computed), write_qha_summary_md(res, committee))
     return 0
 
 

@@ -13,14 +13,14 @@ last structure).  After a fallback a candidate stays on the reference until the 
 threshold × ``--reentry-factor``.  With a reference, every committee minimum is checked by a
 reference single point; where it disagrees, ``--polish N`` reference-only steps follow (status
 ``converged`` only when the reference agrees, else ``unverified``; ``--no-verify`` skips it).
-Candidates relax in flight together, one batched committee call per round under an atom budget
-(``--atom-budget``, default from timings); ``--no-batch`` relaxes one after another (same
-results).  Guards end a blown-up candidate as ``exploded`` before any reference call.
-Outputs in ``--out``: ``relaxed.extxyz``, ``summary.csv``, ``trajectories/``, ``clusters.csv``
-(``--cluster``), ``landscape.png``.  Rerunning the same command resumes: finished candidates
-are skipped, unfinished ones continue from their last saved frame; failed references are
-retried, max_steps candidates continue when --max-steps is larger.  Exit code 2 when the
-reference failed for every candidate.
+Candidates relax in flight together (batched committee calls, ``--atom-budget``; ``--no-batch``:
+one after another, same results); ``--workers N``/``--scheduler``/``--cluster-config``: in chunks on
+Dask workers; ``--shard k/N``: share k into <out>/shard-k-of-N (``committee-merge`` combines them).
+Guards end a blown-up candidate as ``exploded`` before any reference call.  Outputs in ``--out``:
+``relaxed.extxyz``, ``summary.csv``, ``trajectories/``, ``clusters.csv`` (``--cluster``),
+``landscape.png``.  Rerunning the same command resumes: finished candidates are skipped, unfinished
+ones continue from their last saved frame; failed references are retried, max_steps candidates
+continue when --max-steps is larger.  Exit code 2 when the reference failed for every candidate.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import sys
 from committee_calc.cli import (
     ArgumentParser,
     add_committee_arguments,
+    add_executor_arguments,
     add_gate_arguments,
     build_gate,
     cap_hint,
@@ -39,12 +40,13 @@ from committee_calc.cli import (
     load_committee_from_args,
     nonnegative_int,
     run_cli,
+    spec_from_args,
 )
 from committee_calc.errors import ConfigError, ReferenceCalculationError
 from committee_calc.relax.gated import OPTIMIZERS, POLICIES, GatedRelaxer, policy_thresholds
 from committee_calc.relax.guards import DEFAULT_GUARDS, FIELDS, Guards
 from committee_calc.relax.pool import check_candidates
-from committee_calc.relax.runner import run_pool
+from committee_calc.scale.pool import run_pool_with
 from committee_calc.structures import read_structures
 
 
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor", choices=("auto", "committee", "soap", "pair"), default="auto")
     p.add_argument("--top", type=nonnegative_int, default=10, help="rows printed from the ranked table")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(p, shard=True, distributes="chunks of candidates, each relaxed and labelled in a worker")
     return p
 
 
@@ -112,15 +115,15 @@ def make_relaxer(args, committee) -> GatedRelaxer:
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    # everything is validated before the first output file is written
+    spec = spec_from_args(args)  # everything is validated before the first output file is written
     check_outputs(args)
     images = read_structures(args.candidates)
     committee = load_committee_from_args(args)
     check_candidates(committee, images)
     relaxer = make_relaxer(args, committee)  # build_gate imports the reference calculator now
-    res = run_pool(relaxer, images, args.out, cluster=args.cluster, cluster_eps=args.cluster_eps,
-                   descriptor=args.descriptor, progress=not args.no_progress,
-                   batch=not args.no_batch, atom_budget=args.atom_budget or None)
+    res = run_pool_with(spec, relaxer, images, args.out, args.committee, args.molecules, args.shard,
+                        cluster=args.cluster, cluster_eps=args.cluster_eps, descriptor=args.descriptor,
+                        progress=not args.no_progress, batch=not args.no_batch, atom_budget=args.atom_budget or None)
     if res.clusters is not None:
         print(f"{len(res.clusters)} distinct minima among {len(res.finished)} relaxed candidates "
               f"(DBSCAN eps={args.cluster_eps}); lowest:")

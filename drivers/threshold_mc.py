@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("structures", help="start structure(s) or landscape (any ASE format, or a folder)")
     add_output_argument(p)
     add_committee_arguments(p)
-    add_gate_arguments(p)
+    add_gate_arguments(p, reference_tasks=True)
     g = p.add_argument_group("Monte Carlo")
     g.add_argument("--n-starts", type=positive_int, default=1, help="chains: start structures chosen by FPS")
     g.add_argument("--steps", type=nonnegative_int, default=1000, help="MC steps per chain")

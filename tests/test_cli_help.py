@@ -20,9 +20,8 @@ FLOAT_TYPES = (float, cli.finite_float, cli.positive_float, cli.nonnegative_floa
 #: a float option without a unit suffix must say so in its help
 UNITLESS = re.compile(r"dimensionless|no unit|unit of|same unit|factor|ratio|fraction|\[1\]|quantile|"
                       r"strength|probability|relative|count|\bunits?\b", re.I)
-#: known gaps in drivers this change could not edit (drivers/relax.py was being rewritten at the time):
-#: its ``--guard-min-distance`` needs an ``-A`` suffix or "[Å]" in its help
-KNOWN_GAPS = {"relax": {"--guard-min-distance"}}
+#: known gaps in drivers this change could not edit (none left)
+KNOWN_GAPS: dict = {}
 
 
 def _parsers():
@@ -103,3 +102,14 @@ def test_version_and_verbose(name, parser, capsys):
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"{parser.prog} {__version__}"
     assert any("--verbose" in a.option_strings for a in parser._actions)
+
+
+def test_trust_window_takes_the_threshold_unit_of_the_measure():
+    """``--lower-trust 5 --select-measure energy_std_per_atom`` means 5 meV/atom, as
+    ``--threshold-energy-std-per-atom-meV 5`` does; forces stay eV/Å."""
+    from committee_calc.md.select import trust_from_option
+
+    assert trust_from_option("energy_std_per_atom", 5) == pytest.approx(0.005)
+    assert trust_from_option("forces_std_max", 0.2) == pytest.approx(0.2)
+    assert trust_from_option("energy_std", 0.1) == pytest.approx(0.1)
+    assert trust_from_option("forces_std_max", None) is None

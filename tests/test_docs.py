@@ -43,7 +43,7 @@ def test_docs_build_strict(tmp_path):
 
 
 def test_every_tutorial_has_commands():
-    assert {p.stem for p in TUTORIALS} >= {"md", "qha"}
+    assert {p.stem for p in TUTORIALS} >= {"relax", "mc", "md", "qha", "learn", "rerank", "campaign", "calibrate"}
     for p in TUTORIALS:
         assert any(lang == "bash" and "committee-" in body for lang, body in _blocks(p)), p
 
@@ -69,5 +69,5 @@ def test_tutorial_commands_run(page, tmp_path, monkeypatch, capsys):
     outputs = re.findall(r"^\| `([\w.]+)` \|", page.read_text(), re.M)
     out_dir = tmp_path / page.stem
     for name in outputs:  # the outputs table names files the run wrote (record-mode extras aside)
-        if name.endswith((".png", ".csv", ".extxyz")) and "selection" not in name:
+        if name.endswith((".png", ".csv", ".extxyz", ".md", ".json", ".yaml")) and "selection" not in name:
             assert (out_dir / name).exists(), name

@@ -49,6 +49,10 @@ def test_md_writes_thermo_progress_lines_to_a_file(tmp_path):
     for field in ("t[ps]=", "Epot[eV]=", "T[K]=", "P[GPa]=", "V[Å³]=", "σF[eV/Å]="):
         assert all(field in s for s in lines), (field, lines[0])
     assert lines[-1].split()[2] == "40/40"
+    summary = (tmp_path / "md" / "summary.md").read_text()
+    for item in ("# committee-md summary", "| mean temperature |", " K |", "| mean pressure |", "GPa |",
+                 "`md_log.csv`", "## Warnings"):
+        assert item in summary, (item, summary)
     assert "Warning" not in text  # quiet by default: nothing from third parties
 
 
@@ -61,6 +65,67 @@ def test_qha_writes_progress_lines_to_a_file(tmp_path):
     deciles = _deciles_covered(text, "qha")
     assert all(deciles), (deciles, text)
     assert re.search(r"volume 04: V = [\d.]+ Å³ \(primitive\), \d+ displaced supercells", text)
+    summary = (tmp_path / "qha" / "summary.md").read_text()
+    assert "| volumes | 5 (5 computed now) |" in summary and "| B_T at 0 K (mean potential) |" in summary, summary
+    assert "GPa (members " in summary and "±1σ" in summary, summary
+
+
+def test_mc_writes_progress_lines_to_a_file(tmp_path):
+    i = make_inputs(tmp_path)
+    text = _run_to_file("threshold_mc", [i["structure"], "--committee", i["committee"], "--out", tmp_path / "mc",
+                                         "--units", "atoms", "--moves", "displace=1:0.05", "--lid-eV-per-atom",
+                                         "0.1", "--steps", "10", "--n-starts", "2", "--no-plots"],
+                        tmp_path / "mc.log")
+    deciles = _deciles_covered(text, "mc")
+    assert all(deciles), (deciles, text)
+    lines = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} mc")]
+    assert lines[-1].split()[2] == "20/20" and "accepted=" in lines[-1]
+    summary = (tmp_path / "mc" / "summary.md").read_text()
+    assert "| chains | 2 |" in summary and "| steps run (all chains) | 20 |" in summary, summary
+    assert "Warning" not in text
+
+
+def test_calibrate_writes_progress_lines_to_a_file(tmp_path):
+    i = make_inputs(tmp_path)
+    text = _run_to_file("calibrate", [i["structure"], "--committee", i["committee"], "--reference", i["reference"],
+                                      "--out", tmp_path / "calib", "--methods", "alpha", "--no-plots"],
+                        tmp_path / "calibrate.log")
+    deciles = _deciles_covered(text, "calibrate")
+    assert all(deciles), (deciles, text)
+    assert "Warning" not in text
+
+
+def test_learn_writes_a_progress_line_per_label_to_a_file(tmp_path):
+    """committee-learn's length is open (it stops when converged): each iteration's labelling batch
+    writes plain lines up to 100 %."""
+    i = make_inputs(tmp_path)
+    text = _run_to_file("active_learn", [i["structure"], "--reference", i["reference"], "--out", tmp_path / "learn",
+                                         "--molecules", "none", "--threshold-mev-atom", "1e-9", "--batch-size", "2",
+                                         "--max-train-size", "4", "--n-members", "3"], tmp_path / "learn.log")
+    done = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} label it") and "(100%)" in s]
+    assert done and done[0].startswith(f"{LINE_TAG} label it0 2/2 it (100%)"), text  # the initial batch
+    assert all("it/s elapsed" in s and "ETA" in s for s in done), done
+
+
+def test_campaign_writes_a_progress_line_per_round_to_a_file(tmp_path):
+    i = make_inputs(tmp_path, training=True)
+    text = _run_to_file("campaign", [i["structure"], "--committee", i["committee"], "--reference", i["reference"],
+                                     "--threshold-forces-std-max-eVA", "1e-9", "--out", tmp_path / "camp",
+                                     "--max-rounds", "2", "--max-steps", "2"], tmp_path / "campaign.log")
+    lines = [s for s in text.splitlines() if LINE.match(s) and s.split()[1] == "campaign"]
+    assert lines and lines[-1].split()[2] == "2/2", text
+    assert "Warning" not in text
+
+
+def test_relax_writes_progress_lines_to_a_file(tmp_path):
+    """committee-relax (batched, the default): a plain line per finished candidate; 12 candidates
+    cover every tenth of the pool."""
+    i = make_inputs(tmp_path, n=12)
+    text = _run_to_file("relax", [i["structure"], "--committee", i["committee"], "--out", tmp_path / "relax",
+                                  "--max-steps", "3"], tmp_path / "relax.log")
+    deciles = _deciles_covered(text, "relax")
+    assert all(deciles), (deciles, text)
+    assert "Warning" not in text
 
 
 def test_plain_lines_every_5_percent_and_eta(caplog):

@@ -32,6 +32,7 @@ from ..fileio import (
     write_structures_atomic,
 )
 from ..io import attach_uncertainties
+from ..summary_md import write_summary_md
 from ..units import energy_factor, ev_to_kjmol
 
 CSV_COLUMNS = ("step", "move", "accepted", "trial_energy_eV", "energy_eV", "lid_eV",
@@ -52,8 +53,25 @@ def save_run(out, run: dict) -> None:
     save_json_atomic(Path(out) / RUN_FILE, run)
 
 
-def save_summary(out, summary: dict) -> None:
+def save_summary(out, summary: dict, warnings=()) -> None:
+    """``OUT/summary.json`` and ``OUT/summary.md`` (the conclusions first; ``warnings``: text)."""
     save_json_atomic(Path(out) / SUMMARY_FILE, summary)
+    chains = summary["chains"]
+    steps, accepted = sum(c["steps"] for c in chains), sum(c["accepted"] for c in chains)
+    numbers = [("chains", str(len(chains))), ("steps run (all chains)", str(steps)),
+               ("accepted moves", f"{accepted} ({100 * accepted / max(1, steps):.0f} %)")]
+    for c in chains:
+        if c["e0_eV"] is not None and c["energy_eV"] is not None:
+            numbers.append((f"chain {c['chain']} (start {c['start_index']}): final − start energy",
+                            f"{c['energy_eV'] - c['e0_eV']:+.4f} eV"))
+    numbers += [("reference calls (this session)", str(summary["n_reference_calls_this_session"])),
+                ("committee calls (this session)", str(summary["n_committee_calls_this_session"]))]
+    warns = [f"chain {c['chain']} terminated: {c['terminated']}" for c in chains if c["terminated"]]
+    files = [(RUN_FILE, "settings fixed at the first run"), (SUMMARY_FILE, "these numbers per chain"),
+             (f"chain_XXX/{TRAJECTORY}", "start and accepted structures with uncertainties"),
+             (f"chain_XXX/{STEPS}", "one row per step"), (f"chain_XXX/{STATE}", "state to resume from")]
+    write_summary_md(out, "committee-mc summary", f"committee-mc ran {len(chains)} threshold-MC chain(s).",
+                     numbers, [*warns, *warnings], files)
 
 
 def csv_row(rec: dict) -> dict:

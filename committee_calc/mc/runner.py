@@ -39,6 +39,8 @@ from ..errors import ConfigError
 from ..gate import Gate, require_gate
 from ..measures import check_molecules
 from ..molecules import count_molecules
+from ..progress import Progress
+from ..summary_md import domain_warnings
 from ..units import check_count, check_finite, check_positive
 from .io import ChainFiles, load_run, save_run, save_summary
 from .moves import DEFAULT_MOVES, MoveSet, parse_moves
@@ -169,12 +171,21 @@ def _chain(out, c, atoms, gate, settings, seed):
     return files, state, mc
 
 
-def _run_chain(files, state, mc, settings) -> None:
+def _run_chain(files, state, mc, settings, bar=None, offset=0) -> None:
+    """Run one chain; ``bar`` (a Progress over all chains' steps) advances to ``offset`` plus the
+    chain's step after every step."""
     files.open(state)
     if state is not None:
         log.info("%s: resuming at step %d", files.folder.name, mc.step_index)
+
+    def write(chain, rec):
+        files.write(chain, rec)
+        if bar is not None and offset + chain.step_index > bar.n:
+            bar.update(offset + chain.step_index - bar.n,
+                       postfix=f"{files.folder.name} E={chain.energy:.6g} eV accepted={chain.n_accepted}")
+
     if not mc.terminated and mc.step_index < settings.steps:
-        mc.run(settings.steps, callback=files.write)
+        mc.run(settings.steps, callback=write)
     if mc.terminated:
         log.info("%s: terminated at step %d: %s", files.folder.name, mc.step_index, mc.terminated)
     if settings.plots:
@@ -230,8 +241,12 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
     if new:
         save_run(out, run)
     summary = []
+    done = sum(min(mc.step_index, settings.steps) if not mc.terminated else settings.steps for _, _, mc in chains)
+    bar = Progress(settings.steps * len(chains), "mc", unit="step", initial=done)
     for c, (idx, (files, state, mc)) in enumerate(zip(run["starts"], chains)):
-        _run_chain(files, state, mc, settings)
+        _run_chain(files, state, mc, settings, bar, offset=c * settings.steps)
+        if (c + 1) * settings.steps > bar.n:  # a terminated chain: its remaining steps are not run
+            bar.update((c + 1) * settings.steps - bar.n, force=True, postfix=f"chain {c} done")
         summary.append({"chain": c, "start_index": idx, "steps": mc.step_index,
                         "accepted": mc.n_accepted, "terminated": mc.terminated,
                         "e0_eV": mc.e0, "energy_eV": mc.energy})
@@ -240,7 +255,8 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
               "n_reference_calls_this_session": gate.n_reference_calls,
               "n_committee_calls_this_session": gate.n_committee_calls,
               "n_retrains_this_session": gate.n_retrains}
-    save_summary(out, totals)
+    bar.close()
+    save_summary(out, totals, domain_warnings(gate.committee))
     return totals
 
 

@@ -6,7 +6,8 @@
   selection (method, measure, n_max, lower, upper, seed, n_frames),
   ``selected_steps`` (list of MD steps) and ``labelled`` ({step: label-store
   index}, steps as strings); a rerun with the same params reuses the steps;
-* :data:`PLOT` (``uncertainty_trace.png``): :mod:`committee_calc.md.plots`.
+* :data:`PLOT` (``uncertainty_trace.png``): :mod:`committee_calc.md.plots`;
+* ``summary.md``: :func:`write_md_summary`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import load_json, save_json_atomic
+from ..summary_md import domain_warnings, write_summary_md
 
 TRAJECTORY = "md_trajectory.extxyz"
 LOG = "md_log.csv"
@@ -85,3 +87,41 @@ def thermo_line(row: dict) -> str:
     (columns it lacks are left out): the thermo log of the progress lines."""
     return " ".join(f"{label}={fmt(float(row[col]))}" for col, label, fmt in THERMO
                     if row.get(col) not in (None, ""))
+
+
+def write_md_summary(out_dir, run, gate, settings: dict | None = None) -> str:
+    """``<out_dir>/summary.md`` of an MD run (``run``: :class:`~committee_calc.md.runner.MDRun`,
+    ``gate``: its gate, ``settings``: ensemble, timestep_fs, ... as given): steps, mean T, P, V and
+    the largest force spread of the log, labels, selected frames, domain warnings, files."""
+    md, settings = run.md, settings or {}
+    log = read_log(md.log) if log_has_steps(md.log) else {}
+
+    def stat(col, label, unit, fn=np.nanmean, scale=1.0):
+        v = np.asarray(log.get(col, []), float)
+        return (label, f"{scale * fn(v):.4g} {unit}") if v.size and np.isfinite(v).any() else None
+
+    numbers = [("steps", f"{md.start_step} → {md.last_step}"), ("frames written", str(md.n_frames)),
+               ("ensemble", str(settings.get("ensemble", "default")))]
+    numbers += [x for x in (stat("temperature_K", "mean temperature", "K"),
+                            stat("pressure_GPa", "mean pressure", "GPa"),
+                            stat("volume_A3", "mean volume", "Å³"),
+                            stat("forces_std_max_eVA", "largest force spread σF (max over atoms)", "eV/Å", np.nanmax),
+                            stat("energy_std_per_atom_eV", "largest energy spread σE", "meV/atom", np.nanmax,
+                                 1000.0)) if x]
+    numbers += [("labels by the gate", str(md.n_labels)), ("reference calls", str(gate.n_reference_calls))]
+    if run.selected_steps:
+        numbers.append(("selected frames (record mode)", f"{len(run.selected_steps)}: steps {run.selected_steps}"))
+    warns = list(domain_warnings(gate.committee))
+    if md.stopped:
+        warns.insert(0, f"stopped at step {md.last_step}: {md.stop_reason} (structure in {UNPHYSICAL})")
+    if gate.reference is None:
+        warns.append("committee only: no reference checked any step (σ are the committee's own spreads)")
+    files = [(TRAJECTORY, "frames every --write-interval steps"), (LOG, "per-step thermo log and spreads"),
+             (STATE, "state to resume from")]
+    files += [(name, what) for name, what in ((PLOT, "σ trace"), (THERMO_PLOT, "E, T, P, V and σ traces"))
+              if (Path(out_dir) / name).is_file()]
+    if run.label_store:
+        files.append((run.label_store, "reference labels"))
+    ran = (f"committee-md ({run.mode} mode) ran steps {md.start_step}–{md.last_step} "
+           f"{'and stopped early' if md.stopped else 'to the end'}.")
+    return write_summary_md(out_dir, "committee-md summary", ran, numbers, warns, files)

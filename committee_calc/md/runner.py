@@ -33,7 +33,7 @@ from ase.io import read
 from ..errors import ConfigError
 from ..gate import Gate, require_gate
 from .dynamics import CommitteeMD, MDResult
-from .io import PLOT, THERMO_PLOT, load_selection, log_has_steps, save_selection
+from .io import PLOT, THERMO_PLOT, load_selection, log_has_steps, save_selection, write_md_summary
 from .plots import plot_thermo, plot_uncertainty_trace
 from .select import Selection, label_frames
 
@@ -127,7 +127,9 @@ def run_md(atoms, gate, out_dir, n_steps: int, mode: str = "online", selection=N
     if plot:
         plot_thermo(result.log, Path(out_dir) / THERMO_PLOT)
     store = None if gate.label_store is None else str(gate.label_store.path)
-    return MDRun(result, mode, steps, labelled, store, plot)
+    run = MDRun(result, mode, steps, labelled, store, plot)
+    write_md_summary(out_dir, run, gate, md_kwargs)
+    return run
 
 
 __all__ = ["MDRun", "MODES", "check_mode", "recording_gate", "run_md", "select_and_label"]

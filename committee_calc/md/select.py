@@ -29,7 +29,7 @@ from ..descriptors import structure_descriptors
 from ..errors import ConfigError
 from ..io import read_uncertainties
 from ..measures import MEASURES as MEASURE_TABLE
-from ..measures import compute_measures
+from ..measures import compute_measures, parse_limits
 
 #: measures a frame can be selected by: every measure of the table, internal units
 MEASURES = tuple(MEASURE_TABLE)
@@ -54,6 +54,17 @@ def frame_sigma(frames, measure: str) -> np.ndarray:
                           "per-molecule measures)")
     s = np.array(values, float)
     return np.where(np.isfinite(s), s, np.inf)
+
+
+def trust_from_option(measure: str, value):
+    """A ``--lower-trust``/``--upper-trust`` value, given in the unit of the measure's
+    ``--threshold-…`` option (eV/Å for forces_std_max, meV/atom for energy_std_per_atom, kJ/mol
+    per molecule, eV for energy_std), in internal units; None stays None.  UnitError/ConfigError
+    (through :func:`~committee_calc.measures.parse_limits`) for a bad value."""
+    if value is None:
+        return None
+    name = MEASURE_TABLE[measure].option("threshold")[len("threshold_"):]
+    return parse_limits({name: value}, what="--lower-trust/--upper-trust")[measure]
 
 
 def check_selection(measure, method, n_max, lower=None, upper=None) -> int:

@@ -266,8 +266,11 @@ def run_committee_qha(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float
     if check:
         check_bracket(inputs.volumes_A3, inputs.energies_eV, eos, pressure_GPa)
     mean = run_qha_arrays(inputs, eos, pressure_GPa, t_max_K)
-    members = tuple(run_qha_arrays(inputs.member(k), eos, pressure_GPa, t_max_K)
-                    for k in range(inputs.n_members))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QHAWarning)
+        members = tuple(run_qha_arrays(inputs.member(k), eos, pressure_GPa, t_max_K)
+                        for k in range(inputs.n_members))
+    _warn_once_for_members(caught, inputs.n_members)
     if members:
         temps, stats = member_stats(members, ddof)
     else:
@@ -276,6 +279,20 @@ def run_committee_qha(inputs: QHAInputs, eos: str = "vinet", pressure_GPa: float
                         "std": np.zeros(len(temps))} for name in SERIES}
     return CommitteeQHA(mean_potential=mean, members=members, stats=stats, temperatures_K=temps,
                         ddof=ddof)
+
+
+def _warn_once_for_members(caught, n_members: int) -> None:
+    """Re-emit the members' QHA warnings once per kind (the line that raised it), saying how many
+    members raised it; other warnings pass through unchanged."""
+    kinds: dict = {}
+    for w in caught:
+        if not issubclass(w.category, QHAWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            continue
+        kinds.setdefault((w.filename, w.lineno), []).append(str(w.message))
+    for msgs in kinds.values():
+        warnings.warn(f"{len(msgs)} of {n_members} committee members: {msgs[0]}", QHAWarning,
+                      stacklevel=3)
 
 
 def inputs_from_points(points, energies_members=None, lattice_A=None) -> QHAInputs:

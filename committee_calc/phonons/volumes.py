@@ -117,9 +117,11 @@ def relax_structure(atoms: Atoms, gate: Gate, mode: str = "internal", fmax_eVA: 
     if res.status == "hard_cap":
         raise GateStop(f"relaxation stopped: {res.reason}")
     if res.status != "converged":
-        warnings.warn(f"relaxation did not reach fmax={fmax_eVA} eV/Å in {steps} steps; "
-                      "the phonons of this structure may show imaginary modes", UserWarning,
-                      stacklevel=2)
+        where = "" if pressure_GPa is None else f" at {pressure_GPa:g} GPa"
+        warnings.warn(f"relaxation of the cell of {a.get_volume() / len(a):.3f} Å³/atom{where} did "
+                      f"not reach fmax={fmax_eVA} eV/Å in {steps} steps (ended at {res.fmax:.3g} "
+                      f"eV/Å, {res.status}); the phonons of this structure may show imaginary modes",
+                      UserWarning, stacklevel=2)
     a.set_cell(res.atoms.cell, scale_atoms=False)
     a.positions = res.atoms.positions
     return a

@@ -86,8 +86,8 @@ class Guards:
 #: the default limits (a frozen instance, shared)
 DEFAULT_GUARDS = Guards()
 #: (field, what it checks) of each limit, e.g. for command-line options ``--guard-<field>``
-FIELDS = (("min_distance", "exploded when two atoms are closer than this x the sum of their "
-           "covalent radii"),
+FIELDS = (("min_distance", "exploded when two atoms are closer than this factor (dimensionless) x the "
+           "sum of their covalent radii"),
           ("volume_factor", "exploded when the cell volume changes by more than this factor"),
           ("max_force_eVA", "exploded when a committee force exceeds this, eV/Å"))
 
