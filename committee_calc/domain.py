@@ -20,10 +20,11 @@ A committee YAML may carry (:mod:`committee_calc.config`)::
   structure and the member predictions: elements, volume per atom, pressure) and warns with a
   :class:`DomainWarning` once per structure and measure, naming the measure, the value and the
   recorded range.  The trust thresholds need the aggregated (calibrated) spreads:
-  :func:`check_results` takes them (the gate, which computes them, is the place to call
-  it from; the members' hook does not aggregate).  A structure is named by
-  ``info['candidate']``/``'candidate_id'``/``'name'``/``'id'`` when present, else its reduced formula
-  (an MD trajectory, the volumes and displaced supercells of one QHA scan are one structure).
+  :func:`check_results` takes them: a committee-only :class:`~committee_calc.gate.Gate`
+  calls it with the measures it computed for every structure (the members' hook does not
+  aggregate).  A structure is named by ``info['candidate']``/``'candidate_id'``/``'name'``/``'id'``
+  when present, else its reduced formula (an MD trajectory, the volumes and displaced supercells
+  of one QHA scan are one structure).
 * :func:`watch` switches the check on for a committee (the command-line builder does so for every
   run without a reference: committee-only runs).
 """
@@ -227,12 +228,12 @@ def check_results(committee, atoms, results) -> list:
     w = getattr(_inner(committee), "domain_watch", None)
     if w is None or not w.trust:
         return []
-    keep = w.domain
-    w.domain = {}  # the domain measures were checked by the members' hook already
+    keep, seen = w.domain, w.n_checked
+    w.domain = {}  # the domain measures were checked (and the structure counted) by the members' hook already
     try:
         return w(atoms, None, None, results)
     finally:
-        w.domain = keep
+        w.domain, w.n_checked = keep, seen
 
 
 def _inner(committee):

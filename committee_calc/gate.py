@@ -46,6 +46,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from . import keys as K
+from .domain import check_results
 from .errors import ConfigError, GateStop, NonFiniteOutputError
 from .labeller import Labeller
 from .measures import check_energy_offsets, check_limits, check_molecules, compute_measures, decide, parse_limits
@@ -324,6 +325,8 @@ class Gate(Calculator):
             com.setdefault(K.N_MOLECULES, nmol)
             if K.ENERGY_STD_PER_MOLECULE in measures:
                 com.setdefault(K.ENERGY_STD_PER_MOLECULE, measures[K.ENERGY_STD_PER_MOLECULE])
+        if self.labeller is None and measures:  # committee only: the recorded trust thresholds warn
+            check_results(self.committee, atoms, measures)
         d = decide(measures, self.thresholds, self.hard_cap, self.logic, finite=finite,
                    threshold_scale=threshold_scale)
         if d.stop:

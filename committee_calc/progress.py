@@ -55,6 +55,11 @@ def _interval(seconds: float) -> str:
     return tqdm.format_interval(max(0.0, seconds))
 
 
+def _count(x: float) -> str:
+    """Units done for a line: integers as they are, fractions to two decimals (0.17, not 0.166667)."""
+    return f"{x:g}" if float(x).is_integer() else f"{x:.2f}".rstrip("0")
+
+
 class Progress:
     """Progress of ``total`` units of work called ``unit`` (see the module docstring).
 
@@ -89,7 +94,7 @@ class Progress:
         rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
         pct = 100.0 * self.n / self.total if self.total else 100.0
         eta = _interval((self.total - self.n) / rate) if rate > 0 else "?"
-        n = f"{self.n:g}/{self.total:g}"
+        n = f"{_count(self.n)}/{_count(self.total)}"
         text = (f"{LINE_TAG} {self.desc} {n} {self.unit} ({pct:.0f}%) {rate:.3g} {self.unit}/s "
                 f"elapsed {_interval(elapsed)} ETA {eta}")
         return f"{text} | {postfix}" if postfix else text

@@ -20,10 +20,10 @@ Rerunning the same command resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from committee_calc.campaign import run_campaign
+from committee_calc.campaign.runner import campaign_progress
 from committee_calc.cli import (
     ArgumentParser,
     add_committee_arguments,
@@ -40,7 +40,6 @@ from committee_calc.cli import (
 )
 from committee_calc.committee import require_stress
 from committee_calc.errors import ConfigError
-from committee_calc.progress import Progress
 from committee_calc.relax.gated import OPTIMIZERS, policy_thresholds
 from committee_calc.structures import read_structures
 from committee_calc.summary_md import write_summary_md
@@ -107,7 +106,7 @@ def run(argv=None) -> int:
         optimizer=args.optimizer, fix_symmetry=args.fix_symmetry, verify_fmax=args.verify_fmax,
         verify_stress_GPa=args.verify_stress_GPa, polish=args.polish, heldout_file=args.heldout,
         heldout_fraction=args.heldout_fraction, max_epochs=args.max_epochs, n_jobs=args.n_jobs,
-        device=args.device, molecules=molecules_from_args(args), progress=_progress(args.max_rounds))
+        device=args.device, molecules=molecules_from_args(args), progress=campaign_progress(args.max_rounds))
     print(f"{'id':<14s} {'status':<16s} {'rounds':>6s} {'ref calls':>9s} {'E_committee':>14s} "
           f"{'E_reference':>14s} {'ref fmax':>9s}  [eV/atom, eV/Å]")
     for r in res.candidates:
@@ -126,20 +125,6 @@ def run(argv=None) -> int:
     print(f"campaign {res.status} after {res.n_rounds} rounds: {res.n_reference_calls} reference calls, "
           f"{res.n_labels} labels; {res.reason}; committee {res.committee}; outputs in {res.out}")
     return 0
-
-
-def _progress(max_rounds: int):
-    """Print the campaign's messages; a Progress over the rounds (round r starting: r rounds done)."""
-    bar = Progress(max_rounds, "campaign", unit="rounds", every=1e-9)
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        m = re.match(r"round (\d+): ", text)
-        if m and int(m.group(1)) > bar.n:
-            bar.update(int(m.group(1)) - bar.n, postfix=text[:60])
-        elif text.startswith("campaign ") and bar.n < bar.total:  # the end, early or not
-            bar.update(bar.total - bar.n, force=True, postfix=text.split(":")[0])
-    return say
 
 
 def main(argv=None) -> int:

@@ -40,7 +40,7 @@ from committee_calc.cli import (
 )
 from committee_calc.cli_scale import remote_committee
 from committee_calc.errors import ConfigError
-from committee_calc.summary_md import write_summary_md
+from committee_calc.summary_md import domain_warnings, write_summary_md
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def run(argv=None):
                      "committee energy, computing those above the σ cap with the reference.",
                      [("structures", str(len(ls))), ("lowest energy (rank 0)", f"{ls.names[i0]} ({r['source'][i0]})"),
                       ("above the σ cap (reference energies)", str(r["n_capped"])),
-                      ("new reference calls", str(r["n_reference"]))],
+                      ("new reference calls", str(r["n_reference"]))], domain_warnings(committee),
                      files=[("reranked.csv", "every structure: ranks, energies, σ, source"),
                             ("landscape.png", "energy vs density, ±1σ bars, reference points circled")])
     print(f"re-ranked {len(ls)} structures; {r['n_capped']} above the σ cap computed with the reference "

@@ -197,3 +197,37 @@ def test_calibrate_record_domain_writes_domain_and_trust(tmp_path):
             "--out", str(tmp_path / "calib2"), "--no-plots", "--record-domain"]
     assert main(args) == 2
     assert not (tmp_path / "calib2").exists()
+
+
+def test_committee_only_gate_warns_once_when_the_spread_passes_the_trust_threshold():
+    """Gap closed in the gate: a committee-only run (no reference) checks the aggregated spreads
+    against the committee YAML's ``trust:`` thresholds, once per structure, naming the measure."""
+    spec = {"members": [{"backend": "ase", "calculator": "ase.calculators.emt.EMT", "parameters": {}},
+                        {"backend": "ase", "calculator": "ase.calculators.lj.LennardJones",
+                         "parameters": {"sigma": 2.3, "epsilon": 0.2, "rc": 5.0}}],
+            "trust": {"forces_std_max": 0.01, "source": "test"}}
+    committee = build_committee(spec)
+    assert watch(committee) is not None
+    gate = Gate(committee)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spreads = []
+        for k in range(4):  # one structure along a trajectory: warned about once
+            a = atoms.copy()
+            a.rattle(0.05, seed=k)
+            spreads.append(gate.evaluate(a).measures["forces_std_max"])
+        gate.evaluate_many([atoms, atoms])
+    assert min(spreads) > 0.01
+    said = [str(w.message) for w in caught if issubclass(w.category, DomainWarning)]
+    assert len(said) == 1, said
+    assert said[0].startswith("Cu: max atomic force spread ") and "eV/Å is above the committee's calibrated " \
+        "trust threshold 0.01 eV/Å (committee trust: forces_std_max)" in said[0], said
+    assert f"{spreads[0]:.4g} eV/Å" in said[0]
+    ref = Gate(committee, EMT(), thresholds={"forces_std_max_eVA": 1e3})  # with a reference: the gate decides
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = atoms.copy()
+        b.info["candidate"] = "c1"
+        ref.evaluate(b)
+    assert not [w for w in caught if issubclass(w.category, DomainWarning)]

@@ -95,25 +95,63 @@ def test_calibrate_writes_progress_lines_to_a_file(tmp_path):
     assert "Warning" not in text
 
 
-def test_learn_writes_a_progress_line_per_label_to_a_file(tmp_path):
-    """committee-learn's length is open (it stops when converged): each iteration's labelling batch
-    writes plain lines up to 100 %."""
-    i = make_inputs(tmp_path)
+def test_learn_writes_a_progress_line_per_10_percent_of_its_labels(tmp_path):
+    """committee-learn counts its work as the labels it can take at most (known up front: here
+    --max-train-size 10: 4 initial, 2 per iteration): a line per label and one per iteration; a run that
+    stops early jumps to 100 %."""
+    i = make_inputs(tmp_path, n=24)
     text = _run_to_file("active_learn", [i["structure"], "--reference", i["reference"], "--out", tmp_path / "learn",
                                          "--molecules", "none", "--threshold-mev-atom", "1e-9", "--batch-size", "2",
-                                         "--max-train-size", "4", "--n-members", "3"], tmp_path / "learn.log")
-    done = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} label it") and "(100%)" in s]
-    assert done and done[0].startswith(f"{LINE_TAG} label it0 2/2 it (100%)"), text  # the initial batch
-    assert all("it/s elapsed" in s and "ETA" in s for s in done), done
+                                         "--initial-size", "4", "--max-train-size", "10", "--n-members", "3"],
+                        tmp_path / "learn.log")
+    deciles = _deciles_covered(text, "learn")
+    assert all(deciles), (deciles, text)
+    lines = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} learn")]
+    assert lines[-1].startswith(f"{LINE_TAG} learn 10/10 labels (100%)") and "stopped: max_train_size" in lines[-1]
+    assert sum("iteration 3: 10 labels" in s for s in lines) == 1, lines  # the last iteration's line
+    assert "Warning" not in text
 
 
-def test_campaign_writes_a_progress_line_per_round_to_a_file(tmp_path):
+def test_learn_that_converges_early_ends_at_100_percent(tmp_path):
+    i = make_inputs(tmp_path, n=12)
+    text = _run_to_file("active_learn", [i["structure"], "--reference", i["reference"], "--out", tmp_path / "learn",
+                                         "--molecules", "none", "--threshold-mev-atom", "1e9", "--batch-size", "2",
+                                         "--n-members", "3"], tmp_path / "learn.log")
+    lines = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} learn")]
+    assert lines[0].startswith(f"{LINE_TAG} learn 1/12 labels"), lines  # the pool bounds the work
+    assert lines[-1].startswith(f"{LINE_TAG} learn 12/12 labels (100%)") and "stopped: converged" in lines[-1]
+
+
+def test_rerank_writes_progress_lines_for_its_batches_and_its_reference_calls(tmp_path):
+    """committee-rerank: a line per batched committee call (``predict``) and, deciding, a line per
+    5 % of the structures and per reference call (``gate``); 20 structures in batches of 2, every
+    one above the threshold."""
+    i = make_inputs(tmp_path, n=20)
+    text = _run_to_file("rerank", [i["structure"], "--committee", i["committee"], "--reference", i["reference"],
+                                   "--threshold-forces-std-max-eVA", "1e-9", "--molecules", "none",
+                                   "--out", tmp_path / "rerank", "--batch-size", "2"], tmp_path / "rerank.log")
+    for desc in ("predict", "gate"):
+        deciles = _deciles_covered(text, desc)
+        assert all(deciles), (desc, deciles, text)
+    gate = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} gate")]
+    assert sum(s.endswith(": reference") for s in gate) == 20, gate
+    assert "re-ranked 20 structures; 20 above the σ cap" in text
+    summary = (tmp_path / "rerank" / "summary.md").read_text()
+    assert "| new reference calls | 20 |" in summary, summary
+    assert "Warning" not in text
+
+
+def test_campaign_writes_progress_lines_per_candidate_to_a_file(tmp_path):
+    """committee-campaign over 2 rounds: its work is counted per candidate relaxed and labelled
+    within a round, so a short campaign still covers every tenth."""
     i = make_inputs(tmp_path, training=True)
     text = _run_to_file("campaign", [i["structure"], "--committee", i["committee"], "--reference", i["reference"],
                                      "--threshold-forces-std-max-eVA", "1e-9", "--out", tmp_path / "camp",
                                      "--max-rounds", "2", "--max-steps", "2"], tmp_path / "campaign.log")
+    deciles = _deciles_covered(text, "campaign")
+    assert all(deciles), (deciles, text)
     lines = [s for s in text.splitlines() if LINE.match(s) and s.split()[1] == "campaign"]
-    assert lines and lines[-1].split()[2] == "2/2", text
+    assert len(lines) >= 10 and lines[-1].split()[2] == "2/2", text
     assert "Warning" not in text
 
 
@@ -126,6 +164,47 @@ def test_relax_writes_progress_lines_to_a_file(tmp_path):
     deciles = _deciles_covered(text, "relax")
     assert all(deciles), (deciles, text)
     assert "Warning" not in text
+    _check_relax_summary(tmp_path / "relax", 12)
+
+
+def _check_relax_summary(out: Path, n: int) -> str:
+    """committee-relax's summary.md: statuses, lowest energies with units, reference calls and
+    labels, warnings, files (the same from the in-process and the distributed pool)."""
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# committee-relax summary"), summary
+    assert f"| candidates | {n} |" in summary and "| status " in summary, summary
+    assert re.search(r"\| #1 lowest energy \(committee surface\) \| \S+: -?[\d.]+ eV/atom \(\+0\.0 meV/atom\) "
+                     r"± [\d.]+ meV/atom \(±1σ\)", summary), summary
+    assert "| reference calls / evaluated geometries | 0 / " in summary and "| reference labels | 0 |" in summary
+    assert "## Warnings" in summary and "not converged within --max-steps (see summary.csv)" in summary, summary
+    for name in ("relaxed.extxyz", "summary.csv", "trajectories/", "landscape.png"):
+        assert f"- `{name}`:" in summary, (name, summary)
+    return summary
+
+
+def test_distributed_pool_writes_the_same_summary_md(tmp_path):
+    """The pool relaxed as tasks on an executor (here threads: the same one-writer path as Dask
+    workers) writes the summary.md of the in-process run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from committee_calc.config import load_committee
+    from committee_calc.gate import Gate
+    from committee_calc.relax.gated import GatedRelaxer
+    from committee_calc.scale.pool import RelaxRecipe, run_pool_scaled
+    from committee_calc.structures import read_structures
+
+    i = make_inputs(tmp_path, n=4)
+    relaxer = GatedRelaxer(Gate(load_committee(i["committee"])), max_steps=3)
+    recipe = RelaxRecipe.from_relaxer(relaxer, i["committee"])
+    images = read_structures(i["structure"])
+    with ThreadPoolExecutor(1) as ex:
+        run = run_pool_scaled(recipe, images, tmp_path / "scaled", executor=ex, relaxer=relaxer, progress=False)
+    assert run.tasks.describe().startswith("tasks: 4 done")
+    scaled = _check_relax_summary(tmp_path / "scaled", 4)
+    run_pool_scaled(recipe, images, tmp_path / "inproc", relaxer=relaxer, progress=False)
+    inproc = _check_relax_summary(tmp_path / "inproc", 4)
+    table = [s for s in scaled.splitlines() if s.startswith("| ")]
+    assert table == [s for s in inproc.splitlines() if s.startswith("| ")]
 
 
 def test_plain_lines_every_5_percent_and_eta(caplog):

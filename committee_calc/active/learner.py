@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..fileio import load_json, save_json_atomic, write_structures_atomic
 from ..gate import Gate
 from ..labeller import Labeller
-from ..progress import progress_iter
+from ..progress import Progress
 from ..scale.labelling import label_pending
 from ..structures import structure_hash
 from ..units import check_positive
@@ -264,13 +264,25 @@ class ActiveLearner:
                                                 start=int(np.argmin(base)))
             state["pending"] = [int(self.pool[k]) for k in first]
             save_json_atomic(self.state_path, state)
+        with Progress(self.label_budget(), "learn", unit="labels", initial=len(self.labelled()),
+                      enabled=self.progress) as bar:
+            return self._loop(state, bar)
+
+    def label_budget(self) -> int:
+        """The labels a run can take at most, known before it starts (the work its progress lines
+        count): the candidate pool, at most ``max_train_size``, at most the initial batch plus
+        ``batch_size`` per further iteration; a run that converges earlier jumps to the end."""
+        n = min(int(self.pool.size), self.initial_size + (self.max_iterations - 1) * self.batch_size)
+        return max(1, min(n, int(self.max_train_size)) if self.max_train_size is not None else n)
+
+    def _loop(self, state, bar) -> dict:
         while True:
             if self.executor is not None:  # labels as tasks, appended here; the loop below then finds them
                 label_pending(self.executor, self.labeller, self.landscape, state["pending"], state["iteration"],
                               progress=self.progress)
-            for i in progress_iter(state["pending"], enabled=self.progress,
-                                   desc=f"label it{state['iteration']}"):
+            for i in state["pending"]:
                 self._label(i, state["iteration"])
+                bar.update(1, postfix=f"iteration {state['iteration']}: labelled {self.landscape.names[i]}")
             labels = self.labels()
             state["pending"] = []
             self.train(state["iteration"])
@@ -298,9 +310,13 @@ class ActiveLearner:
                     stop = "converged"
             rec["stop"] = stop
             state["history"].append(rec)
+            bar.update(0, force=True, postfix=f"iteration {state['iteration']}: {len(labels)} labels, "
+                       + (f"{100 * rec['fraction_above']:.0f}% of {cand.size} candidates above the threshold"
+                          if "fraction_above" in rec else "no candidates left"))
             if stop is not None:
                 state["stopped"] = stop
                 save_json_atomic(self.state_path, state)
+                bar.update(bar.total - bar.n, force=True, postfix=f"stopped: {stop}")  # the rest is not needed
                 return self._summary(state)
             state["iteration"] += 1
             state["pending"] = batch

@@ -7,7 +7,7 @@
 
 1. every structure goes through a :class:`~committee_calc.gate.Gate` (batched
    committee calls of ``batch_size`` structures per molecule count, a progress
-   line per batch): committee mean and
+   line per batch, then a line per 5 % of the decisions and per reference call): committee mean and
    ``energy_std``; with ``delta=True`` the committee predicts reference −
    baseline and the baseline is added back;
 2. the σ cap is the gate threshold on ``energy_std_per_molecule`` (or
@@ -43,6 +43,7 @@ from ..analysis.plots import plot_landscape
 from ..errors import ConfigError
 from ..gate import Gate
 from ..measures import parse_limits
+from ..progress import Progress
 from .rerank_io import display, write_reference_calls, write_reranked
 
 
@@ -61,30 +62,40 @@ def rerank_limits(unit, sigma_cap_eV=None, thresholds=None) -> dict:
 
 
 def _gates(ls, committee, reference, thresholds, logic, hard_cap, label_store) -> dict:
-    """One gate per molecule count (the landscape's own count, not the gate's guess)."""
+    """One gate per molecule count (the landscape's own count, not the gate's guess); no stress
+    (a landscape is ranked on energies: labels hold energies and forces)."""
     out = {}
     for n in np.unique(ls.n_units):
         mol = int(n) if ls.unit == "molecule" else None
         out[float(n)] = Gate(committee, reference, thresholds=thresholds or None, logic=logic,
                              hard_cap=hard_cap, label_store=label_store if reference is not None else None,
-                             provenance={"driver": "rerank"}, molecules=mol)
+                             provenance={"driver": "rerank"}, molecules=mol, stress=False)
     return out
 
 
 def evaluate_landscape(ls, gates, progress=False, delta=False, batch_size=None) -> list:
-    """GateResult per structure of ``ls`` (original order) through the batched committee path
-    (:meth:`Gate.evaluate_many <committee_calc.gate.Gate.evaluate_many>`: batched committee calls
-    of ``batch_size`` structures, default 16, with a progress line per batch); with ``delta`` the
-    landscape's baseline values are stored with any label (Δ-learning)."""
+    """GateResult per structure of ``ls`` (original order): the committee in batched calls of
+    ``batch_size`` structures (default 16; the gate's committee-only view, :meth:`Gate.evaluate_many
+    <committee_calc.gate.Gate.evaluate_many>`: a progress line ``predict`` per batch), then each
+    structure decided by its gate (:meth:`Gate.evaluate <committee_calc.gate.
+    Gate.evaluate>` with the precomputed output; progress ``gate``: a line per 5 % of the
+    structures and one after every reference call).  With ``delta`` the landscape's baseline
+    values are stored with any label (Δ-learning).  Raises as :meth:`Gate.evaluate_many`."""
     results = [None] * len(ls)
     for n, gate in gates.items():
         idx = np.flatnonzero(ls.n_units == n)
-        base = [ls.baseline(i) for i in idx] if delta else None
-        many = gate.evaluate_many([ls.structures[i] for i in idx], progress=progress, baselines=base,
-                                  batch_size=batch_size,
-                                  infos=[{"index": int(i), "name": ls.names[i]} for i in idx])
-        for i, r in zip(idx, many):
-            results[i] = r
+        images = [ls.structures[i] for i in idx]
+        # the committee's batched output first (committee only: never a reference), then decided
+        coms = gate.committee_only().evaluate_many(images, progress=progress, batch_size=batch_size,
+                                                   nonfinite="none")
+        with Progress(len(idx), "gate", unit="structures", enabled=progress) as bar:
+            for i, a, c in zip(idx, images, coms):
+                calls = gate.n_reference_calls
+                results[i] = gate.evaluate(a, info={"index": int(i), "name": ls.names[i]},
+                                           baseline=ls.baseline(i) if delta else None,
+                                           committee_results=None if c is None else c.committee_results)
+                new = gate.n_reference_calls > calls
+                bar.update(1, postfix=f"{ls.names[i]}: reference" if new else "", force=new)
     return results
 
 

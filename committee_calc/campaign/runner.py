@@ -47,6 +47,7 @@ from ..fileio import check_dir, write_structures_atomic
 from ..gate import Gate
 from ..labeller import Labeller
 from ..measures import parse_limits
+from ..progress import Progress
 from ..relax.gated import OPTIMIZERS
 from ..relax.pool import candidate_ids
 from ..train import read_training
@@ -280,4 +281,39 @@ def _run_stages(state, trainer, labeller, inputs, say) -> None:
             state.save()
 
 
-__all__ = ["run_campaign", "CampaignResult", "campaign_settings", "campaign_seconds"]
+#: the campaign's messages (:mod:`.stages`, this module) that advance its progress
+_ROUND_START = re.compile(r"round (\d+): relaxing (\d+) candidates")
+_RELAXED = re.compile(r"round (\d+): \S+ \S+ after \d+ steps")
+_LABELLED = re.compile(r"round (\d+): \S+ (labelled|not labelled)")
+_ROUND_END = re.compile(r"round (\d+): \d+ new labels")
+
+
+def campaign_progress(max_rounds: int, echo=None, enabled: bool = True):
+    """A ``progress`` callable for :func:`run_campaign`: ``echo`` every message (default: print,
+    flushed) and advance a :class:`~committee_calc.progress.Progress` over ``max_rounds`` rounds
+    (plain lines with rate and ETA when output is not a terminal) per candidate: within round r of K relaxing
+    candidates, each finished relaxation and each label (or refusal) is 1/(2K) round; a round's
+    start and end and the campaign's end (the rest of the rounds, not needed) log a line."""
+    bar = Progress(max_rounds, "campaign", unit="rounds", enabled=enabled)
+    active = {"k": 1}
+    echo = echo or (lambda text: print(text, flush=True))
+
+    def to(target: float, text: str, force: bool = False) -> None:
+        bar.update(max(0.0, min(target, bar.total) - bar.n), postfix=text[:70], force=force)
+
+    def say(text: str) -> None:
+        echo(text)
+        if m := _ROUND_START.match(text):
+            active["k"] = max(1, int(m.group(2)))
+            to(float(m.group(1)), text, force=True)
+        elif m := _RELAXED.match(text) or _LABELLED.match(text):
+            to(min(bar.n + 0.5 / active["k"], int(m.group(1)) + 1.0), text)
+        elif m := _ROUND_END.match(text):
+            to(int(m.group(1)) + 1.0, text, force=True)
+        elif text.startswith("campaign ") and bar.n < bar.total:  # the end, early or not
+            to(bar.total, text.split(":")[0], force=True)
+    say.bar = bar
+    return say
+
+
+__all__ = ["run_campaign", "CampaignResult", "campaign_progress", "campaign_settings", "campaign_seconds"]

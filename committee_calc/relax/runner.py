@@ -10,7 +10,8 @@ Files in ``out_dir``: those of :class:`~committee_calc.relax.pool.RelaxPool`
 (``relaxed.extxyz``, ``summary.csv``, ``trajectories/``, ``pool.json``), then
 ``clusters.csv`` (with ``cluster``; :func:`committee_calc.analysis.cluster.cluster_structures`,
 DBSCAN on standardised descriptors, Hessmann et al.) and ``landscape.png``
-(energy per atom vs density of the finished candidates).
+(energy per atom vs density of the finished candidates) and ``summary.md`` (:func:`write_pool_summary_md`:
+statuses, lowest energies, reference calls and labels, warnings, files).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..analysis.cluster import cluster_structures, ranked_table
 from ..analysis.plots import plot_landscape
+from ..summary_md import domain_warnings, write_summary_md
 from ..units import check_positive
 from .io import write_clusters_csv
 from .pool import RelaxPool, candidate_ids, final_frame
@@ -156,12 +158,59 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
                                      eps=cluster_eps, descriptor=descriptor)
     if finished:
         plot_pool(one_surface(finished)[0], out / "landscape.png", labels)
-    return PoolRun(out=out, rows=rows, finished=finished, status=_tally(r["status"] for r in rows),
-                   n_reference_calls=sum(int(r.get("reference_calls") or 0) for r in rows),
-                   n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table,
-                   verified=_tally(r.get("verified") or "not verified" for r in rows
-                                   if r["status"] in ("converged", "unverified")),
-                   batching=pool.batched.describe() if pool.batched is not None else "")
+    run = PoolRun(out=out, rows=rows, finished=finished, status=_tally(r["status"] for r in rows),
+                  n_reference_calls=sum(int(r.get("reference_calls") or 0) for r in rows),
+                  n_evaluations=sum(int(r.get("steps") or 0) + 1 for r in rows), clusters=table,
+                  verified=_tally(r.get("verified") or "not verified" for r in rows
+                                  if r["status"] in ("converged", "unverified")),
+                  batching=pool.batched.describe() if pool.batched is not None else "")
+    write_pool_summary_md(run, relaxer.gate.committee)
+    return run
+
+
+#: statuses that need the user's attention in ``summary.md``
+_ATTENTION = {"reference_failed": "the reference calculation failed", "hard_cap": "stopped at a hard cap",
+              "exploded": "ended by a guard (blown-up structure)", "max_steps": "not converged within --max-steps",
+              "stalled": "stalled before converging", "uncertain": "stopped: spread above U_max (stop policy)"}
+
+
+def write_pool_summary_md(run: PoolRun, committee=None, top: int = 5, extra_warnings=()) -> str:
+    """Write ``<run.out>/summary.md`` for a pool relaxation: candidates per status, the ``top``
+    lowest energies per atom [eV/atom, relative meV/atom, ±1σ meV/atom] on one energy surface
+    (:func:`one_surface`), reference calls and labels, the clusters, warnings (statuses that need
+    attention, ``extra_warnings``, the committee's domain/trust warnings of a committee-only run) and
+    the files.
+    Used by the in-process and the distributed pool (:mod:`committee_calc.scale.pool`).  Returns its path."""
+    numbers = [("candidates", str(len(run.rows)))]
+    numbers += [(f"status {k}", str(n)) for k, n in sorted(run.status.items())]
+    rows, surface = one_surface(run.finished) if run.finished else ([], "")
+    rows = sorted(rows, key=lambda r: float(r["energy_per_atom_eV"]))
+    for k, r in enumerate(rows[:top]):
+        e = float(r["energy_per_atom_eV"])
+        sigma = _per_atom(r, "energy_std_eV")
+        sig = f" ± {1e3 * sigma:.1f} meV/atom (±1σ)" if sigma is not None and np.isfinite(sigma) else ""
+        numbers.append((f"#{k + 1} lowest energy ({surface} surface)",
+                        f"{r['id']}: {e:.4f} eV/atom (+{1e3 * (e - float(rows[0]['energy_per_atom_eV'])):.1f} "
+                        f"meV/atom){sig}, {r['status']}"))
+    labels = sum(int(r.get("labels") or 0) for r in run.rows)
+    numbers += [("reference calls / evaluated geometries", f"{run.n_reference_calls} / {run.n_evaluations}"),
+                ("reference labels", str(labels))]
+    if run.clusters is not None:
+        numbers.append(("distinct minima (clusters)", str(len(run.clusters))))
+    warns = [f"{run.status[k]} candidate(s): {what} (see summary.csv)" for k, what in _ATTENTION.items()
+             if run.status.get(k)]
+    warns += list(extra_warnings)
+    if committee is not None:
+        warns += domain_warnings(committee)
+    files = [(name, what) for name, what in (
+        ("relaxed.extxyz", "final structures of the finished candidates"),
+        ("summary.csv", "one row per finished candidate: status, energies [eV], spreads, reference calls"),
+        ("trajectories/", "one extxyz trajectory per candidate"), ("pool.json", "the pool and its settings"),
+        ("clusters.csv", "ranked distinct minima (DBSCAN)"), ("landscape.png", "energy per atom vs density"))
+        if (Path(run.out) / name).exists()]
+    ran = (f"committee-relax relaxed a pool of {len(run.rows)} candidates; {len(run.finished)} have an energy."
+           + (f" {run.batching}." if run.batching else ""))
+    return write_summary_md(run.out, "committee-relax summary", ran, numbers, warns, files)
 
 
 def _tally(values) -> dict:
@@ -171,4 +220,4 @@ def _tally(values) -> dict:
     return out
 
 
-__all__ = ["PoolRun", "cluster_pool", "one_surface", "run_pool"]
+__all__ = ["PoolRun", "cluster_pool", "one_surface", "run_pool", "write_pool_summary_md"]

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
 from ..relax.gated import GatedRelaxer
 from ..relax.pool import RelaxPool, candidate_ids, check_candidates
-from ..relax.runner import PoolRun, cluster_pool, one_surface, plot_pool, run_pool
+from ..relax.runner import PoolRun, cluster_pool, one_surface, plot_pool, run_pool, write_pool_summary_md
 from ..relax.summary import SUMMARY_COLUMNS, log_row, reopen_summary, summary_in_order, upgrade_summary
 from ..units import check_positive
 from .executors import open_executor
@@ -185,6 +185,9 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
     run = _pool_run(out, ids, summary, relaxer, cluster, cluster_eps, descriptor)
     object.__setattr__(run, "tasks", tally)
     object.__setattr__(run, "failed_tasks", failed)
+    write_pool_summary_md(run, relaxer.gate.committee, extra_warnings=[  # as the in-process run's
+        f"task {key} failed: {reason} (its candidates have no row; rerun to retry them)"
+        for key, reason in failed.items()])
     return run
 
 
