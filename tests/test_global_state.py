@@ -107,7 +107,7 @@ def test_framework_changing_globals_and_failing_is_undone(float32_process, mace_
 
     committee = mace_committee(mace_models)
 
-    def rogue(self, batch, stress):
+    def rogue(self, batch, stress, **kwargs):
         torch.set_default_dtype(torch.float64)
         torch.set_num_threads(1)
         raise RuntimeError("forward pass failed")
