@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .cli_edge import driver_edge, exit_code, interrupted_line
 from .cli_scale import close_executors, reference_on_executor, spec_from_args  # noqa: F401 (drivers: cli.spec_from_args)
 from .config import load_committee
 from .domain import watch as watch_domain
@@ -150,9 +151,10 @@ def add_committee_arguments(parser: argparse.ArgumentParser, required: bool = Tr
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = False,
-                       retrain: bool = True, reference_tasks: bool = False) -> None:
+                       retrain: bool = True, reference_tasks: bool = False, stops: bool = False) -> None:
     """--reference, --labels, one --threshold-… and --cap-… per measure, --logic, --retrain-every;
-    with ``reference_tasks`` also the scale-out options, the reference calls as tasks on them
+    ``stops``: every threshold stops the run and labels there (a campaign's help says so); with
+    ``reference_tasks`` also the scale-out options, the reference calls as tasks on them
     (:func:`add_executor_arguments`: drivers whose own work is one sequential run)."""
     if reference_tasks:
         add_executor_arguments(parser, reference_tasks=True, distributes="the reference calls, each a task "
@@ -162,8 +164,8 @@ def add_gate_arguments(parser: argparse.ArgumentParser, labels_required: bool = 
     g.add_argument("--labels", required=labels_required, help="label store (extxyz), appended to")
     for m in MEASURES.values():
         unit = f" [{m.display_unit()}]" if m.cli_unit else ""
-        for kind, what in (("threshold", "fall back to the reference above this (or q<quantile>:"
-                                         "<floor>:<ceiling>: a quantile of the running values)"),
+        for kind, what in (("threshold", "stop and label above this" if stops else "fall back to the reference "
+                            "above this (or q<quantile>:<floor>:<ceiling>: a quantile of the running values)"),
                            ("cap", "hard cap: stop instead of labelling above this")):
             dest = m.option(kind)
             g.add_argument("--" + dest.replace("_", "-"), dest=dest, default=None, metavar="X",
@@ -367,13 +369,14 @@ def _verbose(argv) -> bool:
 
 def run_cli(main, argv=None) -> int:
     """Run ``main(argv)``; map errors to one ``error:`` line and exit codes (0, 2 user error
-    or an output that cannot be written, 130 interrupt).  Warnings of third-party frameworks
+    or an output that cannot be written, 130 interrupt, 143 SIGTERM: :mod:`.cli_edge`, which
+    also prints our own warnings as ``warning: <message>`` lines).  Warnings of third-party frameworks
     (:data:`QUIET_MODULES`, :data:`QUIET_MESSAGES`) are hidden unless ``--verbose`` is given (or
     the environment sets ``COMMITTEE_CALC_VERBOSE=1``); a run that ends normally then prints one
     line ``N third-party warnings hidden (--verbose shows them)`` on stderr."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     patterns = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), driver_edge(verbose=_verbose(argv)):  # SIGTERM as Ctrl-C; our warnings
         if not _verbose(argv):
             patterns = quiet_third_party_warnings()
         try:
@@ -381,9 +384,9 @@ def run_cli(main, argv=None) -> int:
         except (CommitteeError, OSError) as exc:
             print(error_line(exc), file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted: outputs written so far are kept; rerun to resume", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:  # Ctrl-C (130) or SIGTERM (143, cli_edge.Terminated)
+            print(interrupted_line(exc), file=sys.stderr)
+            return exit_code(exc)
         finally:
             close_executors()
     hidden = sum(p.hits for p in patterns)

@@ -202,6 +202,46 @@ def read_frames_repair(path) -> list:
     return frames
 
 
+def _frame_spans(data: bytes) -> list:
+    """(start, end) byte spans of the whole frames of extxyz text (a torn tail is left out)."""
+    spans, pos = [], 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        try:
+            n = int(data[pos:nl].strip())
+        except ValueError:
+            break
+        end = nl
+        for _ in range(n + 1):
+            end = data.find(b"\n", end + 1)
+            if end < 0:
+                break
+        if end < 0:
+            break
+        spans.append((pos, end + 1))
+        pos = end + 1
+    return spans
+
+
+def read_last_frame(path):
+    """The last complete frame of an append-only extxyz file (None if it has none), parsing only
+    that frame; the file is not changed (:func:`read_frames_repair` repairs a torn tail)."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    for start, end in reversed(_frame_spans(data)):
+        try:
+            return read(io.StringIO(data[start:end].decode()), format="extxyz")
+        except Exception:  # noqa: BLE001 - an unparsable frame: try the one before
+            continue
+    return None
+
+
 class CsvLog:
     """Append-only CSV with a fixed header; one fsynced write per row."""
 

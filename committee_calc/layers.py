@@ -101,6 +101,7 @@ LAYERS = {
     # 5 cli, 6 drivers
     "committee_calc.cli": "5",
     "committee_calc.cli_scale": "5",  # the executor of a driver run (re-exported by cli)
+    "committee_calc.cli_edge": "5",  # SIGTERM as Ctrl-C, our warnings as one line (used by cli.run_cli)
     "drivers.*": "6",
 }
 

@@ -7,7 +7,7 @@
 Stateless and resumable: rerun the same command after a kill; labels already
 in ``<out>/labels.extxyz`` are never recomputed.  ``--backend ridge`` trains
 the in-process ridge resampling committee; other backends go through
-``committee_calc.train.train_committee``.  Writes ``<out>/summary.json``.
+``committee_calc.train.train_committee``.  Writes ``<out>/summary.json`` and ``<out>/summary.md``.
 """
 from __future__ import annotations
 

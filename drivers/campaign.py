@@ -8,7 +8,8 @@
 
 Round after round, every unfinished candidate relaxes with the committee until the relative
 force uncertainty U = max‖σ_F‖/max‖F̄‖ exceeds U_max (Hessmann et al.) or a --threshold-…
-limit is exceeded; the stopped structures are labelled with the reference, structures
+limit is exceeded; the stopped structures are labelled with the reference (above a --cap-… hard
+cap a candidate ends unfinished, unlabelled: too far from the training data), structures
 converged on the committee get a reference single point (a candidate is ``converged`` only
 when the reference force is below --verify-fmax), and the committee is fine-tuned from its
 current weights on its seed set + all labels, with the settings of the committee YAML's
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidates", help="structures: extxyz/cif/ASE-db file or a folder of files")
     add_committee_arguments(p)
-    add_gate_arguments(p, retrain=False, reference_tasks=True)
+    add_gate_arguments(p, retrain=False, reference_tasks=True, stops=True)  # every threshold stops and labels
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument("--u-max", type=float, default=None,
                    help="U_max: stop a relaxation when U > U_max (default 0.2; same as "
@@ -88,9 +89,6 @@ def run(argv=None) -> int:
     # everything is validated before the first output file is written
     if args.labels:
         raise ConfigError("a campaign keeps its labels in OUT/labels.extxyz; drop --labels")
-    if limits_from_args(args, "cap"):
-        raise ConfigError("use --threshold-… options in a campaign: every threshold stops the "
-                          "relaxation and the stopped structure is labelled (no --cap-…)")
     thresholds, u_max = policy_thresholds("stop", limits_from_args(args, "threshold"), args.u_max)
     images = read_structures(args.candidates)
     committee = load_committee_from_args(args)
@@ -101,7 +99,8 @@ def run(argv=None) -> int:
         raise ConfigError("a campaign labels with a reference: give --reference reference.yaml")
     res = run_campaign(
         images, args.committee, reference, args.out, u_max=0.2 if u_max is None else u_max,
-        thresholds=thresholds, fmax=args.fmax, max_steps=args.max_steps, max_rounds=args.max_rounds,
+        thresholds=thresholds, caps=limits_from_args(args, "cap"), fmax=args.fmax, max_steps=args.max_steps,
+        max_rounds=args.max_rounds,
         label_budget=args.label_budget, cell=args.cell, pressure_GPa=args.pressure_GPa,
         optimizer=args.optimizer, fix_symmetry=args.fix_symmetry, verify_fmax=args.verify_fmax,
         verify_stress_GPa=args.verify_stress_GPa, polish=args.polish, heldout_file=args.heldout,

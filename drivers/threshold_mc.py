@@ -30,8 +30,8 @@ before a kill is reused, never duplicated.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 
 from committee_calc.bias import add_bias_arguments, bias_from_args
 from committee_calc.cli import (
@@ -109,8 +109,19 @@ def _main(argv) -> int:
     info = {"structures": str(args.structures),
             "argv": list(argv) if argv is not None else sys.argv[1:]}
     totals = run_threshold_mc(structures, gate, args.out, settings, info=info)
-    print(json.dumps({k: v for k, v in totals.items() if k != "chains"}))
+    print(summary_line(totals, args.out))
     return 0
+
+
+def summary_line(totals: dict, out) -> str:
+    """The one line the driver ends with (the numbers are in ``<out>/summary.json``)."""
+    chains = totals["chains"]
+    steps, accepted = sum(c["steps"] for c in chains), sum(c["accepted"] for c in chains)
+    retrains = totals["n_retrains_this_session"]
+    return (f"mc: {len(chains)} chain{'s' * (len(chains) != 1)}, {steps} steps, {accepted} accepted "
+            f"({100 * accepted / max(1, steps):.0f} %), {totals['n_terminated']} terminated; this session "
+            f"{totals['n_committee_calls_this_session']} committee and {totals['n_reference_calls_this_session']} "
+            f"reference calls{f', {retrains} retrains' if retrains else ''}; summary in {Path(out) / 'summary.md'}")
 
 
 def main(argv=None) -> int:

@@ -371,3 +371,69 @@ def test_heldout_file_of_the_training_section(setup, tmp_path):
     assert held["n"] == 8 and held["source"] == str(d / "seed.extxyz")
     first_round = [f for f in LabelStore(tmp_path / "h" / "labels.extxyz").read() if f.info["prov_round"] <= 0]
     assert res.n_rounds == 2 and held["n_train_labels"] == len(first_round)
+
+
+def test_threshold_stops_are_named_and_move_on_once_labelled(setup, tmp_path):
+    """A --threshold-… stop is status ``threshold`` (not a hard cap) at the structure above it,
+    which is labelled; the next round, stopped again right at that labelled (trained-on)
+    structure, the candidate relaxes on without the uncertainty stops instead of stopping after
+    0 steps round after round."""
+    said = []
+    res = campaign(setup, tmp_path / "t", u_max=1e6, thresholds={"forces_std_max": 1e-9}, max_rounds=2,
+                   progress=said.append)
+    state = json.loads((tmp_path / "t" / "campaign.json").read_text())
+    first, second = (state["rounds"][r]["results"] for r in (0, 1))
+    assert {row["status"] for row in first.values()} == {"threshold"}, first
+    for row in first.values():
+        assert row["steps"] == 0 and row["outcome"] == "stop" and not row["free"]
+        assert row["reason"].startswith("committee uncertainty above the stop threshold: forces_std_max="), row
+    assert not any("hard cap" in line or "hard_cap" in line for line in said), said
+    assert sum("stopped on a stop threshold at a structure labelled in an earlier round" in s for s in said) == 3
+    for row in second.values():  # moved on from the labelled structure, without the stops
+        assert row["free"] and row["steps"] > 0 and row["status"] != "threshold", row
+    assert res.n_rounds == 2
+
+
+def test_hard_caps_end_a_candidate_unlabelled(setup, tmp_path):
+    """--cap-…: above a hard cap the candidate ends ``unfinished`` without a label (too far from
+    the training data to label), while --threshold-… stops and labels; the help says which."""
+    from drivers.campaign import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--threshold-forces-std-max-eVA X stop and label above this" in text
+    assert "--cap-forces-std-max-eVA X hard cap: stop instead of labelling above this" in text
+    with pytest.raises(ConfigError, match="below its threshold"):
+        campaign(setup, tmp_path / "bad", thresholds={"forces_std_max": 0.5}, caps={"forces_std_max": 0.1})
+    assert not (tmp_path / "bad").exists()
+    res = campaign(setup, tmp_path / "cap", thresholds={"forces_std_max": 1e-9}, caps={"forces_std_max": 1e-8})
+    assert res.status == "finished" and res.n_rounds == 1 and res.n_labels == 1  # the probe only
+    assert [r["status"] for r in res.candidates] == ["unfinished"] * 3
+    assert all("hard cap" in r["reason"] for r in res.candidates), res.candidates
+    state = json.loads((tmp_path / "cap" / "campaign.json").read_text())
+    assert {row["outcome"] for row in state["rounds"][0]["results"].values()} == {"hard_cap"}
+    assert {e["action"] for e in state["rounds"][0]["labelled"].values()} == {"hard_cap"}
+    assert state["settings"]["caps"] == {"forces_std_max": 1e-8} and "caps" not in campaign_settings_of(setup)
+
+
+def campaign_settings_of(setup) -> dict:
+    """The settings of a campaign without caps (as stored by earlier versions: no ``caps`` key)."""
+    from committee_calc.campaign.runner import campaign_settings
+
+    return campaign_settings(0.05, None, 0.02, 200, 8, None, False, 0.0, "FIRE", False, 0.05, 0.1, None)
+
+
+def test_candidate_ids_and_changed_settings():
+    """Ids come from info candidate_id, candidate (as the relax tutorial and every relaxed frame
+    name them), id or name; a changed setting is reported as its key old -> new only."""
+    from committee_calc.relax.pool import candidate_ids, settings_change
+
+    cells = _cells(3, 5, 0.0, 0.05)
+    assert candidate_ids(cells) == ["c0000", "c0001", "c0002"]
+    for k, a in enumerate(cells):
+        a.info["name"], a.info["candidate"] = f"n{k}", f"c{k}"
+    assert candidate_ids(cells) == ["c0", "c1", "c2"]
+    cells[0].info["candidate_id"] = "x"  # not on every structure: the next key
+    assert candidate_ids(cells) == ["c0", "c1", "c2"]
+    assert settings_change({"fmax": 0.05, "max_steps": 200, "cell": False},
+                           {"fmax": 0.02, "max_steps": 200, "cell": False, "polish": 3}) == \
+        "fmax 0.05 -> 0.02, polish None -> 3"

@@ -110,6 +110,10 @@ def test_learn_writes_a_progress_line_per_10_percent_of_its_labels(tmp_path):
     assert lines[-1].startswith(f"{LINE_TAG} learn 10/10 labels (100%)") and "stopped: max_train_size" in lines[-1]
     assert sum("iteration 3: 10 labels" in s for s in lines) == 1, lines  # the last iteration's line
     assert "Warning" not in text
+    summary = (tmp_path / "learn" / "summary.md").read_text()  # the conclusions, like every driver's
+    assert "committee-learn stopped after 4 iterations with 10 labels: the label budget" in summary, summary
+    assert "| labels (reference calls) | 10 |" in summary
+    assert "| candidates in the pool | 24 |" in summary and "meV/atom" in summary, summary
 
 
 def test_learn_that_converges_early_ends_at_100_percent(tmp_path):
@@ -124,20 +128,21 @@ def test_learn_that_converges_early_ends_at_100_percent(tmp_path):
 
 def test_rerank_writes_progress_lines_for_its_batches_and_its_reference_calls(tmp_path):
     """committee-rerank: a line per batched committee call (``predict``) and, deciding, a line per
-    5 % of the structures and per reference call (``gate``); 20 structures in batches of 2, every
-    one above the threshold."""
-    i = make_inputs(tmp_path, n=20)
+    5 % of the structures (``gate``), not one per reference call, each naming the reference calls
+    so far; 40 structures in batches of 4, every one above the threshold (a reference call each)."""
+    i = make_inputs(tmp_path, n=40)
     text = _run_to_file("rerank", [i["structure"], "--committee", i["committee"], "--reference", i["reference"],
                                    "--threshold-forces-std-max-eVA", "1e-9", "--molecules", "none",
-                                   "--out", tmp_path / "rerank", "--batch-size", "2"], tmp_path / "rerank.log")
+                                   "--out", tmp_path / "rerank", "--batch-size", "4"], tmp_path / "rerank.log")
     for desc in ("predict", "gate"):
         deciles = _deciles_covered(text, desc)
         assert all(deciles), (desc, deciles, text)
     gate = [s for s in text.splitlines() if s.startswith(f"{LINE_TAG} gate")]
-    assert sum(s.endswith(": reference") for s in gate) == 20, gate
-    assert "re-ranked 20 structures; 20 above the σ cap" in text
+    assert 10 <= len(gate) <= 21, gate  # one per 5 % of 40 structures: 20 (+1 if a minute passes)
+    assert all(s.endswith(": reference") for s in gate) and "| 40 reference calls;" in gate[-1], gate
+    assert "re-ranked 40 structures; 40 above the σ cap" in text
     summary = (tmp_path / "rerank" / "summary.md").read_text()
-    assert "| new reference calls | 20 |" in summary, summary
+    assert "| new reference calls | 40 |" in summary, summary
     assert "Warning" not in text
 
 

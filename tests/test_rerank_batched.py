@@ -32,7 +32,7 @@ def _landscape():
 
 def _progress_lines(caplog):
     return [r.getMessage() for r in caplog.records
-            if r.name == "committee_calc.progress" and r.getMessage().startswith("progress:")]
+            if r.name == "committee_calc.progress" and r.getMessage().startswith("progress: predict")]
 
 
 def test_rerank_batched_equals_one_at_a_time(mace_models, tmp_path, caplog, monkeypatch):

@@ -79,7 +79,7 @@ def evaluate_landscape(ls, gates, progress=False, delta=False, batch_size=None) 
     <committee_calc.gate.Gate.evaluate_many>`: a progress line ``predict`` per batch), then each
     structure decided by its gate (:meth:`Gate.evaluate <committee_calc.gate.
     Gate.evaluate>` with the precomputed output; progress ``gate``: a line per 5 % of the
-    structures and one after every reference call).  With ``delta`` the landscape's baseline
+    structures, whose end names the reference calls so far).  With ``delta`` the landscape's baseline
     values are stored with any label (Δ-learning).  Raises as :meth:`Gate.evaluate_many`."""
     results = [None] * len(ls)
     for n, gate in gates.items():
@@ -89,13 +89,15 @@ def evaluate_landscape(ls, gates, progress=False, delta=False, batch_size=None) 
         coms = gate.committee_only().evaluate_many(images, progress=progress, batch_size=batch_size,
                                                    nonfinite="none")
         with Progress(len(idx), "gate", unit="structures", enabled=progress) as bar:
+            calls0 = gate.n_reference_calls
             for i, a, c in zip(idx, images, coms):
                 calls = gate.n_reference_calls
                 results[i] = gate.evaluate(a, info={"index": int(i), "name": ls.names[i]},
                                            baseline=ls.baseline(i) if delta else None,
                                            committee_results=None if c is None else c.committee_results)
-                new = gate.n_reference_calls > calls
-                bar.update(1, postfix=f"{ls.names[i]}: reference" if new else "", force=new)
+                n_ref = gate.n_reference_calls - calls0
+                last = f"{ls.names[i]}: reference" if gate.n_reference_calls > calls else ls.names[i]
+                bar.update(1, postfix=f"{n_ref} reference call{'s' * (n_ref != 1)}; {last}")
     return results
 
 

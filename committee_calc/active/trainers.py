@@ -7,7 +7,7 @@
 * :func:`run_learning` — the runner of ``committee-learn``: writes
   ``trainer.json`` (what :func:`committee_from_learn_dir` needs to rebuild
   the committee), runs :class:`~committee_calc.active.learner.ActiveLearner`
-  and writes ``summary.json``.
+  and writes ``summary.json`` and ``summary.md`` (:func:`write_learn_summary_md`).
 * :func:`committee_from_learn_dir` — the last committee of a learn folder
   (its ``committee.yaml``, or the ridge committee refitted in-process).
 """
@@ -18,9 +18,10 @@ from pathlib import Path
 from ..config import load_committee
 from ..errors import ConfigError
 from ..fileio import load_json, save_json_atomic
+from ..summary_md import write_summary_md
 from ..train import TRAINERS, train_committee
 from ..train.ridge import RidgeTrainer
-from ..units import check_count
+from ..units import check_count, ev_to_kjmol
 from .learner import QUANTITIES, TRAIN_ENERGY_KEY, TRAIN_FORCES_KEY, ActiveLearner
 
 TRAINER_FILE, SUMMARY_FILE = "trainer.json", "summary.json"
@@ -76,7 +77,40 @@ def run_learning(landscape, reference, out_dir, backend="ridge", n_members=8, se
                       "quantity": learner.quantity, "molecules": molecules})
     res = learner.run()
     save_json_atomic(learner.out_dir / SUMMARY_FILE, {k: v for k, v in res.items() if k != "committee"})
+    write_learn_summary_md(learner.out_dir, res, learner.threshold, landscape.unit)
     return res
+
+
+#: why a learning run stopped, in words (``stopped`` of the summary)
+STOP_REASONS = {"converged": "at most the target fraction of candidates is above the threshold",
+                "pool_empty": "every candidate is labelled", "max_train_size": "the label budget "
+                "(--max-train-size) is spent", "max_iterations": "the iteration budget (--max-iterations) is spent"}
+
+
+def write_learn_summary_md(out_dir, res: dict, threshold_eV: float, unit: str) -> str:
+    """``<out_dir>/summary.md`` of a learning run: why it stopped, iterations, labels (reference
+    calls), pool size and, at the last iteration, the candidates above the threshold and their
+    committee energy spread (kJ/mol per molecule, or meV/atom for a per-atom landscape).
+    ``res``: the summary of :meth:`ActiveLearner.run`; ``threshold_eV``: eV per ``unit``."""
+    def energy(x):
+        return f"{ev_to_kjmol(x):.3g} kJ/mol per molecule" if unit == "molecule" else f"{1e3 * x:.3g} meV/atom"
+
+    last = (res.get("history") or [{}])[-1]
+    numbers = [("iterations", str(res["iterations"])), ("labels (reference calls)", str(res["n_train"])),
+               ("candidates in the pool", str(res["pool_size"])), ("threshold on σ_E", energy(threshold_eV))]
+    if "fraction_above" in last:
+        numbers += [("candidates above the threshold (last iteration)",
+                     f"{100 * last['fraction_above']:.1f} % of {last['n_candidates']}"),
+                    ("largest / mean σ_E of the candidates", f"{energy(last['sigma_max'])} / "
+                                                             f"{energy(last['sigma_mean'])}")]
+    why = STOP_REASONS.get(res["stopped"], str(res["stopped"]))
+    return write_summary_md(out_dir, "committee-learn summary",
+                            f"committee-learn stopped after {res['iterations']} iterations with {res['n_train']} "
+                            f"labels: {why} (`{res['stopped']}`).", numbers,
+                            files=[("summary.json", "why it stopped, iterations, labels, per-iteration history"),
+                                   ("labels.extxyz", "the reference labels"),
+                                   ("iterNNN/", "each iteration's training set (and committee)"),
+                                   ("trainer.json", "how the committee is rebuilt (committee-rerank --learn-dir)")])
 
 
 def committee_from_learn_dir(path) -> tuple:

@@ -8,7 +8,7 @@
     res.status, res.n_rounds, res.n_reference_calls, res.candidates[0]["reference_fmax_eVA"]
 
 Round r (``round_NNN/``): (a) relax every unfinished candidate with the current committee,
-each stopping when U = max‖σ_F‖/max‖F̄‖ > U_max or a gate threshold is exceeded
+each stopping when U = max‖σ_F‖/max‖F̄‖ > U_max or a stop threshold (``thresholds``) is exceeded
 (:mod:`.stages`); (b) label the stopped structures, and give every structure converged on the
 committee surface a reference single point, through the one labeller (``labels.extxyz``,
 provenance round/candidate/step/reason); a candidate is ``converged`` when that reference
@@ -46,14 +46,14 @@ from ..errors import ConfigError
 from ..fileio import check_dir, write_structures_atomic
 from ..gate import Gate
 from ..labeller import Labeller
-from ..measures import parse_limits
+from ..measures import check_limits, parse_limits
 from ..progress import Progress
 from ..relax.gated import OPTIMIZERS
 from ..relax.pool import candidate_ids
 from ..train import read_training
 from ..units import check_count, check_finite, check_positive
 from .io import as_stored, probe_reference, write_outputs
-from .stages import close_round, label_stage, relax_stage
+from .stages import EXPLODED, HARD_CAP, close_round, label_stage, relax_stage
 from .state import CANDIDATES_FILE, CampaignState
 from .training import RoundTrainer
 
@@ -85,8 +85,10 @@ class CampaignResult:
 
 def campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budget, cell,
                       pressure_GPa, optimizer, fix_symmetry, verify_fmax, verify_stress_GPa,
-                      molecules, polish=0) -> dict:
-    """The checked settings (JSON-able; thresholds in internal units).  Raises ConfigError."""
+                      molecules, polish=0, caps=None) -> dict:
+    """The checked settings (JSON-able; thresholds and caps in internal units; ``caps`` only when
+    given, so folders of earlier versions resume unchanged).  Raises ConfigError (also for a cap
+    below its threshold)."""
     if label_budget is not None and (isinstance(label_budget, bool) or int(label_budget) != label_budget
                                      or label_budget < 1):
         raise ConfigError(f"label_budget must be a positive number of labels (reference calls), "
@@ -98,8 +100,9 @@ def campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budg
     if str(optimizer).upper() not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
     fmax = check_positive("fmax", fmax)
-    return {"u_max": check_positive("u_max", u_max),
-            "thresholds": parse_limits(thresholds, what="stop threshold"),
+    thresholds, caps = parse_limits(thresholds, what="stop threshold"), parse_limits(caps, what="hard cap")
+    check_limits(thresholds, caps, molecules=molecules)
+    return {"u_max": check_positive("u_max", u_max), "thresholds": thresholds, **({"caps": caps} if caps else {}),
             "fmax": fmax, "max_steps": int(max_steps), "max_rounds": int(max_rounds),
             "label_budget": None if label_budget is None else int(label_budget),
             "cell": bool(cell), "pressure_GPa": check_finite("pressure_GPa", pressure_GPa),
@@ -157,7 +160,7 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
                  pressure_GPa=0.0, optimizer="FIRE", fix_symmetry=False, verify_fmax=None,
                  verify_stress_GPa=0.1, heldout_file=None, heldout_fraction=0.1, bootstrap=True,
                  max_epochs=None, n_jobs=1, device=None, timeout_s=None, molecules=None,
-                 ids=None, progress=None, polish=0) -> CampaignResult:
+                 ids=None, progress=None, polish=0, caps=None) -> CampaignResult:
     """Run (or resume) an active relaxation campaign in ``out_dir`` (module docstring).
 
     images: candidate structures (list of Atoms); ids: their ids (default
@@ -166,7 +169,9 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
         :func:`committee_calc.train.train_committee`: backend, keys, epochs, seed set).
     reference: ASE calculator, reference YAML or :class:`~committee_calc.reference.ReferenceSpec`.
     u_max: U_max (relative force uncertainty, no unit); thresholds: further stop limits for
-        :func:`~committee_calc.measures.parse_limits` (e.g. ``{"forces_std_max_eVA": 0.5}``).
+        :func:`~committee_calc.measures.parse_limits` (e.g. ``{"forces_std_max_eVA": 0.5}``): the
+        structure above one is labelled; caps: hard caps, above which a candidate ends
+        ``unfinished`` without a label (too far from the training data to label).
     fmax [eV/Å], max_steps (per round), optimizer, cell, pressure_GPa, fix_symmetry: the
         relaxation; verify_fmax [eV/Å] (default fmax), verify_stress_GPa: the reference targets.
     polish: reference optimiser steps at most after a failed verification (0: none; each step
@@ -188,7 +193,7 @@ def run_campaign(images, committee_yaml, reference, out_dir, u_max=0.2, threshol
         raise ConfigError("candidate ids must be unique, one per structure")
     settings = campaign_settings(u_max, thresholds, fmax, max_steps, max_rounds, label_budget, cell,
                                  pressure_GPa, optimizer, fix_symmetry, verify_fmax,
-                                 verify_stress_GPa, molecules, polish)
+                                 verify_stress_GPa, molecules, polish, caps)
     check_training_options(max_epochs, n_jobs, device)
     if heldout_file is None and read_training(committee_yaml).get("heldout_file"):
         heldout_file = Path(committee_yaml).parent / read_training(committee_yaml)["heldout_file"]
@@ -286,14 +291,17 @@ _ROUND_START = re.compile(r"round (\d+): relaxing (\d+) candidates")
 _RELAXED = re.compile(r"round (\d+): \S+ \S+ after \d+ steps")
 _LABELLED = re.compile(r"round (\d+): \S+ (labelled|not labelled)")
 _ROUND_END = re.compile(r"round (\d+): \d+ new labels")
+#: ends of a relaxation line that no label line follows (:func:`~.stages.outcome`)
+_UNLABELLED = ("-> continue", f"-> {EXPLODED}", f"-> {HARD_CAP}")
 
 
 def campaign_progress(max_rounds: int, echo=None, enabled: bool = True):
     """A ``progress`` callable for :func:`run_campaign`: ``echo`` every message (default: print,
     flushed) and advance a :class:`~committee_calc.progress.Progress` over ``max_rounds`` rounds
     (plain lines with rate and ETA when output is not a terminal) per candidate: within round r of K relaxing
-    candidates, each finished relaxation and each label (or refusal) is 1/(2K) round; a round's
-    start and end and the campaign's end (the rest of the rounds, not needed) log a line."""
+    candidates, each finished relaxation and each label (or refusal) is 1/(2K) round, a relaxation
+    that no label follows (outcome ``continue``, ``exploded`` or ``hard_cap``) 1/K; a round's start and end and the
+    campaign's end (the rest of the rounds, not needed) log a line."""
     bar = Progress(max_rounds, "campaign", unit="rounds", enabled=enabled)
     active = {"k": 1}
     echo = echo or (lambda text: print(text, flush=True))
@@ -307,7 +315,8 @@ def campaign_progress(max_rounds: int, echo=None, enabled: bool = True):
             active["k"] = max(1, int(m.group(2)))
             to(float(m.group(1)), text, force=True)
         elif m := _RELAXED.match(text) or _LABELLED.match(text):
-            to(min(bar.n + 0.5 / active["k"], int(m.group(1)) + 1.0), text)
+            share = 1.0 if _RELAXED.match(text) and text.endswith(_UNLABELLED) else 0.5
+            to(min(bar.n + share / active["k"], int(m.group(1)) + 1.0), text)
         elif m := _ROUND_END.match(text):
             to(int(m.group(1)) + 1.0, text, force=True)
         elif text.startswith("campaign ") and bar.n < bar.total:  # the end, early or not

@@ -2,12 +2,14 @@
 
 Relax (:func:`relax_stage`)
     Every active candidate relaxes from where it stopped (its last relaxed structure, fresh
-    optimiser memory: the surface changed) with ``GatedRelaxer(Gate(committee,
-    hard_cap=thresholds), policy="stop", u_max=U_max)`` — committee only (Hessmann et al.:
-    stop when U = max‖σ_F‖/max‖F̄‖ > U_max; any threshold of the gate also stops it).  A
+    optimiser memory: the surface changed) with ``GatedRelaxer(Gate(committee), policy="stop",
+    u_max=U_max, stop_thresholds=thresholds)`` — committee only (Hessmann et al.: stop when
+    U = max‖σ_F‖/max‖F̄‖ > U_max, status ``uncertain``; a measure above a ``--threshold-…``
+    also stops it, status ``threshold``; both stop *at* the structure that exceeded).  A
     candidate that stopped at a structure labelled in an earlier round (in the training set of
-    this round's committee, or held out) relaxes one round without the U stop (``free``: the
-    retrained committee is still unsure there; the reference check at its end decides).
+    this round's committee, or held out) relaxes on without these stops (``free``: the
+    retrained committee is still unsure there; the reference check at its end decides); so
+    does, at once, one that stops again right where a trained-on label is (:func:`_go_on`).
     The candidates relax in flight together, one batched committee call per round
     (:mod:`committee_calc.relax.batched`; the same trajectories as one after another).
     Each finished candidate's final frame is written to ``round_NNN/relaxed/<id>.extxyz``
@@ -24,7 +26,8 @@ Label (:func:`label_stage`)
 Outcome of a relaxation: ``converged`` (status converged, or stopped on U with the force
 below fmax: U = σ/|F| grows without bound at a minimum), ``continue`` (max_steps: no label,
 relaxes on), ``exploded`` (a geometry guard fired: the candidate ends with that status and its
-reason, nothing is labelled), ``stop`` (any other status: uncertain, hard cap, stalled,
+reason, nothing is labelled), ``hard_cap`` (a ``--cap-…`` hard cap: the candidate ends
+``unfinished``, nothing is labelled), ``stop`` (any other status: uncertain, threshold, stalled,
 non-finite output).
 """
 from __future__ import annotations
@@ -51,8 +54,12 @@ from .state import CONVERGED, REFERENCE_FAILED, UNFINISHED
 
 #: status of a relaxation ended by a geometry guard (:mod:`committee_calc.relax.guards`)
 EXPLODED = "exploded"
-#: U_max of a relaxation without the U stop (``free`` candidates)
+#: status of a relaxation ended by a hard cap (``--cap-…``): too far from the data to label
+HARD_CAP = "hard_cap"
+#: U_max of a relaxation without the uncertainty stops (``free`` candidates)
 NO_U_STOP = 1e300
+#: relaxation statuses of an uncertainty stop (U_max, a stop threshold): labelled, then lifted
+UNCERTAINTY_STOPS = ("uncertain", "threshold")
 
 
 def slot(r, cid) -> str:
@@ -84,19 +91,21 @@ def start_structure(state, cid, inputs) -> Atoms:
 
 
 def make_relaxers(committee, settings) -> tuple:
-    """(relaxer with the U stop, relaxer without it) on ``Gate(committee, hard_cap=thresholds)``."""
-    gate = Gate(committee, hard_cap=settings["thresholds"] or None, molecules=settings.get("molecules"))
+    """(relaxer with the uncertainty stops: U_max and the stop thresholds, relaxer without them)
+    on ``Gate(committee, hard_cap=caps)`` (committee only; the caps hold for both)."""
+    gate = Gate(committee, hard_cap=settings.get("caps") or None, molecules=settings.get("molecules"))
     kw = {k: settings[k] for k in ("optimizer", "fmax", "max_steps", "cell", "pressure_GPa",
                                     "fix_symmetry")}
     kw["stress_tol_GPa"] = settings["verify_stress_GPa"]
-    return (GatedRelaxer(gate, policy="stop", u_max=settings["u_max"], **kw),
+    return (GatedRelaxer(gate, policy="stop", u_max=settings["u_max"],
+                         stop_thresholds=settings["thresholds"] or None, **kw),
             GatedRelaxer(gate, policy="stop", u_max=NO_U_STOP, **kw))
 
 
 def outcome(status: str, fmax_seen, fmax: float) -> str:
-    """``converged`` | ``continue`` | ``exploded`` | ``stop`` (module docstring)."""
-    if status == EXPLODED:  # a geometry guard fired: final, never labelled
-        return EXPLODED
+    """``converged`` | ``continue`` | ``exploded`` | ``hard_cap`` | ``stop`` (module docstring)."""
+    if status in (EXPLODED, HARD_CAP):  # a geometry guard or a hard cap: final, never labelled
+        return status
     if status == "converged" or (status == "uncertain" and fmax_seen is not None and fmax_seen < fmax):
         return "converged"
     return "continue" if status == "max_steps" else "stop"
@@ -108,16 +117,18 @@ def _frames_to(traj):
 
 
 def _go_on(relaxers, res, atoms, cid, traj, trained, progress, r):
-    """A relaxation that stopped on U at a structure the committee was trained on (``trained``:
-    structure hashes of labels of earlier rounds) goes on at once without the U stop: its label
-    is in the training set, so the retrained committee's spread there is what it is, and waiting
-    a round would only repeat the stop.  -> (result, True), or None when it does not apply."""
-    if res.status != "uncertain" or res.atoms is None or not trained:
+    """A relaxation that stopped on U or a stop threshold (:data:`UNCERTAINTY_STOPS`) at a
+    structure the committee was trained on (``trained``: structure hashes of labels of earlier
+    rounds) goes on at once without these stops: its label is in the training set, so the
+    retrained committee's spread there is what it is, and waiting a round would only repeat the
+    stop.  -> (result, True), or None when it does not apply."""
+    if res.status not in UNCERTAINTY_STOPS or res.atoms is None or not trained:
         return None
     if structure_hash(res.atoms) not in trained:  # the hash reads the geometry only
         return None
-    progress(f"round {r}: {cid} stopped on U at a structure labelled in an earlier round: "
-             "relaxing on without the U stop")
+    on = "U" if res.status == "uncertain" else "a stop threshold"
+    progress(f"round {r}: {cid} stopped on {on} at a structure labelled in an earlier round: "
+             "relaxing on without the uncertainty stops")
     again = atoms.copy()
     again.set_cell(res.atoms.cell, scale_atoms=False)
     again.positions = res.atoms.positions
@@ -134,7 +145,7 @@ def relax_stage(state, committee, inputs, progress, trained=frozenset(), atom_bu
     BatchedRelaxation`: one batched committee call per round over the active candidates under
     an :class:`~committee_calc.relax.budget.AtomBudget`, ``atom_budget`` atoms or grown from
     timings), each on its own optimiser: the same trajectories and results as one after
-    another.  A candidate that goes on without the U stop (:func:`_go_on`) does so alone.
+    another.  A candidate that goes on without the uncertainty stops (:func:`_go_on`) does so alone.
     Results are recorded as candidates finish and put in the order of the round's candidates
     at the end."""
     rec, r, rdir = state.round_record(), state.round, state.round_dir()
@@ -177,7 +188,7 @@ def relax_stage(state, committee, inputs, progress, trained=frozenset(), atom_bu
         rec["results"][cid] = row
         state.save()
         progress(f"round {r}: {cid} {status} after {row['steps']} steps"
-                 + (" (no U stop)" if free else "") + f": {reason} -> {row['outcome']}")
+                 + (" (no uncertainty stop)" if free else "") + f": {reason} -> {row['outcome']}")
 
     for cid in todo:
         starts[cid] = start_structure(state, cid, inputs)
@@ -253,14 +264,17 @@ def _committee_at(committee, atoms) -> dict:
 def label_stage(state, labeller, inputs, progress) -> None:
     """Label the round's stopped candidates and verify its converged ones; saves the state
     after each (see the module docstring)."""
-    prefetch_labels(state, labeller, slot)  # reference on workers (scale-out): the labels as parallel tasks first
     rec, r = state.round_record(), state.round
+    for cid in rec["active"]:  # above a hard cap: final, never labelled (nor prefetched below)
+        if cid not in rec["labelled"] and rec["results"][cid]["outcome"] == HARD_CAP:
+            rec["labelled"][cid] = {"action": HARD_CAP}
+    prefetch_labels(state, labeller, slot)  # reference on workers (scale-out): the labels as parallel tasks first
     budget = state.data["settings"]["label_budget"]
     for cid in rec["active"]:
         if cid in rec["labelled"]:
             continue
         row = rec["results"][cid]
-        if row["outcome"] in ("continue", EXPLODED):
+        if row["outcome"] in ("continue", EXPLODED, HARD_CAP):
             entry = {"action": row["outcome"]}
         elif budget is not None and len(labeller.store) >= budget:
             entry = {"action": "budget"}
@@ -313,6 +327,8 @@ def close_round(state, store_frames) -> int:
             c["free"] = e["seen_before"]
         elif action == EXPLODED:
             c.update(status=EXPLODED, reason=row["reason"])
+        elif action == HARD_CAP:
+            c.update(status=UNFINISHED, reason=row["reason"])
         elif action == "budget":
             c.update(status=UNFINISHED, reason="label budget spent before its label", budget=True)
         elif action == REFERENCE_FAILED:
@@ -323,4 +339,5 @@ def close_round(state, store_frames) -> int:
 
 
 __all__ = ["relax_stage", "label_stage", "close_round", "start_structure", "make_relaxers",
-           "outcome", "reference_check", "slot", "slot_candidate", "NO_U_STOP"]
+           "outcome", "reference_check", "slot", "slot_candidate", "NO_U_STOP", "UNCERTAINTY_STOPS",
+           "EXPLODED", "HARD_CAP"]

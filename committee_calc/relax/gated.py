@@ -48,8 +48,9 @@ End of a relaxation (``RelaxResult.status``, each with a ``reason`` sentence)
     it.  ``stalled``: no progress over ``stall_steps`` steps
     (:class:`~.criteria.StallDetector`).  ``max_steps``: the step budget is
     spent (the reason names the force reached against the target).
-    ``uncertain``: a stop policy fired.  ``hard_cap``: the gate's hard cap
-    raised :class:`~committee_calc.errors.GateStop`.  ``exploded``: a geometry guard
+    ``uncertain``: a stop policy fired on U.  ``threshold``: a stop threshold
+    (``stop_thresholds``, the campaign's ``--threshold-…``) was exceeded.  ``hard_cap``: the
+    gate's hard cap raised :class:`~committee_calc.errors.GateStop`.  ``exploded``: a geometry guard
     (:mod:`.guards`: atoms too close, volume blown up, committee forces blown up) fired, before
     the committee (geometry) or the reference (forces) saw it.  (``reference_failed`` is
     set by the pool when the reference raises.)
@@ -83,10 +84,12 @@ from .. import keys as K
 from ..committee import require_stress
 from ..errors import ConfigError
 from ..gate import require_gate
+from ..measures import MEASURES, check_limits, compute_measures, parse_limits
 from ..units import check_positive
 from .flow import RelaxResult, RelaxTask
 from .guards import DEFAULT_GUARDS, Guards
 from .policy import OPTIMIZERS, POLICIES, STATUSES, count_setting, optimizer_class, policy_thresholds
+from .surface import Stop
 
 
 class GatedRelaxer:
@@ -98,6 +101,10 @@ class GatedRelaxer:
         committee only); anything else is a ConfigError.
     policy: ``fallback`` | ``stop`` | ``stop_and_label``.
     u_max: U_max for the stop policies (relative force uncertainty, no unit).
+    stop_thresholds: with policy ``stop``, further stop limits ``{measure key: value}`` (parsed by
+        :func:`~committee_calc.measures.parse_limits`, fixed numbers): a committee evaluation with
+        a measure above one (NaN: above) ends the relaxation as ``threshold`` at that structure,
+        like the U stop (``uncertain``); None: none.
     optimizer: ``FIRE`` | ``BFGS`` | ``LBFGS``; optimizer_kwargs passed to it.
     fmax: convergence on the largest force [eV/Å] (generalised force with ``cell``).
     max_steps: optimiser steps at most (counted over resumes; polishing not included).
@@ -123,7 +130,7 @@ class GatedRelaxer:
                  max_steps=500, cell=False, pressure_GPa=0.0, fix_symmetry=False,
                  symprec=1e-3, optimizer_kwargs=None, constant_volume=False, stress_tol_GPa=0.1,
                  reentry_factor=0.7, restart_on_switch=True, max_reentries=3, stall_steps=20,
-                 stall_tol=1e-4, verify=None, polish=0, guards=DEFAULT_GUARDS):
+                 stall_tol=1e-4, verify=None, polish=0, guards=DEFAULT_GUARDS, stop_thresholds=None):
         require_gate(gate, "GatedRelaxer")
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
@@ -135,6 +142,12 @@ class GatedRelaxer:
         if policy == "stop_and_label" and (gate.reference is None or gate.label_store is None):
             raise ConfigError("policy 'stop_and_label' needs a gate with a reference and a label store")
         self.gate, self.policy, self.u_max = gate, policy, u_max
+        self.stop_thresholds = parse_limits(stop_thresholds, what="stop threshold")
+        if self.stop_thresholds and policy != "stop":
+            raise ConfigError(f"stop_thresholds end a relaxation of policy 'stop'; with policy {policy!r} "
+                              "give them to the gate as thresholds")
+        check_limits({}, self.stop_thresholds, molecules=gate.molecules if gate.molecules is not None
+                     else getattr(gate.committee, "molecules", None))
         self.optimizer = optimizer_class(optimizer)
         self.optimizer_name = str(optimizer).upper()
         self.fmax = check_positive("fmax", fmax)
@@ -172,6 +185,7 @@ class GatedRelaxer:
                 "restart_on_switch": self.restart_on_switch, "max_reentries": self.max_reentries,
                 "stall_steps": self.stall_steps, "stall_tol": self.stall_tol,
                 "verify": self.verify, "polish": self.polish,
+                **({"stop_thresholds": dict(self.stop_thresholds)} if self.stop_thresholds else {}),
                 **(self.guards.settings() if self.guards is not None else {"guards": None})}
 
     def stop_criterion(self, committee_results) -> bool:
@@ -179,7 +193,33 @@ class GatedRelaxer:
         with the denominator floored at ``fmax``: at a force-free point (a minimum, or atoms held
         in place by symmetry while the cell relaxes) U = σ/|F| diverges whatever σ is, so there
         the stop asks max‖σ_F‖ > U_max·fmax — the committee disagrees about forces that matter
-        for convergence.  Raises ConfigError when the results have no U (no committee)."""
+        for convergence.  Raises ConfigError when the results have no U (no committee).
+
+        With ``stop_thresholds``, a measure above its stop threshold (after the U test) raises
+        :class:`~committee_calc.relax.surface.Stop` with status ``threshold`` and a reason naming
+        the measures: the calculator (:mod:`.surface`) calls this after the structure's frame is
+        recorded, so the relaxation ends at that structure, as on U."""
+        if self._u_stop(committee_results):
+            return True
+        self.check_stop_thresholds(committee_results)
+        return False
+
+    def check_stop_thresholds(self, committee_results) -> None:
+        """Raise :class:`~committee_calc.relax.surface.Stop` (status ``threshold``) when a measure
+        of ``committee_results`` (:func:`~committee_calc.measures.compute_measures`; missing or NaN
+        counts as above) exceeds its stop threshold."""
+        if not self.stop_thresholds:
+            return
+        n_atoms = len(np.asarray(committee_results.get(K.FORCES, ())).reshape(-1, 3))
+        measures = compute_measures(committee_results, n_atoms, committee_results.get(K.N_MOLECULES))
+        over = {k: measures.get(k, math.nan) for k, t in self.stop_thresholds.items()
+                if not measures.get(k, math.nan) <= t}
+        if over:
+            text = ", ".join(f"{k}={v:.4g} > {self.stop_thresholds[k]:.4g} {MEASURES[k].unit}"
+                             for k, v in over.items())
+            raise Stop("threshold", f"committee uncertainty above the stop threshold: {text}")
+
+    def _u_stop(self, committee_results) -> bool:
         if K.FORCE_UNCERTAINTY_RELATIVE not in committee_results:
             raise ConfigError(f"policy {self.policy!r} needs the committee's relative force "
                               "uncertainty; the gate's calculator gives none (not a committee?)")

@@ -12,7 +12,7 @@ from ..units import check_positive
 
 POLICIES = ("fallback", "stop", "stop_and_label")
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
-STATUSES = ("converged", "unverified", "stalled", "max_steps", "uncertain", "hard_cap",
+STATUSES = ("converged", "unverified", "stalled", "max_steps", "uncertain", "threshold", "hard_cap",
             "exploded", "reference_failed")
 
 

@@ -64,6 +64,7 @@ from ..fileio import (
     fsync_file,
     load_json,
     read_frames_repair,
+    read_last_frame,
     save_json_atomic,
     write_structures_atomic,
 )
@@ -96,14 +97,27 @@ def append_frame(path, frame) -> None:
     _append_frame(path, frame, sync=False)
 
 
+#: ``info`` keys naming a candidate, in the order :func:`candidate_ids` tries them
+ID_KEYS = ("candidate_id", "candidate", "id", "name")
+
+
 def candidate_ids(images) -> list:
-    """``info['candidate_id']``/``'id'``/``'name'`` when present and unique, else c0000, c0001..."""
-    for key in ("candidate_id", "id", "name"):
+    """The first of ``info['candidate_id']``/``'candidate'``/``'id'``/``'name'`` present on every
+    structure with unique, file-name-safe values, else c0000, c0001...  (``candidate`` is also the
+    key every relaxed frame carries its id under, so outputs read back keep their ids.)"""
+    for key in ID_KEYS:
         ids = [str(a.info.get(key)) for a in images if a.info.get(key) is not None]
         if len(ids) == len(images) and len(set(ids)) == len(ids):
             if all(_safe(i) for i in ids):
                 return ids
     return [f"c{i:04d}" for i in range(len(images))]
+
+
+def settings_change(old: dict, new: dict) -> str:
+    """``key old -> new, ...`` for the keys whose values differ between two settings dicts
+    (a key only in one shows ``None`` on the other side)."""
+    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
 def check_candidates(committee, images, ids=None) -> None:
@@ -156,9 +170,8 @@ class RelaxPool:
             raise ConfigError(f"{self.out} holds a different candidate pool ({len(meta.get('ids', []))} "
                               f"candidates); use a new --out folder for these {len(ids)} candidates")
         elif meta.get("settings") != here["settings"]:
-            log.warning("settings differ from the first run in %s (%s -> %s); unfinished "
-                        "candidates continue with the new ones", self.out, meta["settings"],
-                        here["settings"])
+            log.warning("settings differ from the first run in %s: %s; unfinished candidates continue "
+                        "with the new ones", self.out, settings_change(meta["settings"], here["settings"]))
 
     def run(self, images, ids=None) -> list:
         """Relax all unfinished candidates; return all summary rows (input order)."""
@@ -296,10 +309,10 @@ class RelaxPool:
             if row is None or row["status"] == "reference_failed":
                 continue
             if cid not in self._finals:
-                frames = read_frames_repair(self.traj_dir / f"{cid}.extxyz")
-                if not frames:
+                last = read_last_frame(self.traj_dir / f"{cid}.extxyz")  # a finished one: whole
+                if last is None:
                     continue
-                self._finals[cid] = frames[-1]
+                self._finals[cid] = last
             f = self._finals[cid].copy()
             f.info.update(candidate=cid, relax_status=row["status"])
             out.append(f)
@@ -342,7 +355,7 @@ def final_frame(out_dir, cid):
     return frames[-1] if frames else None
 
 
-__all__ = ["RELAXED_EVERY_S", "RelaxPool", "SUMMARY_COLUMNS", "VERIFIED", "candidate_ids",
-           "check_candidates",
+__all__ = ["ID_KEYS", "RELAXED_EVERY_S", "RelaxPool", "SUMMARY_COLUMNS", "VERIFIED", "candidate_ids",
+           "check_candidates", "settings_change",
            "describe_row", "final_frame", "read_frames_repair", "read_relaxed", "reopen_summary",
            "summary_in_order", "upgrade_summary"]
