@@ -2,10 +2,12 @@
 :func:`committee_calc.cli.add_executor_arguments`; re-exported by :mod:`committee_calc.cli`.
 
 * :func:`spec_from_args`: the checked :class:`~committee_calc.scale.executors.ExecutorSpec`
-  (``--dry-run`` prints the job script and exits).
+  (``--dry-run`` prints the job script and exits; the batch submit command must be on the PATH, a
+  ``--scheduler`` must accept a TCP connection: both before the driver writes anything).
 * :func:`executor_from_args`: the run's one executor, opened at the first call, shared by every
   later one (committee chunks, reference tasks) and closed by :func:`close_executors`
-  (:func:`committee_calc.cli.run_cli` calls it at the end of every run).
+  (:func:`committee_calc.cli.run_cli` calls it at the end of every run; a run given workers that
+  sent them nothing, e.g. ``committee-md --workers 2`` without ``--reference``, says so there).
 * :func:`remote_committee`: the committee whose batched ``predict`` runs as chunk tasks
   (:class:`~committee_calc.scale.landscape.RemoteCommittee`), its tally printed at the end.
 * :func:`reference_on_executor`: the driver's reference as an
@@ -15,11 +17,19 @@
 """
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 
 from .errors import ConfigError
 from .reference import Reference
-from .scale.executors import ExecutorSpec, dry_run, open_executor
+from .scale.executors import (
+    ExecutorSpec,
+    check_scheduler,
+    check_submit_command,
+    dry_run,
+    load_cluster_config,
+    open_executor,
+)
 from .scale.labelling import ExecutorReference
 from .scale.landscape import RemoteCommittee
 from .scale.shard import parse_shard
@@ -27,7 +37,8 @@ from .scale.shard import parse_shard
 
 def spec_from_args(args) -> ExecutorSpec:
     """The :class:`~committee_calc.scale.executors.ExecutorSpec` of :func:`add_executor_arguments`'
-    options, checked (ConfigError: ``--workers 0``, a bad cluster config, ``--shard 3/2``); sets
+    options, checked (ConfigError: ``--workers 0``, a bad cluster config or no batch submit command
+    on the PATH, ``--shard 3/2``, a ``--scheduler`` that refuses or does not answer a TCP connection); sets
     ``args.shard`` to ``(k, N)`` or None.  ``--dry-run`` prints the job script and exits 0."""
     if hasattr(args, "shard"):
         args.shard = parse_shard(args.shard)
@@ -35,17 +46,26 @@ def spec_from_args(args) -> ExecutorSpec:
         raise ConfigError("--dry-run prints the job script of --cluster-config FILE; give that file")
     kind = ("local" if getattr(args, "workers", None) is not None else "scheduler" if getattr(args, "scheduler", None)
             else "jobqueue" if getattr(args, "cluster_config", None) else "inprocess")
+    verbose = bool(getattr(args, "verbose", False)) or os.environ.get("COMMITTEE_CALC_VERBOSE", "") not in ("", "0")
     spec = ExecutorSpec(kind, workers=getattr(args, "workers", None), address=getattr(args, "scheduler", None),
                         cluster_config=getattr(args, "cluster_config", None), retries=getattr(args, "retries", 2),
-                        timeout_s=getattr(args, "scheduler_timeout_s", 30.0))
+                        timeout_s=getattr(args, "scheduler_timeout_s", 30.0), verbose=verbose)
     if getattr(args, "dry_run", False):
         print(dry_run(spec.cluster_config), flush=True)
         raise SystemExit(0)
+    if spec.kind == "jobqueue":
+        check_submit_command(load_cluster_config(spec.cluster_config))
+    elif spec.kind == "scheduler":
+        check_scheduler(spec.address, spec.timeout_s)
+    if spec.distributed and all(a is not args for a, _ in _GIVEN):
+        _GIVEN.append((args, spec))
     return spec
 
 
 #: executors opened by :func:`executor_from_args` during one driver run (closed at its end)
 _EXECUTORS = ExitStack()
+#: the ``args`` of this run that asked for workers (:func:`close_executors` says when none were used)
+_GIVEN: list = []
 
 
 def executor_from_args(args):
@@ -59,8 +79,15 @@ def executor_from_args(args):
 
 
 def close_executors() -> None:
-    """Close the executors (and the clusters they started) of :func:`executor_from_args`."""
+    """Close the executors (and the clusters they started) of :func:`executor_from_args`; say
+    once when a run asked for workers but distributed nothing through them."""
     _EXECUTORS.close()
+    for args, spec in _GIVEN:
+        if "_executor" not in vars(args) and getattr(args, "reference_tasks", False) \
+                and not getattr(args, "reference", None):
+            print(f"{spec.describe()}: nothing was distributed (without --reference this run has no reference "
+                  "calls to send to the workers; it ran in this process)", flush=True)
+    _GIVEN.clear()
 
 
 def reference_on_executor(args, spec):

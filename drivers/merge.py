@@ -6,10 +6,11 @@
     committee-merge runs/relax                                       # runs/relax/{summary.csv, ...}
 
 Writes into the folder what the unsharded run writes there (``trajectories/``, ``summary.csv``
-and ``relaxed.extxyz`` in input order, ``pool.json``, ``landscape.png``); rerunning
+and ``relaxed.extxyz`` in input order, ``pool.json``, ``landscape.png``, ``summary.md``); rerunning
 ``committee-relax`` on the whole pool with the same ``--out`` then skips every finished candidate,
-resumes unfinished ones and clusters with ``--cluster``.  Every shard k/N must be present
-(exit 2 naming the missing ones).
+resumes unfinished ones and clusters with ``--cluster``.  Every shard k/N must be present and all
+must have been relaxed with the same settings (exit 2 naming the missing shards or the settings
+that differ).
 """
 from __future__ import annotations
 

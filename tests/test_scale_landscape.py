@@ -188,6 +188,8 @@ def test_sequential_drivers_reference_calls_on_workers(cluster, tmp_path, capsys
     assert "reference tasks:" in out and ", 0 failed" in out
     if driver == "campaign":  # the round's labels went to the workers at once
         assert sent and sent[0] > 1 and sum(sent) <= len(stores[1])
+        # every reference task is counted, those sent at once too (issue: "1 done" while 5 ran)
+        assert int(re.search(r"reference tasks: (\d+) done", out).group(1)) >= sum(sent)
 
 
 @pytest.mark.parametrize("driver", ["rerank", *(pytest.param(d, marks=pytest.mark.slow)
@@ -212,3 +214,16 @@ def test_bad_executor_options_exit_2_and_write_nothing(tmp_path, capsys, driver)
         err = capsys.readouterr().err
         assert words in err, err
         assert not Path(i["out"]).exists()
+
+
+def test_md_given_workers_without_reference_says_nothing_was_distributed(tmp_path, capsys):
+    """committee-md --workers 2 without --reference: no cluster is started and the run says once
+    that nothing went to the workers."""
+    from driver_inputs import DRIVERS
+    from driver_inputs import make_inputs as driver_inputs
+
+    i = driver_inputs(tmp_path)
+    assert DRIVERS["md"][0]([i["structure"], "--committee", i["committee"], "--out", i["out"], "--steps", "2",
+                             "--write-interval", "1", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("local Dask cluster of 2 workers: nothing was distributed") == 1 and "dashboard" not in out

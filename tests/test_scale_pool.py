@@ -5,6 +5,8 @@ its workers' PYTHONPATH so that they can import the KillOnceEMT member of ``test
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -70,8 +72,9 @@ def assert_same_pool(a, b, labels_a, labels_b):
         assert f.info["REF_energy"] == pytest.approx(ea[f.info["label_hash"]], rel=1e-12)
 
 
-def test_pool_on_two_workers_equals_in_process(cluster, tmp_path, capsys):
+def test_pool_on_two_workers_equals_in_process(cluster, tmp_path, capsys, caplog):
     address, _ = cluster
+    caplog.set_level(logging.INFO)
     i = make_inputs(tmp_path)
     assert relax_main(relax_argv(i, tmp_path / "a", tmp_path / "la.extxyz")) == 0
     assert relax_main(relax_argv(i, tmp_path / "b", tmp_path / "lb.extxyz", "--scheduler", address)) == 0
@@ -81,11 +84,14 @@ def test_pool_on_two_workers_equals_in_process(cluster, tmp_path, capsys):
     # a rerun skips every finished candidate: no task, no new label
     assert relax_main(relax_argv(i, tmp_path / "b", tmp_path / "lb.extxyz", "--scheduler", address)) == 0
     assert "tasks: 0 done" in capsys.readouterr().out
+    assert "9 of 9 candidates in" in caplog.text and "are finished (skipped); 0 to relax" in caplog.text
+    assert "relax tasks" not in caplog.text  # progress: "relax 1/9 tasks", the unit said once
     assert len(read(tmp_path / "lb.extxyz", ":")) == 9
 
 
-def test_killed_worker_every_candidate_once(cluster, tmp_path, capsys):
+def test_killed_worker_every_candidate_once(cluster, tmp_path, capsys, caplog):
     address, client = cluster
+    caplog.set_level(logging.INFO)
     marker = tmp_path / "kill-me"
     i = make_inputs(tmp_path, kill_marker=marker)
     assert relax_main(relax_argv(i, tmp_path / "a", tmp_path / "la.extxyz")) == 0  # in-process: never killed
@@ -95,6 +101,9 @@ def test_killed_worker_every_candidate_once(cluster, tmp_path, capsys):
     assert not marker.exists() and Path(f"{marker}.claimed").exists(), "no worker was killed"
     # the killed worker's task (and any queued behind it there) came back as KilledWorker: resubmitted
     assert re.search(r"tasks: 9 done, [1-9] retried, 0 failed", capsys.readouterr().out)
+    # the run reports the retry itself; Dask's own lines (task marked failed, worker removed) are hidden
+    assert "retrying task" in caplog.text and "(KilledWorker" in caplog.text
+    assert "marked as failed" not in caplog.text and "Removing worker" not in caplog.text
     ids = [r["id"] for r in rows(tmp_path / "b")]
     assert sorted(ids) == [f"p{k:02d}" for k in range(9)] and len(set(ids)) == 9
     assert_same_pool(tmp_path / "a", tmp_path / "b", tmp_path / "la.extxyz", tmp_path / "lb.extxyz")
@@ -102,7 +111,7 @@ def test_killed_worker_every_candidate_once(cluster, tmp_path, capsys):
     assert set(client.run(os.getpid).values()) != pids  # the nanny started a new worker process
 
 
-def test_three_shards_merged_equal_unsharded(tmp_path):
+def test_three_shards_merged_equal_unsharded(tmp_path, capsys):
     i = make_inputs(tmp_path, n=6)
     assert relax_main(relax_argv(i, tmp_path / "a", tmp_path / "la.extxyz")) == 0
     for k in (1, 2, 3):
@@ -113,10 +122,20 @@ def test_three_shards_merged_equal_unsharded(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b" / "trajectories").iterdir()) == \
         sorted(p.name for p in (tmp_path / "a" / "trajectories").iterdir())
     assert (tmp_path / "b" / "pool.json").read_text() == (tmp_path / "a" / "pool.json").read_text()
+    assert "pool of 6 candidates" in (tmp_path / "b" / "summary.md").read_text()
     # the next unsharded run finds everything done and clusters the merged pool
     assert relax_main(relax_argv(i, tmp_path / "b", tmp_path / "lb.extxyz", "--cluster")) == 0
     assert (tmp_path / "b" / "clusters.csv").exists()
     assert len(read(tmp_path / "lb.extxyz", ":")) == 6
+    # a shard relaxed with other settings is refused, naming them
+    meta_path = tmp_path / "b" / "shard-2-of-3" / "pool.json"
+    meta = json.loads(meta_path.read_text())
+    meta["settings"]["fmax"] = 0.01
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert merge_main([str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"different settings \(shard 2/3 differs from shard 1/3 in fmax 0\.05 -> 0\.01\)", err), err
 
 
 def test_shard_assignment_and_parsing():
@@ -147,8 +166,12 @@ def _config(tmp_path, text) -> str:
 
 
 BAD = {
-    "unreachable": (lambda t: ["--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout-s", "2"],
-                    "cannot reach the Dask scheduler"),
+    # refused at once (a plain TCP connect first), not after --scheduler-timeout-s (the test's timeout is 120 s)
+    "refused": (lambda t: ["--scheduler", "tcp://127.0.0.1:9", "--scheduler-timeout-s", "600"],
+                "cannot reach the Dask scheduler tcp://127.0.0.1:9: connection refused \\(ConnectionRefusedError"),
+    "memory": (lambda t: ["--cluster-config", _config(t, "kind: slurm\ncores: 2\nmemory: 16 gigs\n"
+                                                         "walltime: '00:10:00'\n")],
+               "memory '16 gigs' is not a size; write it like 16GB"),
     "unknown kind": (lambda t: ["--cluster-config", _config(t, "kind: torque\ncores: 2\nmemory: 1GB\n"
                                                                "walltime: '00:10:00'\n")],
                      "unknown scheduler kind 'torque'"),
@@ -171,6 +194,27 @@ def test_bad_input_exit_2_nothing_written(case, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert re.search(message, err), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "labels").exists()
+
+
+@pytest.mark.timeout(120)
+def test_batch_jobs_without_sbatch_or_without_workers_exit_2(tmp_path, capsys, monkeypatch):
+    """--cluster-config: no sbatch on the PATH -> exit 2 before anything; jobs submitted but no
+    worker connecting within --scheduler-timeout-s -> exit 2, not a hang; nothing written either way."""
+    cfg = _config(tmp_path, "kind: slurm\ncores: 1\nmemory: 1GB\nwalltime: '00:10:00'\n")
+    i = make_inputs(tmp_path / "in", n=2)
+    argv = relax_argv(i, tmp_path / "out", tmp_path / "labels" / "l.extxyz", "--cluster-config", cfg,
+                      "--scheduler-timeout-s", "3")
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert relax_main(argv) == 2
+    assert "submits jobs with 'sbatch', which is not on the PATH" in capsys.readouterr().err
+    for name, text in (("sbatch", "echo Submitted batch job 42"), ("scancel", "true"), ("squeue", "true")):
+        (tmp_path / "bin" / name).write_text(f"#!/bin/sh\n{text}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", "/bin"]))
+    assert relax_main(argv) == 2  # sbatch "accepts" the job, which never starts a worker
+    assert "no worker of the batch jobs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "labels").exists()
 
 
@@ -259,3 +303,51 @@ def test_resume_on_workers_continues_saved_trajectories(cluster, tmp_path):
         ta = read(tmp_path / "a" / "trajectories" / f"{cid}.extxyz", ":")
         tb = read(tmp_path / "b" / "trajectories" / f"{cid}.extxyz", ":")
         assert len(ta) == len(tb) and all(np.abs(x.positions - y.positions).max() <= 1e-10 for x, y in zip(ta, tb))
+
+
+def test_qha_on_workers_writes_each_volume_as_it_finishes(cluster, tmp_path, caplog, monkeypatch):
+    """An interrupted committee-qha --scheduler keeps the volumes finished so far (written as their
+    tasks finish) and a rerun loads them; progress counts whole volumes; an unreachable scheduler
+    is refused before the output folder exists."""
+    import committee_calc.phonons.scaled as scaled
+    from drivers.qha import main as qha_main
+
+    address, _ = cluster
+    i = make_inputs(tmp_path, n=1)
+    assert qha_main(qha_argv(i, tmp_path / "x", tmp_path / "lx.extxyz", "--scheduler", "tcp://127.0.0.1:9")) == 2
+    assert not (tmp_path / "x").exists()
+    real, seen = scaled.append_records, []
+
+    def interrupt_third(labeller, records):
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(labeller, records)
+
+    monkeypatch.setattr(scaled, "append_records", interrupt_third)
+    assert qha_main(qha_argv(i, tmp_path / "b", tmp_path / "lb.extxyz", "--scheduler", address)) == 130
+    assert len(list((tmp_path / "b" / "volumes").glob("*/volume.json"))) == 2
+    monkeypatch.setattr(scaled, "append_records", real)
+    caplog.set_level(logging.INFO)
+    assert qha_main(qha_argv(i, tmp_path / "b", tmp_path / "lb.extxyz", "--scheduler", address)) == 0
+    assert "(3 volumes computed now, 2 loaded)" in caplog.text
+    assert re.search(r"qha 5(\.0)?/5 volumes \(100%\)", caplog.text), caplog.text
+
+
+def test_domain_warnings_of_a_committee_only_pool_on_workers(cluster, tmp_path):
+    """A committee-only relaxation on workers: the workers' DomainWarnings are warned in the driver,
+    once per candidate and measure, and listed in summary.md, as in-process."""
+    from committee_calc.domain import DomainWarning
+
+    address, _ = cluster
+    i = make_inputs(tmp_path, n=2)
+    yaml_text = Path(i["committee"]).read_text() + "domain: {volume_per_atom_A3: [20.0, 30.0]}\n"
+    Path(i["committee"]).write_text(yaml_text)
+    argv = [i["pool"], "--committee", i["committee"], "--out", str(tmp_path / "b"), "--max-steps", "3",
+            "--no-progress", "--scheduler", address]
+    with pytest.warns(DomainWarning) as caught:
+        assert relax_main(argv) == 0
+    said = [str(w.message) for w in caught if issubclass(w.category, DomainWarning)]
+    assert sorted(m.split(":")[0] for m in said) == ["name p00", "name p01"], said
+    summary = (tmp_path / "b" / "summary.md").read_text()
+    assert summary.count("(committee domain: volume_per_atom_A3)") == 2

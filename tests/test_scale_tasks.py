@@ -101,3 +101,86 @@ def test_label_on_workers_appends_in_input_order_and_executor_reference(tmp_path
     with pytest.raises(ReferenceCalculationError, match="on the workers"):
         Labeller(bad).label(frames[1])
     assert bad.tally.retried == 0 and bad.tally.failed == 1  # a reference failure is not retried
+
+
+class CancelledExecutor(cf.Executor):
+    """Every future comes back cancelled, as a distributed executor's do when the scheduler is lost."""
+
+    address = "tcp://10.0.0.1:8786"
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut = cf.Future()
+        fut.cancel()
+        fut.set_running_or_notify_cancel()  # cancelled and notified: cf.wait sees it done
+        return fut
+
+
+def test_lost_scheduler_is_one_clear_error():
+    from committee_calc.errors import CommitteeError
+    from committee_calc.scale.tasks import LostSchedulerError
+
+    with pytest.raises(LostSchedulerError, match=r"lost the Dask scheduler at tcp://10\.0\.0\.1:8786 .*outputs so "
+                                                 r"far are kept - rerun to resume") as exc:
+        list(map_tasks(CancelledExecutor(), flaky, {"a": ("a", 0), "b": ("b", 0)}, progress=False))
+    assert isinstance(exc.value, CommitteeError)  # run_cli: one error line, exit 2
+
+
+def warns_twice(k):
+    import warnings
+
+    from committee_calc.domain import DomainWarning
+
+    warnings.warn(f"s{k}: volume per atom outside the range", DomainWarning, stacklevel=1)
+    warnings.warn("a third-party remark", FutureWarning, stacklevel=1)
+    warnings.warn("a third-party remark", FutureWarning, stacklevel=1)
+    return k
+
+
+class CapturingInProcess(InProcessExecutor):
+    capture_warnings = True  # as open_executor's distributed executors
+
+
+def test_worker_warnings_come_back_and_obey_the_callers_filters(caplog):
+    """Warnings a task raises in its worker are recorded there and warned again in the calling
+    process, each once, under the caller's filters (a quiet filter hides the third-party one,
+    committee_calc's own DomainWarning is shown); a retried task logs 'retrying task'."""
+    import logging
+    import warnings
+
+    from committee_calc.domain import DomainWarning
+    from committee_calc.scale.tasks import Captured, captured
+
+    out = captured(warns_twice, 3)
+    assert isinstance(out, Captured) and out.result == 3
+    assert [(c, m) for c, m, _, _ in out.warnings] == [(DomainWarning, "s3: volume per atom outside the range"),
+                                                        (FutureWarning, "a third-party remark")]
+    assert out.warnings[0][2] == __name__  # the module, for the caller's module filters
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", module=__name__, category=FutureWarning)  # as cli's quiet filters
+        got = [o.result for o in map_tasks(CapturingInProcess(), warns_twice, {"a": (1,), "b": (1,), "c": (2,)},
+                                           progress=False)]
+    assert sorted(got) == [1, 1, 2]
+    assert sorted(str(w.message) for w in caught) == ["s1: volume per atom outside the range",
+                                                      "s2: volume per atom outside the range"]
+    CALLS.clear()
+    with caplog.at_level(logging.WARNING, logger="committee_calc.scale"):
+        list(map_tasks(InProcessExecutor(), flaky, {"b": ("b", 1)}, retries=2, progress=False))
+    assert "retrying task b (RuntimeError: b attempt 1 failed; attempt 2 of 3)" in caplog.text
+    assert "failed after" not in caplog.text
+
+
+def test_cluster_memory_and_submit_command_checked(tmp_path, monkeypatch):
+    from committee_calc.scale.executors import check_submit_command
+
+    p = tmp_path / "c.yaml"
+    p.write_text("kind: slurm\ncores: 2\nmemory: 16 gigs\nwalltime: '01:00:00'\n")
+    with pytest.raises(ConfigError, match=r"memory '16 gigs' is not a size; write it like 16GB"):
+        load_cluster_config(p)
+    p.write_text("kind: slurm\ncores: 2\nmemory: 16 GiB\nwalltime: '01:00:00'\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    with pytest.raises(ConfigError, match="submits jobs with 'sbatch', which is not on the PATH"):
+        check_submit_command(load_cluster_config(p))
+    p.write_text("kind: lsf\ncores: 2\nmemory: 16GB\nwalltime: '01:00'\n")
+    with pytest.raises(ConfigError, match="'bsub'"):
+        check_submit_command(load_cluster_config(p))

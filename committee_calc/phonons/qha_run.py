@@ -224,42 +224,49 @@ def compute_volumes(atoms: Atoms, gate: Gate, settings: PhononSettings, scan: Vo
     """The resumable volume loop: load finished volumes, compute and write the missing ones.
 
     Progress (:class:`~committee_calc.progress.Progress`, in volumes): half a volume when its
-    relaxation ends, the other half when its displaced supercells are computed.
+    relaxation ends, the other half when its displaced supercells are computed (a volume from a
+    worker: one whole volume when its task finishes).
     ``spec``: an :class:`~committee_calc.scale.executors.ExecutorSpec`; when it is distributed the
-    missing volumes are computed as tasks first (:mod:`.scaled`), then written here as usual.
+    missing volumes are computed as tasks first (:mod:`.scaled`), each written here as its task
+    finishes (an interrupted run keeps them), the others as usual.
     Returns (points, indices computed now, {index: imaginary-mode counts})."""
     structures, pressures = scan.structures(atoms)
+    keys = [volume_hash(atoms, settings, scan, s, None if pressures is None else pressures[i], committee_file,
+                        reference_file) for i, s in enumerate(structures)]
+    computed, imaginary, bar = [], {}, Progress(len(structures), "qha", unit="volumes")
+
+    def store(i, point, whole=False):
+        write_volume_point(out, i, point, keys[i], extra={"pressure_GPa": None if pressures is None else pressures[i],
+                                                          "static_source": point.static_source})
+        computed.append(i)
+        bar.update(1 if whole else 0.5, f"volume {i:02d}: V = {point.volume_A3:.5f} Å³ (primitive), "
+                                        f"{len(point.phonons.forces.decisions)} displaced supercells "
+                                        f"({point.phonons.forces.n_reference} reference) computed", force=True)
+
     ready = {} if spec is None or not spec.distributed else volumes_on_workers(
-        spec, gate, committee_file, settings, scan, out, structures, pressures,
-        [volume_hash(atoms, settings, scan, s, None if pressures is None else pressures[i], committee_file,
-                     reference_file) for i, s in enumerate(structures)])
-    points, computed, imaginary = [], [], {}
-    bar = Progress(len(structures), "qha", unit="volumes")
+        spec, gate, committee_file, settings, scan, out, structures, pressures, keys,
+        on_volume=lambda i, point: store(i, point, whole=True))
+    points = []
     for i, s in enumerate(structures):
-        p_i = None if pressures is None else pressures[i]
-        h = volume_hash(atoms, settings, scan, s, p_i, committee_file, reference_file)
-        point = load_volume_point(out, i, settings, h)
+        point = ready.get(i)
         if point is None:
-            with warnings.catch_warnings():  # the supercell size was checked once, up front
-                warnings.filterwarnings("ignore", message=".*twice the committee cutoff")
-                point = ready.get(i) or run_volume_point(s, gate, settings, relax=scan.relax,
-                                         fmax_eVA=scan.fmax_eVA, steps=scan.relax_steps,
-                                         pressure_GPa=p_i, info={"volume_index": i},
-                                         static_from_reference=scan.static_from_reference,
-                                         on_relaxed=lambda a, i=i: bar.update(
-                                             0.5, f"volume {i:02d} relaxed: V = {a.get_volume():.3f} Å³"))
-            write_volume_point(out, i, point, h, extra={"pressure_GPa": p_i,
-                                                        "static_source": point.static_source})
-            computed.append(i)
-            bar.update(0.5, f"volume {i:02d}: V = {point.volume_A3:.5f} Å³ (primitive), "
-                            f"{len(point.phonons.forces.decisions)} displaced supercells "
-                            f"({point.phonons.forces.n_reference} reference) computed", force=True)
-        else:
-            bar.update(1, f"volume {i:02d}: loaded from {out}", force=True)
+            point = load_volume_point(out, i, settings, keys[i])
+            if point is None:
+                with warnings.catch_warnings():  # the supercell size was checked once, up front
+                    warnings.filterwarnings("ignore", message=".*twice the committee cutoff")
+                    point = run_volume_point(s, gate, settings, relax=scan.relax, fmax_eVA=scan.fmax_eVA,
+                                             steps=scan.relax_steps, info={"volume_index": i},
+                                             pressure_GPa=None if pressures is None else pressures[i],
+                                             static_from_reference=scan.static_from_reference,
+                                             on_relaxed=lambda a, i=i: bar.update(
+                                                 0.5, f"volume {i:02d} relaxed: V = {a.get_volume():.3f} Å³"))
+                store(i, point)
+            else:
+                bar.update(1, f"volume {i:02d}: loaded from {out}", force=True)
         imaginary[i] = report_volume_imaginary(i, point)
         points.append(point)
     bar.close()
-    return points, computed, imaginary
+    return points, sorted(computed), imaginary
 
 
 def write_qha_outputs(inputs: QHAInputs, out: Path, options: QHAOptions, summary: dict) -> CommitteeQHA:

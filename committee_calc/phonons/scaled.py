@@ -7,11 +7,12 @@
 Each missing volume (relaxation, static energies, displaced supercells, phonons:
 :func:`~committee_calc.phonons.volumes.run_volume_point`) is one task; a worker rebuilds the gate
 from its recipe (:class:`~committee_calc.scale.recipe.GateRecipe`), labels into a private copy of
-the label store, and returns the volume and its new labels.  The driver appends the labels
-(through ``Labeller.label``, de-duplicated) as tasks finish and then writes every volume itself
-(:func:`~committee_calc.phonons.qha_run.compute_volumes`), so the output folder is the one of an
-in-process run and resumes the same way.  A volume whose task failed after its retries is
-computed in the driver (its error, if any, is then raised there).
+the label store, and returns the volume, its new labels and its domain/trust warnings.  As each
+task finishes, the driver appends its labels (through ``Labeller.label``, de-duplicated) and hands
+the volume to ``on_volume`` (:func:`~committee_calc.phonons.qha_run.compute_volumes` writes it
+there at once, as in-process), so an interrupted run keeps every finished volume and a rerun loads
+them.  A volume whose task failed
+after its retries is computed in the driver (its error, if any, is then raised there).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import tempfile
 import warnings
 
 from ..scale.executors import open_executor
-from ..scale.recipe import GateRecipe, private_store
+from ..scale.recipe import GateRecipe, domain_state, merge_domain, private_store
 from ..scale.replay import append_records
 from ..scale.tasks import map_tasks, task_key
 from .qha_io import load_volume_point
@@ -31,7 +32,8 @@ log = logging.getLogger("committee_calc.qha")
 
 
 def volume_task(recipe: GateRecipe, structure, settings, kwargs: dict) -> tuple:
-    """One volume in this process -> (VolumePoint, new label records, reference calls made)."""
+    """One volume in this process -> (VolumePoint, new label records, reference calls made, domain
+    warnings (:func:`~committee_calc.scale.recipe.domain_state`))."""
     tmp = tempfile.mkdtemp(prefix="committee_qha_")
     try:
         store = private_store(recipe, tmp)
@@ -39,15 +41,17 @@ def volume_task(recipe: GateRecipe, structure, settings, kwargs: dict) -> tuple:
         with warnings.catch_warnings():  # the supercell size was checked once, in the driver
             warnings.filterwarnings("ignore", message=".*twice the committee cutoff")
             point = run_volume_point(structure, gate, settings, **kwargs)
-        return point, (store.records if store is not None else []), gate.n_reference_calls
+        return point, (store.records if store is not None else []), gate.n_reference_calls, domain_state(gate)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def volumes_on_workers(spec, gate, committee_file, settings, scan, out, structures, pressures, keys) -> dict:
+def volumes_on_workers(spec, gate, committee_file, settings, scan, out, structures, pressures, keys,
+                       on_volume=None) -> dict:
     """The volumes of ``structures`` not yet finished in ``out`` (their resume ``keys``), computed
     as tasks on the executor of ``spec`` -> {volume index: VolumePoint}; their labels are
-    appended to ``gate``'s label store and its reference-call counter advanced."""
+    appended to ``gate``'s label store and its reference-call counter advanced, then
+    ``on_volume(index, point)`` is called, as each task finishes (the driver writes the volume)."""
     recipe = GateRecipe.from_gate(gate, committee_file, gate.molecules)
     tasks, index = {}, {}
     for i, s in enumerate(structures):
@@ -62,16 +66,20 @@ def volumes_on_workers(spec, gate, committee_file, settings, scan, out, structur
     if not tasks:
         return ready
     with open_executor(spec) as executor:
-        for outcome in map_tasks(executor, volume_task, tasks, retries=spec.retries, desc="qha volume tasks"):
+        for outcome in map_tasks(executor, volume_task, tasks, retries=spec.retries, desc="qha volume",
+                                 progress=on_volume is None):
             if not outcome.ok:
                 log.warning("volume %02d failed on the workers (%s); computing it here", index[outcome.key],
                             outcome.error)
                 continue
-            point, records, calls = outcome.result
+            point, records, calls, domain = outcome.result
             append_records(gate.labeller, records)
             if gate.labeller is not None:
                 gate.labeller.n_reference_calls += calls
+            merge_domain(gate.committee, domain)
             ready[index[outcome.key]] = point
+            if on_volume is not None:
+                on_volume(index[outcome.key], point)
     return ready
 
 

@@ -8,9 +8,10 @@ the stage's first labels, every one the stage is about to ask for, to the worker
 (:func:`~committee_calc.scale.labelling.label_on_workers`: one task each, appended by this process
 in candidate order, with exactly the committee results and provenance the stage gives them).  The
 stage then finds each label in the store (no reference call) and goes on as in-process; polish
-steps (sequential by nature) stay tasks one at a time.  The label budget is respected: no more new
-labels are sent than the budget leaves.  A label that failed on the workers is asked again by the
-stage (and its failure recorded there, as in-process).
+steps (sequential by nature) stay tasks one at a time.  The prefetched tasks are counted in the
+reference's tally (``reference tasks: N done`` at the end of the run counts every one).  The label
+budget is respected: no more new labels are sent than the budget leaves.  A label that failed on
+the workers is asked again by the stage (and its failure recorded there, as in-process).
 """
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ def prefetch_labels(state, labeller, slot, progress: bool = False) -> LabelRun |
     geoms, coms, provs = stage_jobs(state, labeller, slot)
     if not geoms:
         return None
-    return label_on_workers(ref.executor, labeller, geoms, committee_results=coms, provenance=provs,
-                            retries=ref.retries, progress=progress)
+    before = ref.tally.done + ref.tally.failed
+    run = label_on_workers(ref.executor, labeller, geoms, committee_results=coms, provenance=provs,
+                           retries=ref.retries, progress=progress, tally=ref.tally)
+    ref.n_calls += ref.tally.done + ref.tally.failed - before  # the run's tally counts every reference task
+    return run
 
 
 __all__ = ["NOT_LABELLED", "prefetch_labels", "stage_jobs"]

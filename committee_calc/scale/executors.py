@@ -27,13 +27,20 @@ Cluster config (``--cluster-config``, YAML; dask-jobqueue's keyword names)::
     scaling: {jobs: 4}     # or {minimum: 1, maximum: 10} (adaptive)
 
 Errors: :class:`~committee_calc.errors.ConfigError` naming the option and the fix (``--workers 0``,
-an unknown ``kind``, a missing field, an unreachable scheduler within ``timeout_s``).
+an unknown ``kind``, a missing field, a ``memory`` that :func:`dask.utils.parse_bytes` cannot read,
+a batch submit command (``sbatch``, ``qsub``, ``bsub``) not on the PATH, no batch job worker
+connected within ``timeout_s``, a scheduler that refuses the connection (at once) or is not reached
+within ``timeout_s``).  Dask's own log lines (workers added, removed, restarted; tasks it marks
+failed before :func:`~.tasks.map_tasks` retries them) are hidden unless ``verbose``.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 import os
+import shutil
+import socket
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +82,9 @@ class ExecutorSpec:
     address: ``scheduler``: a scheduler address (``tcp://host:8786``) or a scheduler file (JSON).
     cluster_config: ``jobqueue``: the YAML above (validated here, before any output).
     retries: resubmissions of a failed task before it is reported failed (≥ 0).
-    timeout_s: connecting to a scheduler gives up after this long [s].
+    timeout_s: connecting to a scheduler, or waiting for the first batch job's worker, gives up
+    after this long [s].
+    verbose: show Dask's log lines below CRITICAL (``--verbose``).
     """
 
     kind: str = "inprocess"
@@ -84,6 +93,7 @@ class ExecutorSpec:
     cluster_config: str | None = None
     retries: int = 2
     timeout_s: float = 30.0
+    verbose: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -141,12 +151,34 @@ def load_cluster_config(path) -> dict:
                           f"{sorted(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
     if isinstance(cfg["cores"], bool) or not isinstance(cfg["cores"], int) or cfg["cores"] < 1:
         raise ConfigError(f"{where}: cores must be a whole number >= 1, got {cfg['cores']!r}")
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(str(cfg["memory"]))
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: memory {cfg['memory']!r} is not a size; write it like 16GB "
+                          "(a number and a unit: kB, MB, GB, GiB ...)") from None
     scaling = cfg.get("scaling") or {"jobs": 1}
     if not isinstance(scaling, dict) or not (set(scaling) <= {"jobs"} or set(scaling) <= {"minimum", "maximum"}) \
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in scaling.values()):
         raise ConfigError(f"{where}: scaling must be {{jobs: N}} or {{minimum: N, maximum: M}} with "
                           f"whole numbers, got {scaling!r}")
     return dict(cfg, scaling=scaling)
+
+
+def check_submit_command(cfg: dict) -> str:
+    """The batch submit command of a checked config (``sbatch``, ``qsub``, ``bsub``: its
+    dask-jobqueue class's ``submit_command``); ConfigError when it is not on the PATH (this node
+    cannot submit jobs).  Not needed for :func:`dry_run`."""
+    import dask_jobqueue
+
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg["kind"]])
+    command = (getattr(cls.job_cls, "submit_command", None) or "").split()[:1]
+    if command and shutil.which(command[0]) is None:
+        raise ConfigError(f"--cluster-config kind {cfg['kind']!r} submits jobs with {command[0]!r}, which is not "
+                          "on the PATH of this node; run the driver where jobs can be submitted (a login node), "
+                          "or use --workers N / --scheduler ADDRESS")
+    return command[0] if command else ""
 
 
 def build_jobqueue_cluster(cfg: dict):
@@ -161,22 +193,34 @@ def build_jobqueue_cluster(cfg: dict):
     return getattr(dask_jobqueue, JOBQUEUE_CLASSES[cfg["kind"]])(**kwargs)
 
 
-def _not_dask_chatter(record) -> bool:
-    return not (record.name.startswith("distributed") and record.levelno < logging.WARNING)
+#: loggers of Dask and its event loop (asyncio: "Task exception was never retrieved" of a failed job submission)
+_DASK_LOGGERS = ("distributed", "tornado", "bokeh", "asyncio")
+
+
+def _dask_filter(verbose: bool):
+    """A log filter: Dask's records below WARNING (verbose) or below CRITICAL (default: workers
+    removed or restarted, tasks marked failed before map_tasks retries them, lost connections, which
+    the run reports itself) are dropped."""
+    level = logging.WARNING if verbose else logging.CRITICAL
+
+    def keep(record) -> bool:
+        return not (record.name.split(".")[0] in _DASK_LOGGERS and record.levelno < level)
+    return keep
 
 
 @contextmanager
-def _quiet_dask():
-    """Dask's INFO chatter (scheduler started, workers added, clients closed) out of the
-    log: a filter on the root handlers (Dask's loggers set their own levels)."""
-    handlers = list(logging.getLogger().handlers)
+def _quiet_dask(verbose: bool = False):
+    """Dask's log lines out of the log (:func:`_dask_filter`): a filter on the root handlers and
+    on the handlers of the ``distributed`` logger (Dask's loggers set their own levels)."""
+    keep = _dask_filter(verbose)
+    handlers = list(logging.getLogger().handlers) + list(logging.getLogger("distributed").handlers)
     for h in handlers:
-        h.addFilter(_not_dask_chatter)
+        h.addFilter(keep)
     try:
         yield
     finally:
         for h in handlers:
-            h.removeFilter(_not_dask_chatter)
+            h.removeFilter(keep)
 
 
 def dry_run(cluster_config) -> str:
@@ -189,6 +233,42 @@ def dry_run(cluster_config) -> str:
             return cluster.job_script()
         finally:
             cluster.close()
+
+
+def _tcp_target(address: str):
+    """(host, port) of a ``tcp://``/``tls://`` address or a scheduler file's address, or None."""
+    if os.path.isfile(address):
+        try:
+            address = json.loads(Path(address).read_text()).get("address", "")
+        except (ValueError, OSError, AttributeError):
+            raise ConfigError(f"--scheduler {address!r} is not a Dask scheduler file (JSON with its address); "
+                              "give the file that `dask scheduler --scheduler-file FILE` writes") from None
+    scheme, _, rest = str(address).rpartition("://")
+    if scheme not in ("", "tcp", "tls"):
+        return None
+    host, _, port = rest.rpartition(":")
+    if not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_scheduler(address: str, timeout_s: float) -> None:
+    """A plain TCP connection to the scheduler ``address`` (or that of a scheduler file), so that a
+    wrong address fails before any output: ConfigError at once when the connection is refused,
+    after ``timeout_s`` [s] when the host does not answer; the message names the OSError."""
+    _scheduler_target(address)
+    target = _tcp_target(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout_s).close()
+    except ConnectionRefusedError as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler {address}: connection refused ({type(exc).__name__}: "
+                          f"{exc}); check the address or scheduler file and that the scheduler runs") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler {address} within {timeout_s:g} s ({type(exc).__name__}: "
+                          f"{exc or 'timed out'}); check the address or scheduler file and that the scheduler "
+                          "runs (--scheduler-timeout-s sets the wait)") from None
 
 
 def _scheduler_target(address: str) -> dict:
@@ -209,7 +289,7 @@ def _client(spec: ExecutorSpec):
 
     cluster = None
     stack = ExitStack()
-    stack.enter_context(_quiet_dask())
+    stack.enter_context(_quiet_dask(spec.verbose))
     # a task whose worker died comes back as KilledWorker at once, and map_tasks resubmits it (counted,
     # up to --retries), rather than Dask rerunning it unseen (clusters started here; an existing
     # scheduler keeps its own setting)
@@ -220,6 +300,7 @@ def _client(spec: ExecutorSpec):
                                                dashboard_address=":0", silence_logs=logging.ERROR)
         elif spec.kind == "jobqueue":
             cfg = load_cluster_config(spec.cluster_config)
+            check_submit_command(cfg)
             cluster = build_jobqueue_cluster(cfg)
             if "jobs" in cfg["scaling"]:
                 cluster.scale(jobs=cfg["scaling"]["jobs"])
@@ -230,6 +311,7 @@ def _client(spec: ExecutorSpec):
             client = distributed.Client(cluster, timeout=spec.timeout_s)
             print(f"dask: {spec.describe()}; dashboard {client.dashboard_link}", flush=True)
         else:
+            check_scheduler(spec.address, spec.timeout_s)
             try:
                 client = distributed.Client(**_scheduler_target(spec.address), timeout=spec.timeout_s)
             except (OSError, TimeoutError) as exc:
@@ -238,13 +320,32 @@ def _client(spec: ExecutorSpec):
                                   "the scheduler runs") from None
             print(f"dask: connected to {spec.address}; dashboard {client.dashboard_link}", flush=True)
         try:
+            if spec.kind == "jobqueue":
+                _first_worker(client, cfg, spec)
             yield client
         finally:
-            client.close()
+            try:
+                client.close(timeout=spec.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a lost scheduler: nothing left to close
+                log.debug("closing the Dask client: %s", exc)
     finally:
         if cluster is not None:
             cluster.close()
         stack.close()
+
+
+def _first_worker(client, cfg: dict, spec: ExecutorSpec) -> None:
+    """Wait (at most ``spec.timeout_s``) for the first worker of the batch jobs started now
+    (``scaling`` with jobs or a minimum ≥ 1); ConfigError when none connects."""
+    if not cfg["scaling"].get("jobs", cfg["scaling"].get("minimum", 0)):
+        return  # adaptive from zero: jobs are submitted when tasks arrive
+    try:
+        client.wait_for_workers(1, timeout=spec.timeout_s)
+    except (TimeoutError, OSError) as exc:
+        raise ConfigError(f"no worker of the batch jobs of {spec.cluster_config} connected within "
+                          f"{spec.timeout_s:g} s ({type(exc).__name__}); check that the jobs were accepted and "
+                          "run (squeue/qstat: account, queue, walltime, memory), or wait longer with "
+                          "--scheduler-timeout-s") from None
 
 
 @contextmanager
@@ -260,9 +361,10 @@ def open_executor(spec: ExecutorSpec | None = None):
         return
     with _client(spec) as client:
         ex = client.get_executor(pure=False)
-        ex.client = client
+        ex.client, ex.capture_warnings = client, True  # worker warnings come back (tasks.captured)
+        ex.address = getattr(client.scheduler, "address", None) or spec.address
         yield ex
 
 
 __all__ = ["ExecutorSpec", "InProcessExecutor", "JOBQUEUE_CLASSES", "KINDS", "build_jobqueue_cluster",
-           "dry_run", "load_cluster_config", "open_executor"]
+           "check_scheduler", "check_submit_command", "dry_run", "load_cluster_config", "open_executor"]

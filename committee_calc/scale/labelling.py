@@ -53,14 +53,16 @@ class LabelRun:
 
 
 def label_on_workers(executor, labeller: Labeller, structures, committee_results=None, provenance=None,
-                     stress=None, retries: int = 2, progress: bool = True, baselines=None) -> LabelRun:
+                     stress=None, retries: int = 2, progress: bool = True, baselines=None,
+                     tally: TaskTally | None = None) -> LabelRun:
     """Label ``structures`` with ``labeller``'s reference, one task per structure on ``executor``
     (any ``concurrent.futures.Executor``), appending to its store in this process, in input order
     (module docstring).
 
     committee_results, provenance, baselines: per structure (lists, or None), stored with each
     label (``baselines``: Δ-learning baseline results, as ``Labeller.label``'s
-    ``baseline_results``).  stress: compute stress (None: for bulk structures)."""
+    ``baseline_results``).  stress: compute stress (None: for bulk structures).  tally: a
+    :class:`TaskTally` to count into (e.g. an :class:`ExecutorReference`'s; default a new one)."""
     structures = list(structures)
     n = len(structures)
     com = list(committee_results) if committee_results is not None else [None] * n
@@ -82,11 +84,11 @@ def label_on_workers(executor, labeller: Labeller, structures, committee_results
         clean = atoms.copy()
         clean.calc = None
         tasks[key], index[key] = (send, clean, stress), k
-    run = LabelRun(labels)
+    run = LabelRun(labels, tally=tally if tally is not None else TaskTally())
     replay = Labeller(ReplayReference(ref), store, provenance=labeller.provenance,
                       deduplicate=labeller.deduplicate)
     order, ready, nxt = sorted(index.values()), {}, 0
-    for outcome in map_tasks(executor, reference_task, tasks, retries=retries, desc="reference tasks",
+    for outcome in map_tasks(executor, reference_task, tasks, retries=retries, desc="reference",
                              progress=progress, tally=run.tally, final=(ReferenceCalculationError,)):
         k = index[outcome.key]
         if not outcome.ok:

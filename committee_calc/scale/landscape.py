@@ -95,7 +95,7 @@ class RemoteCommittee:
             tasks[key], starts[key] = (self._source, chunk, bsize, props), start
         out = [None] * len(structures)
         for outcome in map_tasks(self._executor, predict_task, tasks, retries=self.retries,
-                                 desc=f"{desc} tasks", progress=progress, tally=self.tally):
+                                 desc=desc, progress=progress, tally=self.tally):
             start = starts[outcome.key]
             chunk = tasks[outcome.key][1]
             if outcome.ok:

@@ -6,11 +6,13 @@
 
 Writes into the pool folder what :func:`~committee_calc.relax.runner.run_pool` writes there:
 ``trajectories/`` (each candidate's file, copied), ``summary.csv`` (rows in input order),
-``relaxed.extxyz`` (final frames in input order), ``pool.json`` (the whole pool) and
-``landscape.png``.  Rerunning ``committee-relax`` on the whole pool with the same ``--out`` then
+``relaxed.extxyz`` (final frames in input order), ``pool.json`` (the whole pool),
+``landscape.png`` and ``summary.md``.  Rerunning ``committee-relax`` on the whole pool with the same ``--out`` then
 finds every finished candidate done (and resumes any unfinished one from its trajectory);
 ``--cluster`` there clusters the merged pool.  Every shard of N must be present and of the same
-pool (ConfigError naming what is missing); merging again rewrites the same files.
+pool (ConfigError naming what is missing), relaxed with the same settings (the ``settings`` of
+their ``pool.json``; ConfigError naming the settings that differ); merging again rewrites the same
+files.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..fileio import CsvLog, load_json, save_json_atomic
-from ..relax.pool import RelaxPool
-from ..relax.runner import one_surface, plot_pool
+from ..relax.pool import RelaxPool, settings_change
+from ..relax.runner import write_pool_summary_md
 from ..relax.summary import SUMMARY_COLUMNS, summary_in_order
+from .pool import pool_run
 from .shard import SHARD_FILE, shard_folders
 
 log = logging.getLogger("committee_calc.scale")
@@ -49,13 +52,22 @@ def _check(out: Path) -> tuple:
     first = metas[1]
     if any(m["ids"] != first["ids"] or m["natoms"] != first["natoms"] for m in metas.values()):
         raise ConfigError(f"{out}: the shards relaxed different pools; use one pool for all N shards")
-    settings = (load_json(found[(1, n)] / "pool.json") or {}).get("settings")
+    settings = {k: (load_json(found[(k, n)] / "pool.json") or {}).get("settings") for k in range(1, n + 1)}
+    ran = {k: v for k, v in settings.items() if v is not None}  # a shard not yet started has no pool.json
+    first_k = min(ran, default=1)
+    differ = [f"shard {k}/{n} differs from shard {first_k}/{n} in {settings_change(ran[first_k], v)}"
+              for k, v in ran.items() if v != ran[first_k]]
+    if differ:
+        raise ConfigError(f"{out}: the shards were relaxed with different settings ({'; '.join(differ)}); rerun "
+                          "those shards with the same options (a new --out), then merge")
+    settings = ran.get(first_k)
     return n, {k: found[(k, n)] for k in range(1, n + 1)}, first["ids"], first["natoms"], settings
 
 
 def merge_shards(out_dir) -> dict:
     """Merge the shard folders inside ``out_dir`` (see the module docstring) ->
-    ``{"shards": N, "candidates": n, "finished": rows written, "unfinished": [ids]}``."""
+    ``{"shards": N, "candidates": n, "finished": rows written, "unfinished": [ids]}``.
+    ConfigError: shards missing, of different pools or splits, or relaxed with different settings."""
     out = Path(out_dir)
     n, folders, ids, natoms, settings = _check(out)
     meta = load_json(out / "pool.json")
@@ -77,10 +89,11 @@ def merge_shards(out_dir) -> dict:
             summary.append(rows[cid])
     summary_in_order(out / "summary.csv", ids)
     RelaxPool(None, out).write_relaxed(ids, summary)
-    finished = [rows[c] for c in ids if c in rows and rows[c].get("energy_per_atom_eV") not in (None, "")]
-    if finished:
-        plot_pool(one_surface(finished)[0], out / "landscape.png")
     unfinished = [c for c in ids if c not in rows]
+    run = pool_run(out, ids, summary)  # landscape.png too
+    write_pool_summary_md(run, extra_warnings=[f"{len(unfinished)} candidate(s) have no row yet "
+                                               f"({', '.join(unfinished[:5])}...): rerun their shard"]
+                          if unfinished else ())
     if unfinished:
         log.warning("%d candidate(s) have no row yet (%s...); rerun their shard or the whole pool to "
                     "finish them", len(unfinished), ", ".join(unfinished[:5]))

@@ -34,12 +34,12 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
 from ..relax.gated import GatedRelaxer
-from ..relax.pool import RelaxPool, candidate_ids, check_candidates
+from ..relax.pool import RelaxPool, candidate_ids, check_candidates, settings_change
 from ..relax.runner import PoolRun, cluster_pool, one_surface, plot_pool, run_pool, write_pool_summary_md
 from ..relax.summary import SUMMARY_COLUMNS, log_row, reopen_summary, summary_in_order, upgrade_summary
 from ..units import check_positive
 from .executors import open_executor
-from .recipe import GateRecipe, private_store
+from .recipe import GateRecipe, domain_state, merge_domain, private_store
 from .replay import append_records
 from .shard import SHARD_FILE, shard_folder, shard_indices
 from .tasks import TaskTally, map_tasks, task_key
@@ -79,12 +79,14 @@ class RelaxRecipe:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """What a task returns: summary rows, ``{id: trajectory extxyz text}``, new label records."""
+    """What a task returns: summary rows, ``{id: trajectory extxyz text}``, new label records,
+    the worker's pid and its domain/trust warnings (:func:`~.recipe.domain_state`)."""
 
     rows: list
     trajectories: dict
     labels: list
     pid: int
+    domain: tuple = ((), ())
 
 
 def relax_chunk(recipe: RelaxRecipe, chunk: list, saved: dict) -> ChunkResult:
@@ -103,7 +105,7 @@ def relax_chunk(recipe: RelaxRecipe, chunk: list, saved: dict) -> ChunkResult:
                          atom_budget=recipe.atom_budget).run([a for _, a in chunk], ids)
         trajs = {cid: (traj / f"{cid}.extxyz").read_text() for cid in ids if (traj / f"{cid}.extxyz").exists()}
         labels = store.records if store is not None else []
-        return ChunkResult(rows, trajs, labels, os.getpid())
+        return ChunkResult(rows, trajs, labels, os.getpid(), domain_state(relaxer.gate))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -125,6 +127,9 @@ def _prepare(out: Path, ids, images, settings, max_steps) -> set:
     elif meta.get("ids") != ids or meta.get("natoms") != natoms:
         raise ConfigError(f"{out} holds a different candidate pool ({len(meta.get('ids', []))} candidates); "
                           f"use a new --out folder for these {len(ids)} candidates")
+    elif meta.get("settings") != settings:  # as RelaxPool in-process
+        log.warning("settings differ from the first run in %s: %s; unfinished candidates continue with the new "
+                    "ones", out, settings_change(meta.get("settings") or {}, settings))
     upgrade_summary(out / "summary.csv")
     reopen_summary(out / "summary.csv", max_steps)
     return {r["id"] for r in CsvLog(out / "summary.csv", SUMMARY_COLUMNS).rows()}
@@ -159,6 +164,9 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
     out = Path(out_dir)
     done = _prepare(out, ids, images, relaxer.settings(), relaxer.max_steps)
     todo = [(i, a) for i, a in zip(ids, images) if i not in done]
+    if done:
+        log.info("%d of %d candidates in %s are finished (skipped); %d to relax on the workers",
+                 len(done & set(ids)), len(ids), out, len(todo))
     size = int(chunk_size or max(1, math.ceil(len(todo) / 16)))
     tasks = {}
     for chunk in chunks(todo, size):
@@ -170,7 +178,7 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
         tasks[key] = (recipe, chunk, saved)
     tally, failed, new_labels = TaskTally(), {}, [0, 0]
     summary = CsvLog(out / "summary.csv", SUMMARY_COLUMNS)
-    for outcome in map_tasks(executor, relax_chunk, tasks, retries=retries, desc="relax tasks",
+    for outcome in map_tasks(executor, relax_chunk, tasks, retries=retries, desc="relax",
                              progress=progress, tally=tally):
         if not outcome.ok:
             failed[outcome.key] = outcome.error
@@ -182,7 +190,7 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
         log.info("labels from the workers: %d appended, %d already stored", *new_labels)
     for key, reason in failed.items():
         log.error("task %s failed: %s (its candidates have no row; rerun to retry them)", key, reason)
-    run = _pool_run(out, ids, summary, relaxer, cluster, cluster_eps, descriptor)
+    run = pool_run(out, ids, summary, relaxer, cluster, cluster_eps, descriptor)
     object.__setattr__(run, "tasks", tally)
     object.__setattr__(run, "failed_tasks", failed)
     write_pool_summary_md(run, relaxer.gate.committee, extra_warnings=[  # as the in-process run's
@@ -197,6 +205,7 @@ def _write_chunk(out: Path, summary: CsvLog, relaxer, result: ChunkResult, count
     n, dup = append_records(relaxer.gate.labeller, result.labels)
     counts[0] += n
     counts[1] += dup
+    merge_domain(relaxer.gate.committee, result.domain)
     for cid, text in result.trajectories.items():
         atomic_write_text(out / "trajectories" / f"{cid}.extxyz", text)
     for row in result.rows:
@@ -204,8 +213,10 @@ def _write_chunk(out: Path, summary: CsvLog, relaxer, result: ChunkResult, count
         log_row(row)
 
 
-def _pool_run(out, ids, summary, relaxer, cluster, cluster_eps, descriptor) -> PoolRun:
-    """The :class:`PoolRun` of the folder (as :func:`run_pool` makes it), clustering and figure."""
+def pool_run(out, ids, summary, relaxer=None, cluster=False, cluster_eps=0.5, descriptor="auto") -> PoolRun:
+    """The :class:`PoolRun` of the folder ``out`` (as :func:`run_pool` makes it) from its
+    ``summary`` (a CsvLog), in the order of ``ids``, with the clustering (``cluster``: needs
+    ``relaxer``, whose committee gives the descriptors) and ``landscape.png``."""
     by_id = {r["id"]: r for r in summary.rows()}
     rows = [by_id[i] for i in ids if i in by_id]
     finished = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
@@ -276,4 +287,4 @@ def run_pool_with(spec, relaxer, images, out_dir, committee_yaml=None, molecules
     return run
 
 
-__all__ = ["ChunkResult", "RelaxRecipe", "chunks", "relax_chunk", "run_pool_scaled", "run_pool_with"]
+__all__ = ["ChunkResult", "RelaxRecipe", "chunks", "pool_run", "relax_chunk", "run_pool_scaled", "run_pool_with"]

@@ -10,7 +10,10 @@ molecules); the reference travels as its :class:`~committee_calc.reference.Refer
 picklable calculator); the label store a worker writes to is a private copy of the driver's
 (:func:`private_store`: de-duplication against the labels already there), whose new labels travel
 back as records (:class:`~.replay.RecordingStore`).  What lives in one process only (on-the-fly
-retraining, adaptive thresholds) is refused with a ConfigError.
+retraining, adaptive thresholds) is refused with a ConfigError.  A committee-only gate whose
+committee is watched (:func:`committee_calc.domain.watch`) is watched in the worker too; the
+warnings given there travel back (:func:`domain_state`) and the driver adds them to its own watch
+(:func:`merge_domain`: summary.md lists them, as in-process).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import load_committee
+from ..domain import unwatch, watch
 from ..errors import ConfigError
 from ..gate import Gate
 from ..measures import check_molecules
@@ -39,6 +43,7 @@ class GateRecipe:
     :class:`~committee_calc.reference.Reference` or None.  label_store: the driver's label store
     path (copied by workers for de-duplication, never written by them) or None.  thresholds,
     hard_cap: internal units; logic, provenance as :class:`~committee_calc.gate.Gate`.
+    watch_domain: the driver's committee is watched (domain/trust warnings of a committee-only run).
     """
 
     committee: str
@@ -49,6 +54,7 @@ class GateRecipe:
     hard_cap: dict = field(default_factory=dict)
     logic: str = "any"
     provenance: dict = field(default_factory=dict)
+    watch_domain: bool = False
 
     @classmethod
     def from_gate(cls, gate: Gate, committee_yaml, molecules=None) -> GateRecipe:
@@ -70,7 +76,7 @@ class GateRecipe:
         return cls(committee=str(Path(committee_yaml).absolute()), molecules=molecules, reference=ref,
                    label_store=str(gate.label_store.path) if gate.label_store is not None else None,
                    thresholds=dict(gate.thresholds), hard_cap=dict(gate.hard_cap), logic=gate.logic,
-                   provenance=dict(gate.provenance))
+                   provenance=dict(gate.provenance), watch_domain=_watch_of(gate.committee) is not None)
 
     def committee_object(self):
         """The committee in this process (loaded once per process and YAML version)."""
@@ -82,10 +88,41 @@ class GateRecipe:
         return _COMMITTEES[key]
 
     def build_gate(self, label_store=None) -> Gate:
-        """The gate in this process; ``label_store``: where its labels go (a worker's private copy)."""
-        return Gate(self.committee_object(), self.reference, thresholds=self.thresholds or None,
+        """The gate in this process; ``label_store``: where its labels go (a worker's private copy).
+        A watched committee gets a fresh watch (warnings of this task only)."""
+        committee = self.committee_object()
+        if self.watch_domain:
+            watch(committee)
+        elif _watch_of(committee) is not None:  # cached from a watched run in this worker
+            unwatch(committee)
+        return Gate(committee, self.reference, thresholds=self.thresholds or None,
                     logic=self.logic, hard_cap=self.hard_cap or None, label_store=label_store,
                     provenance=self.provenance, molecules=check_molecules(self.molecules))
+
+
+def _watch_of(committee):
+    inner = getattr(committee, "committee", None)
+    inner = inner if inner is not None and hasattr(inner, "members") else committee
+    return getattr(inner, "domain_watch", None)
+
+
+def domain_state(gate: Gate) -> tuple:
+    """(warned (structure, measure) pairs, messages) of ``gate``'s committee watch (empty when
+    not watched): what a worker sends back."""
+    w = _watch_of(gate.committee)
+    return (sorted(w.warned), list(w.messages)) if w is not None else ([], [])
+
+
+def merge_domain(committee, state) -> None:
+    """Add a worker's :func:`domain_state` to ``committee``'s watch in the driver (each
+    (structure, measure) once; its warning was re-emitted with the task's result)."""
+    w = _watch_of(committee)
+    if w is None or not state:
+        return
+    warned, messages = state
+    new = [tuple(k) for k in warned if tuple(k) not in w.warned]
+    w.warned.update(new)
+    w.messages.extend(m for m in messages if m not in w.messages)
 
 
 def private_store(recipe: GateRecipe, folder) -> RecordingStore | None:
@@ -99,4 +136,4 @@ def private_store(recipe: GateRecipe, folder) -> RecordingStore | None:
     return store
 
 
-__all__ = ["GateRecipe", "SCALE_OPTIONS", "private_store"]
+__all__ = ["GateRecipe", "SCALE_OPTIONS", "domain_state", "merge_domain", "private_store"]

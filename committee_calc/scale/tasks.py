@@ -12,9 +12,17 @@ Each task has a key (:func:`task_key`: what it works on plus a hash of its input
 is resubmitted (a worker died, the driver was rerun) is recognisably the same work; the caller
 skips keys whose results it already wrote.  A failed task (an exception in the task, or
 ``KilledWorker``: its worker died; clusters started by :func:`~.executors.open_executor` report
-that at once) is resubmitted up to ``retries`` times, then reported with the reason.  Progress: one
-line per finished task (:class:`~committee_calc.progress.Progress`: a bar in a terminal, plain
-``progress:`` lines in a file).
+that at once) is resubmitted up to ``retries`` times (logged ``retrying task …``), then reported
+with the reason.  Progress: one line per finished task (:class:`~committee_calc.progress.Progress`:
+a bar in a terminal, plain ``progress:`` lines in a file).
+
+Warnings: on an executor with ``capture_warnings = True`` (those of
+:func:`~.executors.open_executor` with workers) each task runs in :func:`captured`, which records the
+warnings its worker raises (nothing is printed there) and returns them with the result; the calling
+process warns them again (:func:`reemit`, each distinct one once per run), under its own filters:
+the drivers' quiet third-party filters count them, ``--verbose`` shows them, and committee_calc's own
+warnings (DomainWarning, PhononWarning …) are shown as in-process.  A future cancelled by a lost Dask
+scheduler raises :class:`LostSchedulerError` (a CommitteeError: the drivers exit 2, outputs kept).
 """
 from __future__ import annotations
 
@@ -22,7 +30,9 @@ import concurrent.futures as cf
 import hashlib
 import logging
 import pickle
-from dataclasses import dataclass
+import sys
+import warnings
+from dataclasses import dataclass, field
 
 from ..errors import CommitteeError
 from ..progress import Progress
@@ -69,6 +79,67 @@ class TaskTally:
         return f"tasks: {self.done} done, {self.retried} retried, {self.failed} failed"
 
 
+class LostSchedulerError(CommitteeError):
+    """The Dask scheduler went away while tasks were pending (outputs written so far are kept)."""
+
+
+@dataclass
+class Captured:
+    """A task's result and the warnings its worker raised: ``(category, message, module, lineno)``."""
+
+    result: object
+    warnings: list = field(default_factory=list)
+
+
+def _module_of(filename: str) -> str:
+    """The dotted name of the loaded module whose file is ``filename`` ("" when none)."""
+    for name, mod in list(sys.modules.items()):
+        if getattr(mod, "__file__", None) == filename:
+            return name
+    return ""
+
+
+def _picklable(category) -> type:
+    try:
+        pickle.dumps(category)
+    except Exception:  # noqa: BLE001 - a warning class defined in a function: sent as UserWarning
+        return UserWarning
+    return category
+
+
+def captured(fn, *args):
+    """``fn(*args)`` with every warning it raises recorded (not shown) -> :class:`Captured`
+    (each distinct warning once).  Runs inside a worker (one task per thread at a time)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args)
+    first = {}
+    for w in caught:
+        first.setdefault((w.category, str(w.message), w.filename), w.lineno)
+    return Captured(result, [(_picklable(c), m, _module_of(f), n) for (c, m, f), n in first.items()])
+
+
+class CapturingCall:
+    """``fn`` run through :func:`captured` (picklable; Dask names its tasks after ``fn``)."""
+
+    def __init__(self, fn):
+        self.fn, self.__name__ = fn, getattr(fn, "__name__", "task")
+
+    def __call__(self, *args):
+        return captured(self.fn, *args)
+
+
+def reemit(items, seen: set) -> None:
+    """Warn the worker warnings ``items`` (:class:`Captured`) here, each distinct one (category,
+    message) once per ``seen`` set, under this process's warning filters."""
+    for category, message, module, lineno in items:
+        if (category, message) in seen:
+            continue
+        seen.add((category, message))
+        warnings.warn_explicit(message, category, f"<worker: {module or 'task'}>", lineno,
+                               module=module or "committee_calc.scale.worker", registry={})
+
+
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
@@ -83,9 +154,10 @@ def map_tasks(executor, fn, tasks: dict, retries: int = 2, desc: str = "tasks", 
     retrying it cannot help): the remaining futures are cancelled.  final: exception types reported
     as failed at once, without retries (checked before ``fatal``)."""
     tally = tally if tally is not None else TaskTally()
-    pending, attempts = {}, {}
+    call = CapturingCall(fn) if getattr(executor, "capture_warnings", False) else fn
+    pending, attempts, warned = {}, {}, set()
     for key, args in tasks.items():
-        pending[executor.submit(fn, *args)] = key
+        pending[executor.submit(call, *args)] = key
         attempts[key] = 1
     bar = Progress(len(tasks), desc, unit="tasks", enabled=progress, every=1e-9)
     try:
@@ -93,20 +165,29 @@ def map_tasks(executor, fn, tasks: dict, retries: int = 2, desc: str = "tasks", 
             done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 key = pending.pop(fut)
-                exc = fut.exception()
+                try:
+                    exc = fut.exception()
+                except cf.CancelledError:  # not cancelled here: the scheduler (connection) is gone
+                    where = getattr(executor, "address", None) or "its address"
+                    raise LostSchedulerError(f"lost the Dask scheduler at {where} ({len(pending) + 1} task(s) "
+                                             "pending); outputs so far are kept - rerun to resume") from None
                 if exc is None:
                     tally.done += 1
                     bar.update(1, postfix=key)
-                    yield TaskOutcome(key, fut.result(), None, attempts[key])
+                    result = fut.result()
+                    if isinstance(result, Captured):
+                        reemit(result.warnings, warned)
+                        result = result.result
+                    yield TaskOutcome(key, result, None, attempts[key])
                     continue
                 if isinstance(exc, fatal) and not isinstance(exc, final):
                     raise exc
                 if attempts[key] <= retries and not isinstance(exc, final):
-                    log.warning("task %s failed (%s); resubmitting (attempt %d of %d)", key, _reason(exc),
+                    log.warning("retrying task %s (%s; attempt %d of %d)", key, _reason(exc),
                                 attempts[key] + 1, retries + 1)
                     attempts[key] += 1
                     tally.retried += 1
-                    pending[executor.submit(fn, *tasks[key])] = key
+                    pending[executor.submit(call, *tasks[key])] = key
                     continue
                 tally.failed += 1
                 bar.update(1, postfix=f"{key} failed")
@@ -118,4 +199,5 @@ def map_tasks(executor, fn, tasks: dict, retries: int = 2, desc: str = "tasks", 
         bar.close()
 
 
-__all__ = ["TaskOutcome", "TaskTally", "input_hash", "map_tasks", "task_key"]
+__all__ = ["Captured", "CapturingCall", "LostSchedulerError", "TaskOutcome", "TaskTally", "captured", "input_hash",
+           "map_tasks", "reemit", "task_key"]
