@@ -76,5 +76,10 @@ class TrainingError(CommitteeError, RuntimeError):
     """A member's training run failed (framework trainer error, bad training set)."""
 
 
+class LostSchedulerError(CommitteeError):
+    """The Dask scheduler went away while tasks were pending (outputs written so far are kept;
+    a rerun resumes)."""
+
+
 __all__ = [name for name, obj in list(globals().items())
            if isinstance(obj, type) and obj.__module__ == __name__]

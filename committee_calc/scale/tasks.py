@@ -34,7 +34,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 
-from ..errors import CommitteeError
+from ..errors import CommitteeError, LostSchedulerError
 from ..progress import Progress
 
 log = logging.getLogger("committee_calc.scale")
@@ -77,10 +77,6 @@ class TaskTally:
 
     def describe(self) -> str:
         return f"tasks: {self.done} done, {self.retried} retried, {self.failed} failed"
-
-
-class LostSchedulerError(CommitteeError):
-    """The Dask scheduler went away while tasks were pending (outputs written so far are kept)."""
 
 
 @dataclass
