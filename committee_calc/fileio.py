@@ -173,27 +173,13 @@ def read_frames_repair(path) -> list:
     if not path.exists() or path.stat().st_size == 0:
         return []
     data = path.read_bytes()
-    frames, pos, good_end = [], 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            break
+    frames, good_end = [], 0
+    for start, end in _frame_spans(data):
         try:
-            n = int(data[pos:nl].strip())
-        except ValueError:
-            break
-        end = nl
-        for _ in range(n + 1):
-            end = data.find(b"\n", end + 1)
-            if end < 0:
-                break
-        if end < 0:
-            break
-        try:
-            frames.append(read(io.StringIO(data[pos:end + 1].decode()), format="extxyz"))
+            frames.append(read(io.StringIO(data[start:end].decode()), format="extxyz"))
         except Exception:  # noqa: BLE001 - an unparsable frame ends the good part
             break
-        pos = good_end = end + 1
+        good_end = end
     if good_end < len(data):
         logging.getLogger("committee_calc").warning(
             "%s: cut a torn trailing frame (%d bytes) left by an interrupted run",

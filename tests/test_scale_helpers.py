@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import write
 
+ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "calculator: ase.calculators.emt.EMT\nparameters: {}\n"
 
 
@@ -69,3 +71,26 @@ class KillOnceEMT(EMT):
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
         super().calculate(*a, **kw)
+
+
+@contextmanager
+def two_worker_cluster():
+    """(scheduler address, Client) of a LocalCluster of 2 single-threaded worker processes that
+    import ``tests/`` and the repo (PYTHONPATH), with ``allowed-failures = 0`` as
+    :func:`~committee_calc.scale.executors.open_executor` starts it: a lost worker's task comes back
+    as KilledWorker."""
+    import dask
+    import distributed
+
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT), old]))
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+                distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                         dashboard_address=":0") as lc, distributed.Client(lc) as client:
+            yield lc.scheduler_address, client
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old

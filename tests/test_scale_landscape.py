@@ -3,7 +3,6 @@ calls (issue 16): a real 2-worker LocalCluster (processes) against the same runs
 from __future__ import annotations
 
 import csv
-import os
 import re
 from pathlib import Path
 
@@ -13,28 +12,14 @@ from ase.io import read, write
 
 from committee_calc.analysis.landscape import make_landscape
 from drivers.rerank import main as rerank_main
-from test_scale_helpers import make_inputs, pool
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_scale_helpers import make_inputs, pool, two_worker_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT), old]))
-    import dask
-
-    try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-                distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                         dashboard_address=":0") as lc, distributed.Client(lc) as client:
-            yield lc.scheduler_address, client
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    pytest.importorskip("distributed")
+    with two_worker_cluster() as c:
+        yield c
 
 
 def _csv(path) -> list:

@@ -19,7 +19,7 @@ from committee_calc.errors import ConfigError
 from committee_calc.scale import ExecutorSpec, dry_run, parse_shard, shard_indices
 from drivers.merge import main as merge_main
 from drivers.relax import main as relax_main
-from test_scale_helpers import make_inputs, relax_argv
+from test_scale_helpers import make_inputs, relax_argv, two_worker_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 EXACT = ("id", "status", "steps", "committee_calls", "reference_calls", "labels", "natoms", "verified")
@@ -27,21 +27,9 @@ EXACT = ("id", "status", "steps", "committee_calls", "reference_calls", "labels"
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "tests"), str(ROOT), old]))
-    import dask
-
-    try:  # as open_executor starts a cluster: a lost worker's task comes back as KilledWorker
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-                distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                         dashboard_address=":0") as lc, distributed.Client(lc) as client:
-            yield lc.scheduler_address, client
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+    pytest.importorskip("distributed")
+    with two_worker_cluster() as c:
+        yield c
 
 
 def rows(out) -> list:
