@@ -166,10 +166,12 @@ def test_pseudo_members_give_the_committee_schema(llpr_model):
     assert set(Gate(com).evaluate(atoms).measures) >= {K.ENERGY_STD, K.FORCES_STD_MAX}
 
 
-@pytest.mark.parametrize("periodic, rank", [(True, None), (False, None), (True, 1)],
-                         ids=["periodic", "cluster", "periodic-rank1"])
-def test_pseudo_member_forces_and_stress_equal_finite_differences(llpr_model, periodic, rank):
-    members = LLPRMember.from_file(llpr_model, members=3, seed=2, rank=rank)
+@pytest.mark.parametrize("periodic, rank, sampling",
+                         [(True, None, "posterior"), (False, None, "posterior"), (True, 1, "posterior"),
+                          (True, None, "sigma"), (False, None, "sigma")],
+                         ids=["periodic", "cluster", "periodic-rank1", "periodic-sigma", "cluster-sigma"])
+def test_pseudo_member_forces_and_stress_equal_finite_differences(llpr_model, periodic, rank, sampling):
+    members = LLPRMember.from_file(llpr_model, members=3, seed=2, rank=rank, sampling=sampling)
     atoms = si(seed=5)
     if not periodic:
         atoms.pbc = False
@@ -244,6 +246,35 @@ def test_low_rank_pseudo_members_live_in_the_leading_directions(llpr_model):
             core.sample(4, rank=rank)
     spec = {"backend": "mace_llpr", "path": llpr_model, "members": 4, "rank": 1, "jit": False}
     assert LLPRMember.from_spec(spec)[0].core.rank == 1
+
+
+@pytest.mark.parametrize("k", [2, 5, 8])
+def test_sigma_sampling_members_spread_is_sigma_and_their_mean_the_model(llpr_model, k):
+    """sampling: sigma: E_k = E + z_k σ with one gradient row; spread (ddof=1) = σ, mean = model;
+    per-atom member energies sum to the member energies; batched equals single calls."""
+    members = LLPRMember.from_file(llpr_model, members=k, sampling="sigma", jit=False)
+    core = members[0].core
+    assert core.coefficients(range(k))[0].shape == (k, 1)
+    atoms = [si(seed=s, amp=0.2) for s in (11, 12)]
+    atoms[1].pbc = False
+    model = MACEMember.from_file(llpr_model)
+    per = LLPRMember.predict_batch(members, atoms, ("energy", "forces"))
+    for a, row in zip(atoms, per):
+        e = np.array([p["energy"] for p in row])
+        sigma = LLPRCalculator(core).get_property("energy_std", a)
+        ref = model.predict(a, ("energy", "forces"))
+        assert np.std(e, ddof=1) == pytest.approx(sigma, rel=1e-9) and sigma > 0
+        assert e.mean() == pytest.approx(ref["energy"], abs=1e-9)
+        np.testing.assert_allclose(np.mean([p["forces"] for p in row], axis=0), ref["forces"], atol=1e-9)
+        np.testing.assert_allclose([p["energies"].sum() for p in row], e, atol=1e-9)
+        single = LLPRMember.predict_group(members, a, ("energy", "forces"))
+        np.testing.assert_allclose([p["forces"] for p in single], [p["forces"] for p in row], atol=1e-10)
+    with pytest.raises(ConfigError, match="'rank' applies to sampling: posterior"):
+        LLPRModel(llpr_model, members=4, rank=1, sampling="sigma", jit=False)
+    with pytest.raises(ConfigError, match="'sampling' must be 'posterior'"):
+        LLPRModel(llpr_model, members=4, sampling="sigmas", jit=False)
+    spec = {"backend": "mace_llpr", "path": llpr_model, "members": 4, "sampling": "sigma", "jit": False}
+    assert LLPRMember.from_spec(spec)[0].core.sampling == "sigma"
 
 
 def test_model_without_covariance_is_refused_naming_the_command(tmp_path, si_train_frames):

@@ -20,20 +20,28 @@ rows b_j; the gradients of E and of the R terms φ·b_j come from one backward p
 (``torch.autograd.grad(..., is_grads_batched=True)``), with R = ⌈K/2⌉ for the full posterior or
 R = min(r, ⌈K/2⌉) with ``rank: r`` (the posterior restricted to the r directions carrying most of
 its energy variance, :meth:`LLPRModel.sample`).  Each row costs about half a model evaluation
-(a backward pass), so ``rank`` is what bounds the cost of many members.  One YAML entry is a
-whole committee::
+(a backward pass), so ``rank`` is what bounds the cost of many members.
+
+``sampling: sigma`` (one gradient row for any K): member k is the surface ``E_k = E + z_k σ``
+with fixed z_k (symmetric normal quantiles scaled to a sample standard deviation of 1), so
+``F_k = F − z_k ∇σ`` and ``S_k = S + (z_k/V) ∂σ/∂ε`` are exact derivatives of E_k, the members'
+mean is the model and their energy spread (ddof = 1) is the calibrated σ exactly.  At a
+structure x, member k has the weights ``w + z_k Σφ(x)/σ(x)`` (Σ = α²(C + ς²I)⁻¹), the mean of the
+posterior given the energy change z_k σ(x): all of the energy variance, and of the force
+variance only the part along ∇σ (the benchmark ``benchmarks/llpr_cost.py`` reports how much).
+Per-atom energies split σ = Σ_i φ_i·Σφ/σ over atoms.  One YAML entry is a whole committee::
 
     members:
       - {backend: mace_llpr, path: model.model, members: 8}
-        # optional: rank: 2, seed: 0, covariance: <npz>, dtype, device, head, jit, skin (as mace)
+        # optional: rank: 2 or sampling: sigma, seed: 0, covariance: <npz>, dtype, device,
+        # head, jit, skin (as mace)
 
 Units as the MACE member.  Errors: ModelFileError for a model without its covariance (naming the
 command that makes it), a corrupt one or one made for another model file; ConfigError (members,
-rank).
+rank, sampling).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 from pathlib import Path
@@ -46,8 +54,10 @@ from ..structures import is_bulk
 from ._torch_common import check_dtype, keeps_torch_globals, torch_dtype, torch_load, voigt
 from .base import BatchedMember
 from .mace import MACEMember, _mace
+from .mace_last_layer import LastLayer
 
 SUFFIX, FIT_COMMAND = ".llpr.npz", "committee-llpr-fit"  #: covariance file suffix, the command writing it
+POSTERIOR, SIGMA = "posterior", "sigma"  #: values of ``sampling`` (LLPRModel.sample)
 
 
 def covariance_path(model_path) -> Path:
@@ -65,80 +75,23 @@ def fit_hint(path) -> str:  # the command that writes the covariance of ``path``
     return f"`{FIT_COMMAND} {path} TRAIN.extxyz --heldout HELDOUT.extxyz`"
 
 
-class LastLayer:
-    """The last linear layers of an eager MACE model (read before it is scripted; the readouts'
-    first layers are copied) as weights ``w`` (D,) and :meth:`atom_features` (N, D), with
-    ``Σ_atoms atom_features · w = scale · Σ readout energies`` for the head of :meth:`select`."""
-
-    def __init__(self, model):
-        import torch
-
-        dims = [int(p.linear.irreps_out.dim) for p in model.products]
-        offsets = np.cumsum([0] + dims)
-        scale = getattr(getattr(model, "scale_shift", None), "scale", None)
-        self.scales = None if scale is None else torch.atleast_1d(scale).detach().clone()
-        self.blocks = []
-        for i, r in enumerate(model.readouts):
-            f = len(dims) - 1 if len(model.readouts) == 1 else i
-            kind = type(r).__name__
-            if kind not in ("LinearReadoutBlock", "NonLinearReadoutBlock"):
-                raise ConfigError(f"LLPR supports MACE readouts LinearReadoutBlock and "
-                                  f"NonLinearReadoutBlock; this model has {kind}")
-            lin = r.linear if kind == "LinearReadoutBlock" else r.linear_2
-            ref, pre = next(lin.parameters()), None
-            with torch.no_grad():
-                eye = torch.eye(lin.irreps_in.dim, dtype=ref.dtype, device=ref.device)
-                weights = lin(eye) - lin(torch.zeros_like(eye[:1]))  # (d_in, heads)
-                if kind == "NonLinearReadoutBlock":  # linear_1 as a matrix and offset (no e3nn call)
-                    l1 = r.linear_1
-                    eye1 = torch.eye(l1.irreps_in.dim, dtype=ref.dtype, device=ref.device)
-                    off = l1(torch.zeros_like(eye1[:1]))
-                    pre = (l1(eye1) - off, off, copy.deepcopy(r.non_linearity).requires_grad_(False))
-            scalars = [k for (_, ir), sl in zip(lin.irreps_in, lin.irreps_in.slices())
-                       if ir.l == 0 and ir.p == 1 for k in range(sl.start, sl.stop)]
-            heads = int(getattr(r, "num_heads", 1)) if pre is not None else 1
-            self.blocks.append([int(offsets[f]), int(offsets[f + 1]), pre, scalars, weights, heads])
-        self.w = self.scale = None
-
-    def select(self, head: int) -> None:
-        """Fix the head (index): its weight column, the hidden channels of its mask, its scale."""
-        import torch
-        ws = []
-        for b in self.blocks:
-            idx, weights, heads = b[3], b[4], b[5]
-            if heads > 1:  # mace's mask_head keeps the channel block of the node's head
-                n = weights.shape[0] // heads
-                idx = [k for k in idx if head * n <= k < (head + 1) * n]
-            b[3] = torch.tensor(idx, dtype=torch.long, device=weights.device)
-            ws.append(weights[idx, head])
-        self.scale, self.w = 1.0 if self.scales is None else float(self.scales[head]), torch.cat(ws)
-
-    dim = property(lambda self: int(self.w.shape[0]))
-
-    def atom_features(self, node_feats):
-        """(N, D) per-atom last-layer features from MACE's ``node_feats`` output."""
-        import torch
-        xs = []
-        for lo, hi, pre, idx, _, _ in self.blocks:
-            x = node_feats[:, lo:hi]
-            xs.append((x if pre is None else pre[2](torch.addmm(pre[1], x, pre[0])))[:, idx])
-        return self.scale * torch.cat(xs, dim=1)
-
-
 class LLPRModel:
     """One MACE model with its LLPR covariance, shared by its pseudo-members.
 
     path: the mace-torch ``.model`` file.  members, seed: pseudo-members and the seed of their
     weights.  rank: None samples the full posterior (⌈K/2⌉ gradient rows); an integer r
     (1 ≤ r ≤ D) samples it in the r directions carrying most of its energy variance over the
-    training set (:meth:`sample`; at most r rows for any K).  covariance: the ``.npz`` (default
+    training set (:meth:`sample`; at most r rows for any K).  sampling: ``"posterior"`` (the
+    above) or ``"sigma"`` (members ``E + z_k σ``, one row for any K; module docstring).
+    covariance: the ``.npz`` (default
     :func:`covariance_path`; ``need_covariance=False`` for fitting it).  device, dtype, head,
     jit, skin: as :class:`~committee_calc.members.mace.MACEMember`.
     """
 
     @keeps_torch_globals
     def __init__(self, path, members: int = 0, seed: int = 0, covariance=None, device="cpu",
-                 dtype=None, head=None, jit=True, skin=0.0, need_covariance=True, rank=None):
+                 dtype=None, head=None, jit=True, skin=0.0, need_covariance=True, rank=None,
+                 sampling=POSTERIOR):
         _mace()
         self.path = str(path)
         model = torch_load(path, "mace", device=device)
@@ -151,10 +104,10 @@ class LLPRModel:
                                jit=jit, skin=skin)
         self.last.select(self.mace.heads.index(self.mace.head))
         self.alpha, self.proj, self.eig, self.basis, self.coef = 1.0, None, None, None, None
-        self.rank, self.variance_kept = None, 1.0
+        self.rank, self.variance_kept, self.sampling, self._proj_t = None, 1.0, POSTERIOR, None
         if need_covariance:
             self.load(covariance or covariance_path(path))
-            self.sample(members, seed, rank)
+            self.sample(members, seed, rank, sampling)
 
     def load(self, npz) -> None:
         """Read C, ς², α of ``npz``; checks that it belongs to this model file and head."""
@@ -182,7 +135,7 @@ class LLPRModel:
         self.eig = (np.clip(lam, 0.0, None), vec, reg)
         self.proj, self.alpha = vec / np.sqrt(self.eig[0] + reg), alpha  # (D, D) numpy
 
-    def sample(self, members: int, seed: int = 0, rank=None) -> None:
+    def sample(self, members: int, seed: int = 0, rank=None, sampling=POSTERIOR) -> None:
         """Draw the weight changes of ``members`` pseudo-members: ⌈K/2⌉ antithetic pairs ±δw.
 
         Full posterior (``rank=None``): δw = α V (Λ + ς²)^(-1/2) z, z ~ N(0, I_D), with C = V Λ Vᵀ.
@@ -192,10 +145,26 @@ class LLPRModel:
         of that average.  The directions of largest *weight* variance (smallest λ) carry almost
         none of it when ς² dominates them.  Stored as ``coef @ basis`` (:attr:`dw`): forces of
         any K members need one gradient row per basis row (min(r, ⌈K/2⌉)).
+
+        ``sampling="sigma"``: no weights are drawn (``seed`` is not used); member k gets the
+        factor ``coef[k]`` of σ, the symmetric normal quantiles Φ⁻¹((j + ½)/K) scaled to a sample
+        standard deviation (ddof = 1) of 1, alternating in sign (member 0 positive).
+        Raises ConfigError for an unknown ``sampling`` or ``rank`` given with ``"sigma"``.
         """
         import torch
         lam, vec, reg = self.eig
         dim = self.last.dim
+        if sampling not in (POSTERIOR, SIGMA):
+            raise ConfigError(f"LLPR 'sampling' must be {POSTERIOR!r} (weights drawn from the posterior) "
+                              f"or {SIGMA!r} (members E + z_k σ, one gradient row), got {sampling!r}")
+        self.sampling = sampling
+        if sampling == SIGMA:
+            if rank is not None:
+                raise ConfigError("LLPR 'rank' applies to sampling: posterior; sampling: sigma has one "
+                                  "gradient row already: drop 'rank'")
+            self._proj_t = torch.tensor(self.proj, dtype=self.last.w.dtype, device=self.last.w.device)
+            self.rank, self.variance_kept, self.basis, self.coef = None, 1.0, None, sigma_factors(members)
+            return
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
                                  or not 1 <= rank <= dim):
             raise ConfigError(f"LLPR 'rank' must be an integer from 1 to {dim} (the model's last-layer "
@@ -210,7 +179,8 @@ class LLPRModel:
 
     @property
     def dw(self):
-        """Distinct weight changes (⌈K/2⌉, D): member k has ``(-1)**k * dw[k // 2]``."""
+        """Distinct weight changes (⌈K/2⌉, D): member k has ``(-1)**k * dw[k // 2]`` (None for
+        sampling: sigma, whose weight changes depend on the structure)."""
         import torch
         return None if self.basis is None else torch.tensor(self.coef, dtype=self.basis.dtype) @ self.basis
 
@@ -240,9 +210,12 @@ class LLPRModel:
         return self.alpha * np.linalg.norm(p @ self.proj, axis=-1)
 
     def coefficients(self, members) -> tuple:
-        """(Z (M, R), basis rows (R,)): member k's weight change is ``Z[m] @ basis[rows]``."""
+        """(Z (M, R), basis rows (R,)): member k's weight change is ``Z[m] @ basis[rows]``
+        (sampling: sigma: Z (M, 1) of the σ factors, one row)."""
         if not len(members):
             return np.zeros((0, 0)), np.zeros(0, int)
+        if self.sampling == SIGMA:
+            return self.coef[list(members)][:, None], np.zeros(1, int)
         if self.basis is None:
             raise ConfigError("this LLPR model has no pseudo-members; build it with members=K")
         z = np.array([(-1.0 if k % 2 else 1.0) * self.coef[k // 2] for k in members])
@@ -268,9 +241,8 @@ class LLPRModel:
         z, rows = self.coefficients(members)
         with torch.set_grad_enabled(grad):
             bdict, ptr, out, phi_atom, phi = self.forward(structures, stress)
-            if len(rows):
-                basis = self.basis[torch.as_tensor(rows, device=phi.device)]
-                d_e = phi @ basis.T  # (B, R)
+            if len(rows):  # the R energy terms of the members (B, R) and their atom shares (N, R)
+                d_e, d_atom = self.rows(bdict, phi_atom, phi, rows)
             if grad:
                 inputs = [bdict["positions"]] + ([out["displacement"]] if stress else [])
                 grads = _gradients(torch.cat([out["energy"].sum()[None], d_e.sum(0)]) if len(rows)
@@ -278,7 +250,7 @@ class LLPRModel:
         np_ = lambda t: t.detach().cpu().numpy().astype(float)  # noqa: E731
         energy, node_e = np_(out["energy"]).reshape(-1), np_(out["node_energy"])
         if len(rows):
-            d_e, d_atom = np_(d_e) @ z.T, np_(phi_atom @ basis.T) @ z.T  # (B, M), (N, M)
+            d_e, d_atom = np_(d_e) @ z.T, np_(d_atom) @ z.T  # (B, M), (N, M)
         else:  # no members (or all with δw = 0)
             d_e, d_atom = np.zeros((len(structures), len(members))), np.zeros((len(node_e), len(members)))
         if grad:
@@ -306,6 +278,38 @@ class LLPRModel:
             means.append(mean)
             per.append(row)
         return means, per
+
+    def rows(self, bdict, phi_atom, phi, rows) -> tuple:
+        """Energy terms (B, R) of the basis ``rows`` and their per-atom shares (N, R), torch.
+
+        Posterior sampling: φ·b_j.  Sampling sigma: σ = α‖φ P‖ itself, split over atoms as
+        φ_i·u with u = α² P Pᵀ φ / σ (so the shares sum to σ).
+        """
+        import torch
+        if self.sampling != SIGMA:
+            basis = self.basis[torch.as_tensor(rows, device=phi.device)]
+            return phi @ basis.T, phi_atom @ basis.T
+        v = phi @ self._proj_t  # (B, D)
+        sig = self.alpha * torch.linalg.vector_norm(v, dim=1)  # (B,)
+        u = (self.alpha ** 2) * (v @ self._proj_t.T) / sig[:, None]  # (B, D)
+        u_atom = u if len(phi) == 1 else u[bdict["batch"]]
+        return sig[:, None], (phi_atom * u_atom).sum(1, keepdim=True)
+
+
+def sigma_factors(members: int) -> np.ndarray:
+    """(K,) factors z_k of σ for ``sampling: sigma``: symmetric normal quantiles Φ⁻¹((j + ½)/K)
+    scaled to a sample standard deviation (ddof = 1) of 1, alternating +, − by member
+    (odd K: the last member is the middle quantile, 0)."""
+    from scipy.stats import norm
+    k = int(members)
+    if k < 2:
+        return np.zeros(max(k, 0))
+    q = norm.ppf((np.arange(k) + 0.5) / k)
+    z = np.empty(k)
+    pos = np.sort(q[q > 0])[::-1]
+    z[0:2 * len(pos):2], z[1:2 * len(pos):2] = pos, -pos
+    z[2 * len(pos):] = 0.0
+    return z / np.std(z, ddof=1)
 
 
 def _gradients(rows, inputs) -> list:
@@ -342,7 +346,7 @@ class LLPRMember(BatchedMember):
     @classmethod
     def from_spec(cls, spec: dict, base_dir=None) -> list:
         unknown = set(spec) - (known := {"backend", "path", "name", "members", "seed", "covariance",
-                                         "device", "dtype", "head", "jit", "skin", "rank"})
+                                         "device", "dtype", "head", "jit", "skin", "rank", "sampling"})
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)} for a mace_llpr member; known: {sorted(known)}")
         if "path" not in spec:
@@ -350,7 +354,7 @@ class LLPRMember(BatchedMember):
         cov = spec.get("covariance")
         if cov is not None and base_dir is not None and not Path(cov).is_absolute():
             cov = Path(base_dir) / cov
-        kw = {k: spec[k] for k in ("seed", "device", "dtype", "head", "skin", "rank") if k in spec}
+        kw = {k: spec[k] for k in ("seed", "device", "dtype", "head", "skin", "rank", "sampling") if k in spec}
         return cls.from_file(spec["path"], spec.get("members"), name=spec.get("name"), covariance=cov,
                              jit=bool(spec.get("jit", True)), **kw)
 
