@@ -8,13 +8,17 @@ On the held-out frames (``examples/si_demo/data/heldout.extxyz``) the script pri
 rank correlation of σ_E with the absolute energy error for
 
 * LLPR: analytic σ of member 0 against |E_0 − E_ref|;
-* LLPR K = 8 pseudo-members (committee spread) against |E_0 − E_ref|, full posterior and
-  ``rank`` r = ``--ranks`` (:meth:`~committee_calc.members.mace_llpr.LLPRModel.sample`);
+* LLPR K = 8 pseudo-members (committee spread) against |E_0 − E_ref|, full posterior,
+  ``rank`` r = ``--ranks`` (:meth:`~committee_calc.members.mace_llpr.LLPRModel.sample`) and
+  ``sampling: sigma`` (members E + z_k σ, whose spread is σ exactly);
 * the deep committee of the 4 models (spread) against |Ē − E_ref|.
 
 and, per rank r, the fraction of the posterior energy variance kept: averaged over the training
 set (``variance_kept``) and on the held-out frames (mean σ_r² / mean σ²), with the Spearman
-correlation of the rank-r analytic σ_r.
+correlation of the rank-r analytic σ_r.  Forces: the exact posterior force variance of member 0
+(Σ_j (∇(φ·b_j))² over the D columns b_j of α(C + ς²I)^(-1/2), D gradient rows), the share of it
+that rank r and ``sampling: sigma`` keep on the held-out frames, and the Spearman correlation of
+each one's RMS σ_F with the frame's force RMSE (member 0; the deep committee: its mean).
 
 Part 2, cost: median process CPU time per call (one thread, interleaved repeats; a new
 structure every call) on rattled Si8 and Si64 cells for
@@ -27,6 +31,7 @@ structure every call) on rattled Si8 and Si64 cells for
 * ``LLPR K=8 EFS``: a CommitteeCalculator of 8 pseudo-members (energy, forces, stress of each;
   full posterior: one backward pass of 1 + 4 gradient rows);
 * ``K=8 r=R EFS``: the same with ``rank: R`` (1 + R rows);
+* ``K=8 σ EFS``: the same with ``sampling: sigma`` (1 + 1 rows);
 * ``deep M=8 EFS``: a CommitteeCalculator of 8 MACE members (the 4 models, twice).
 
 Ratios are to ``model E`` (for E+σ) and ``model EFS`` (the others).  Models are cached in
@@ -106,6 +111,7 @@ def accuracy(models, train, cal, heldout, ranks):
     calcs = {"llpr": llpr, "pseudo": CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0))}
     for r in ranks:
         calcs[f"pseudo r={r}"] = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0, rank=r))
+    calcs["pseudo sigma"] = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, sampling="sigma"))
     calcs["deep"] = CommitteeCalculator([MACEMember.from_file(p) for p in models])
     out = {}
     for name, calc in calcs.items():
@@ -126,7 +132,44 @@ def accuracy(models, train, cal, heldout, ranks):
         variance = LLPRMember.from_file(models[0], members=2, rank=r)[0].core.variance_kept
         kept[r] = (variance, float(np.mean(sig ** 2) / np.mean(full ** 2)),
                    float(spearmanr(sig, np.abs(pred - e_ref)).statistic))
-    return fit, out, kept
+    return fit, out, kept, force_uncertainty(models, heldout, ranks)
+
+
+def force_uncertainty(models, heldout, ranks):
+    """Held-out force variance kept (rank r, sigma) and Spearman(RMS σ_F, force RMSE) per kind."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from committee_calc import keys as K
+    from committee_calc.committee import CommitteeCalculator
+    from committee_calc.members.mace import MACEMember
+    from committee_calc.members.mace_llpr import LLPRModel
+
+    core = LLPRModel(models[0], members=2)
+    dim = core.last.dim
+    core.dw = torch.tensor((core.alpha * core.proj).T, dtype=core.last.w.dtype)  # D exact rows
+    order = np.argsort(-core.eig[0], kind="stable")  # eigen-directions by λ, as rank r keeps them
+    sigma_core = LLPRModel(models[0], members=8, sampling="sigma")
+    deep = CommitteeCalculator([MACEMember.from_file(p) for p in models])
+    var = {"full": [], "sigma": [], **{r: [] for r in ranks}, "deep": []}
+    err, err_deep = [], []
+    for a in heldout:
+        means, per = core.run([a], ("energy", "forces"), members=range(0, 2 * dim, 2))
+        g = np.array([per[0][k]["forces"] - means[0]["forces"] for k in range(0, 2 * dim, 2)])  # (D,N,3)
+        var["full"].append(np.mean((g ** 2).sum(0)))
+        for r in ranks:
+            var[r].append(np.mean((g[order[:r]] ** 2).sum(0)))
+        _, ps = sigma_core.run([a], ("energy", "forces"), members=range(8))
+        var["sigma"].append(np.mean(np.var([p["forces"] for p in ps[0].values()], axis=0, ddof=1)))
+        err.append(np.sqrt(np.mean((means[0]["forces"] - a.arrays["REF_forces"]) ** 2)))
+        b = a.copy()
+        b.calc = deep
+        err_deep.append(np.sqrt(np.mean((b.get_forces() - a.arrays["REF_forces"]) ** 2)))
+        var["deep"].append(np.mean(deep.results[K.FORCES_MEMBERS].var(axis=0, ddof=1)))
+    full = np.mean(var["full"])
+    return {k: (float(np.mean(v) / full) if k != "deep" else float("nan"),
+                float(spearmanr(np.sqrt(v), err_deep if k == "deep" else err).statistic))
+            for k, v in var.items()}
 
 
 def cost(models, repeats, ranks):
@@ -142,6 +185,7 @@ def cost(models, repeats, ranks):
     llpr = LLPRCalculator(models[0])
     pseudo = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0))
     low = {r: CommitteeCalculator(LLPRMember.from_file(models[0], members=8, seed=0, rank=r)) for r in ranks}
+    shift = CommitteeCalculator(LLPRMember.from_file(models[0], members=8, sampling="sigma"))
     deep = CommitteeCalculator([MACEMember.from_file(p) for p in models + models])
 
     def calc_call(calc, props):  # one calculation of all props (as ASE's get_property would per prop)
@@ -157,6 +201,7 @@ def cost(models, repeats, ranks):
            "LLPR EFS+σ": calc_call(llpr, ("energy", "forces", "stress", "energy_std")),
            "LLPR K=8 EFS": calc_call(pseudo, ("energy", "forces", "stress")),
            **{f"K=8 r={r} EFS": calc_call(low[r], ("energy", "forces", "stress")) for r in ranks},
+           "K=8 σ EFS": calc_call(shift, ("energy", "forces", "stress")),
            "deep M=8 EFS": calc_call(deep, ("energy", "forces", "stress"))}
     rows = {}
     for label, rep in (("Si8", (1, 1, 1)), ("Si64", (2, 2, 2))):
@@ -213,12 +258,13 @@ def main(argv=None):
     models = train_models(work, args.epochs, args.jobs)
     print(f"torch {torch.__version__}, 1 thread; MACE options {MACE_OPTIONS}, {args.epochs} epochs; "
           f"{len(train)} train / {len(cal)} calib / {len(heldout)} held-out frames (Si8, GPAW)")
-    fit, acc, kept = accuracy(models, train, cal, heldout, ranks)
+    fit, acc, kept, force = accuracy(models, train, cal, heldout, ranks)
     print(f"\nLLPR fit of member 0: D = {fit['features']} features, ς² = {fit['regularizer']:.3g}, "
           f"α = {fit['alpha']:.3g} (calib NLL {fit['nll']:.3f}, calib Spearman {fit['spearman']:.3f})")
     print(f"\n{'held-out ranking':<34} {'Spearman(σ,|err|)':>18} {'RMSE eV':>9} {'RMS σ eV':>9}")
     names = {"llpr": "LLPR σ (member 0, one pass)", "pseudo": "LLPR K=8 pseudo-members",
-             "deep": "deep committee M=4", **{f"pseudo r={r}": f"LLPR K=8 pseudo-members rank {r}" for r in ranks}}
+             "deep": "deep committee M=4", "pseudo sigma": "LLPR K=8 pseudo-members, sigma",
+             **{f"pseudo r={r}": f"LLPR K=8 pseudo-members rank {r}" for r in ranks}}
     for k, (rho, rmse, rms) in acc.items():
         print(f"{names[k]:<34} {rho:>18.3f} {rmse:>9.4f} {rms:>9.4f}")
     better = "LLPR" if acc["llpr"][0] > acc["deep"][0] else "the deep committee"
@@ -229,6 +275,11 @@ def main(argv=None):
     print(f"{'full (rank ' + str(fit['features']) + ')':<22} {1.0:>15.3f} {1.0:>17.3f} {acc['llpr'][0]:>31.3f}")
     for r, (var, held, rho) in kept.items():
         print(f"{'rank ' + str(r):<22} {var:>15.3f} {held:>17.3f} {rho:>31.3f}")
+    print(f"\n{'held-out forces':<34} {'force var kept':>15} {'Spearman(RMS σ_F, force RMSE)':>31}")
+    fnames = {"full": "LLPR posterior (exact, D rows)", "sigma": "LLPR K=8 sampling: sigma",
+              "deep": "deep committee M=4", **{r: f"LLPR posterior rank {r}" for r in ranks}}
+    for k, (share, rho) in force.items():
+        print(f"{fnames[k]:<34} {share:>15.3f} {rho:>31.3f}")
     rows = cost(models, args.repeats, ranks)
     cols = list(next(iter(rows.values())))
     print(f"\nCPU ms per call (median of {args.repeats}, 1 thread, malloc "
