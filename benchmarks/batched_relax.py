@@ -108,13 +108,21 @@ def model_only(members, images, reps=5) -> float:
     """CPU seconds per structure of the committee's model passes alone (forward + forces of
     every member, graph prebuilt) when ``images`` are evaluated in one batch."""
     batch = members[0].build_batch(images).to_dict()
-    for m in members:  # warm-up of this shape
-        m.run_model(batch, False, batched=len(images) > 1)
+    for _ in range(3):  # warm-up of this shape (TorchScript's profiling executor specialises on call 2)
+        for m in members:
+            m.run_model(batch, False, batched=len(images) > 1)
     c0 = time.process_time()
     for _ in range(reps):
         for m in members:
             m.run_model(batch, False, batched=len(images) > 1)
     return (time.process_time() - c0) / reps / len(images)
+
+
+def ceiling(members, images, sizes) -> str:
+    """Model passes alone per structure at each batch size of ``sizes``: the batching ceiling."""
+    one = model_only(members, images[:1])
+    parts = [f"{k}: {1e3 * model_only(members, images[:k]):.1f} ms" for k in sizes if k <= len(images)]
+    return f"{1e3 * one:.1f} ms one at a time; in batches of " + ", ".join(parts)
 
 
 def identical(out_a, out_b, rows_a, rows_b, tol=1e-8) -> tuple:
@@ -148,6 +156,8 @@ def main(argv=None):
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--atom-budget", type=int, default=None, help="fixed (default: from timings)")
     ap.add_argument("--out", default=None, help="folder for the pool runs (default: temporary)")
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="only the model passes alone at batch sizes 1-64 (no relaxations)")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     import torch
@@ -173,6 +183,11 @@ def main(argv=None):
     ratios, same_all = {}, True
     for label, n, rep in (("Si8", a.n8, (1, 1, 1)), ("Si64", a.n64, (2, 2, 2))):
         images = pool(n, rep, seed=1 if label == "Si8" else 2)
+        sizes = (2, 4, 8, 16, 32, 64) if label == "Si8" else (2, 4, 8)
+        print(f"{label} model passes alone (4 members, forward + forces, graph prebuilt, CPU per "
+              f"structure): {ceiling(members, images, sizes)}", flush=True)
+        if a.ceiling_only:
+            continue
         gate = Gate(CommitteeCalculator(members))
         relaxer = GatedRelaxer(gate, optimizer="FIRE", fmax=a.fmax, max_steps=a.max_steps)
         relaxer.relax(images[0])  # warm-up (TorchScript compilation) outside the timings
@@ -202,6 +217,8 @@ def main(argv=None):
         print(f"  ratio {ratios[label]:.2f}x CPU ({wall_s / wall_b:.2f}x wall); identical "
               f"trajectories: {'yes' if same else 'no'} (largest difference {worst:.2g} Å)",
               flush=True)
+    if a.ceiling_only:
+        return
     print(f"batched/per-structure: Si8 {ratios['Si8']:.1f}×, Si64 {ratios['Si64']:.1f}×; "
           f"identical trajectories: {'yes' if same_all else 'no'}")
 
