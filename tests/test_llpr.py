@@ -277,6 +277,42 @@ def test_sigma_sampling_members_spread_is_sigma_and_their_mean_the_model(llpr_mo
     assert LLPRMember.from_spec(spec)[0].core.sampling == "sigma"
 
 
+def test_hal_bias_over_sigma_members_is_minus_tau_llpr_sigma_with_exact_forces(llpr_model):
+    """HAL over ``sampling: sigma`` members: B = −τ σ_LLPR, and its forces/stress (built from the
+    members' forces/stress) are finite differences of the biased energy (one model, one extra row)."""
+    from committee_calc.bias import HAL, BiasCalculator
+    com = CommitteeCalculator(LLPRMember.from_file(llpr_model, members=4, sampling="sigma", jit=False))
+    atoms, tau = si(seed=13, amp=0.2), 0.8
+
+    def biased(a):
+        b = a.copy()
+        b.calc = BiasCalculator(com, HAL(tau))
+        return b.get_potential_energy(), b
+
+    e0, b = biased(atoms)
+    forces, stress, res = b.get_forces(), b.get_stress(), b.calc.results
+    sigma = LLPRCalculator(com.members[0].core).get_property("energy_std", atoms)
+    assert res[K.BIAS_ENERGY] == pytest.approx(-tau * sigma, rel=1e-9)
+    bias_forces = forces - res[K.FORCES_UNBIASED]
+    assert np.abs(bias_forces).max() > 1e-4
+    h = 1e-4
+    for i, d in [(0, 0), (5, 2)]:
+        e = []
+        for s in (h, -h):
+            c = atoms.copy()
+            c.positions[i, d] += s
+            e.append(biased(c)[0])
+        assert -(e[0] - e[1]) / (2 * h) == pytest.approx(forces[i, d], abs=1e-6 * np.abs(bias_forces).max() + 1e-9)
+    e = []
+    for s in (h, -h):
+        c = atoms.copy()
+        c.set_cell(atoms.cell @ np.diag([1 + s, 1, 1]), scale_atoms=True)
+        e.append(biased(c)[0])
+    bias_stress = stress - res[K.STRESS_UNBIASED]
+    fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume()
+    assert fd == pytest.approx(stress[0], abs=1e-6 * np.abs(bias_stress).max() + 1e-9)
+
+
 def test_model_without_covariance_is_refused_naming_the_command(tmp_path, si_train_frames):
     model = build_mace(tmp_path / "bare.model", si_train_frames[:4], seed=1, steps=0)
     for make in (lambda: LLPRMember.from_file(model, members=4), lambda: LLPRCalculator(model)):
