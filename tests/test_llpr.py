@@ -313,6 +313,36 @@ def test_hal_bias_over_sigma_members_is_minus_tau_llpr_sigma_with_exact_forces(l
     assert fd == pytest.approx(stress[0], abs=1e-6 * np.abs(bias_stress).max() + 1e-9)
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_odd_number_of_posterior_members_keeps_the_model_as_mean(llpr_model, k):
+    """Odd K: ⌊K/2⌋ antithetic pairs and one member with δw = 0, so the mean is the model."""
+    members = LLPRMember.from_file(llpr_model, members=k, seed=1, jit=False)
+    atoms = si(seed=14, amp=0.2)
+    row = LLPRMember.predict_group(members, atoms, ("energy", "forces"))
+    ref = MACEMember.from_file(llpr_model).predict(atoms, ("energy", "forces"))
+    assert np.mean([p["energy"] for p in row]) == pytest.approx(ref["energy"], abs=1e-9)
+    np.testing.assert_allclose(np.mean([p["forces"] for p in row], axis=0), ref["forces"], atol=1e-9)
+    assert row[-1]["energy"] == pytest.approx(ref["energy"], abs=1e-9)  # the model itself
+    assert np.std([p["energy"] for p in row]) > 0
+    for seed in (-1, 1.5, "abc", True):
+        with pytest.raises(ConfigError, match="'seed' must be a non-negative integer"):
+            LLPRModel(llpr_model, members=k, seed=seed, jit=False)
+
+
+def test_llpr_calculator_gives_forces_and_stress_from_one_pass_and_refuses_members(llpr_model, monkeypatch):
+    calc = LLPRCalculator(llpr_model, jit=False)
+    atoms = si(seed=15)
+    atoms.calc = calc
+    calls = []
+    run = calc.core.run
+    monkeypatch.setattr(calc.core, "run", lambda *a, **kw: calls.append(a[1]) or run(*a, **kw))
+    atoms.get_forces()
+    atoms.get_stress()
+    assert len(calls) == 1 and set(calls[0]) >= {"forces", "stress"}
+    with pytest.raises(ConfigError, match="pseudo-members use"):
+        LLPRCalculator(llpr_model, members=8)
+
+
 def test_model_without_covariance_is_refused_naming_the_command(tmp_path, si_train_frames):
     model = build_mace(tmp_path / "bare.model", si_train_frames[:4], seed=1, steps=0)
     for make in (lambda: LLPRMember.from_file(model, members=4), lambda: LLPRCalculator(model)):
@@ -338,7 +368,7 @@ def test_driver_with_an_llpr_committee_without_covariance_exits_2(tmp_path, si_t
 
 def test_covariance_of_another_model_and_bad_members_are_refused(llpr_model, tmp_path, si_train_frames):
     other = build_mace(tmp_path / "other.model", si_train_frames[:4], seed=8, steps=0)
-    with pytest.raises(ModelFileError, match="another version .*committee-llpr-fit"):
+    with pytest.raises(ModelFileError, match="another model file .*committee-llpr-fit"):
         LLPRModel(other, members=2, covariance=covariance_path(llpr_model))
     (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(ModelFileError, match="corrupt"):

@@ -14,11 +14,12 @@ grid).  ``committee-llpr-fit model.model train.extxyz --heldout heldout.extxyz``
 backward pass (:class:`LLPRCalculator`, :meth:`LLPRModel.run`).
 
 Pseudo-members (``members: K``): K weight changes δw ~ N(0, α²(C + ς²I)⁻¹) (seeded, antithetic
-pairs ±δw, so their mean is the model).  Member k: ``E_k = E + φ·δw_k``, ``F_k = F − ∇_r(φ·δw_k)``,
-``S_k = S + (1/V) ∂(φ·δw_k)/∂ε``, exact derivatives of E_k.  The δw are ``Z @ B`` for R basis
+pairs ±δw, so their mean is the model; for odd K the last member is the model itself, δw = 0,
+which keeps the mean and leaves the ddof = 1 spread unbiased).  Member k: ``E_k = E + φ·δw_k``,
+``F_k = F − ∇_r(φ·δw_k)``, ``S_k = S + (1/V) ∂(φ·δw_k)/∂ε``, exact derivatives of E_k.  The δw are ``Z @ B`` for R basis
 rows b_j; the gradients of E and of the R terms φ·b_j come from one backward pass
-(``torch.autograd.grad(..., is_grads_batched=True)``), with R = ⌈K/2⌉ for the full posterior or
-R = min(r, ⌈K/2⌉) with ``rank: r`` (the posterior restricted to the r directions carrying most of
+(``torch.autograd.grad(..., is_grads_batched=True)``), with R = ⌊K/2⌋ for the full posterior or
+R = min(r, ⌊K/2⌋) with ``rank: r`` (the posterior restricted to the r directions carrying most of
 its energy variance, :meth:`LLPRModel.sample`).  Each row costs about half a model evaluation
 (a backward pass), so ``rank`` is what bounds the cost of many members.
 
@@ -43,7 +44,6 @@ rank, sampling).
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +53,11 @@ from ..errors import ConfigError, ModelFileError
 from ..structures import is_bulk
 from ._torch_common import check_dtype, keeps_torch_globals, torch_dtype, torch_load, voigt
 from .base import BatchedMember
+from .llpr_sampling import POSTERIOR, SIGMA, draw_members
 from .mace import MACEMember, _mace
 from .mace_last_layer import LastLayer
 
 SUFFIX, FIT_COMMAND = ".llpr.npz", "committee-llpr-fit"  #: covariance file suffix, the command writing it
-POSTERIOR, SIGMA = "posterior", "sigma"  #: values of ``sampling`` (LLPRModel.sample)
 
 
 def covariance_path(model_path) -> Path:
@@ -79,7 +79,7 @@ class LLPRModel:
     """One MACE model with its LLPR covariance, shared by its pseudo-members.
 
     path: the mace-torch ``.model`` file.  members, seed: pseudo-members and the seed of their
-    weights.  rank: None samples the full posterior (⌈K/2⌉ gradient rows); an integer r
+    weights.  rank: None samples the full posterior (⌊K/2⌋ gradient rows); an integer r
     (1 ≤ r ≤ D) samples it in the r directions carrying most of its energy variance over the
     training set (:meth:`sample`; at most r rows for any K).  sampling: ``"posterior"`` (the
     above) or ``"sigma"`` (members ``E + z_k σ``, one row for any K; module docstring).
@@ -124,9 +124,9 @@ class LLPRModel:
             raise ModelFileError(f"LLPR covariance file {str(npz)!r} is corrupt or incomplete ({exc}); "
                                  f"recompute it with {fit_hint(self.path)}") from exc
         if digest != model_digest(self.path):
-            raise ModelFileError(f"LLPR covariance {str(npz)!r} was computed for another version "
-                                 f"of {self.path!r} (the model file changed); recompute it with "
-                                 f"{fit_hint(self.path)}")
+            raise ModelFileError(f"LLPR covariance {str(npz)!r} was computed for another model file "
+                                 f"(its SHA-256 differs from {self.path!r}: another model, or this "
+                                 f"one changed since); recompute it with {fit_hint(self.path)}")
         if head != self.mace.head or cov.shape != (self.last.dim, self.last.dim):
             raise ModelFileError(f"LLPR covariance {str(npz)!r} is for head {head!r} with "
                                  f"{cov.shape[0]} features, the model head {self.mace.head!r} has "
@@ -136,51 +136,22 @@ class LLPRModel:
         self.proj, self.alpha = vec / np.sqrt(self.eig[0] + reg), alpha  # (D, D) numpy
 
     def sample(self, members: int, seed: int = 0, rank=None, sampling=POSTERIOR) -> None:
-        """Draw the weight changes of ``members`` pseudo-members: ⌈K/2⌉ antithetic pairs ±δw.
-
-        Full posterior (``rank=None``): δw = α V (Λ + ς²)^(-1/2) z, z ~ N(0, I_D), with C = V Λ Vᵀ.
-        ``rank=r``: only the r eigen-directions of C with the largest λ/(λ + ς²), the share of
-        each direction in the posterior energy variance averaged over the training set
-        (Σ_train (φ·v)² / (λ + ς²) = λ / (λ + ς²)); :attr:`variance_kept` is the kept fraction
-        of that average.  The directions of largest *weight* variance (smallest λ) carry almost
-        none of it when ς² dominates them.  Stored as ``coef @ basis`` (:attr:`dw`): forces of
-        any K members need one gradient row per basis row (min(r, ⌈K/2⌉)).
-
-        ``sampling="sigma"``: no weights are drawn (``seed`` is not used); member k gets the
-        factor ``coef[k]`` of σ, the symmetric normal quantiles Φ⁻¹((j + ½)/K) scaled to a sample
-        standard deviation (ddof = 1) of 1, alternating in sign (member 0 positive).
-        Raises ConfigError for an unknown ``sampling`` or ``rank`` given with ``"sigma"``.
-        """
+        """Make the pseudo-members' weight changes (:func:`~.llpr_sampling.draw_members`): ⌊K/2⌋
+        antithetic pairs ±δw of the (rank-r) posterior (odd K: the last member is the model), or
+        for ``sampling="sigma"`` the σ factors.  Sets :attr:`basis` (R, D) torch, :attr:`coef`,
+        :attr:`rank`, :attr:`variance_kept`.  Raises ConfigError (``draw_members``)."""
         import torch
-        lam, vec, reg = self.eig
-        dim = self.last.dim
-        if sampling not in (POSTERIOR, SIGMA):
-            raise ConfigError(f"LLPR 'sampling' must be {POSTERIOR!r} (weights drawn from the posterior) "
-                              f"or {SIGMA!r} (members E + z_k σ, one gradient row), got {sampling!r}")
-        self.sampling = sampling
-        if sampling == SIGMA:
-            if rank is not None:
-                raise ConfigError("LLPR 'rank' applies to sampling: posterior; sampling: sigma has one "
-                                  "gradient row already: drop 'rank'")
-            self._proj_t = torch.tensor(self.proj, dtype=self.last.w.dtype, device=self.last.w.device)
-            self.rank, self.variance_kept, self.basis, self.coef = None, 1.0, None, sigma_factors(members)
-            return
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
-                                 or not 1 <= rank <= dim):
-            raise ConfigError(f"LLPR 'rank' must be an integer from 1 to {dim} (the model's last-layer "
-                              f"features) or absent for the full posterior, got {rank!r}")
-        top = np.arange(dim) if rank is None else np.argsort(-lam, kind="stable")[:int(rank)]
-        share = lam / (lam + reg)
-        self.rank, self.variance_kept = len(top), float(share[top].sum() / max(share.sum(), 1e-300))
-        z = np.random.default_rng(int(seed)).standard_normal((math.ceil(members / 2), len(top)))
-        dirs = self.alpha * vec[:, top] / np.sqrt(lam[top] + reg)  # (D, r)
-        basis, self.coef = (z @ dirs.T, np.eye(len(z))) if len(z) <= len(top) else (dirs.T, z)
-        self.basis = torch.tensor(basis, dtype=self.last.w.dtype, device=self.last.w.device)
+        self.sampling, self.rank, self.variance_kept, basis, self.coef = draw_members(
+            self.eig, self.alpha, members, seed, rank, sampling)
+        as_t = lambda x: torch.tensor(x, dtype=self.last.w.dtype, device=self.last.w.device)  # noqa: E731
+        self.basis = None if basis is None else as_t(basis)
+        self._proj_t = as_t(self.proj) if sampling == SIGMA else None
 
     @property
     def dw(self):
-        """Distinct weight changes (⌈K/2⌉, D): member k has ``(-1)**k * dw[k // 2]`` (None for
-        sampling: sigma, whose weight changes depend on the structure)."""
+        """Distinct weight changes (⌈K/2⌉, D; odd K: the last row 0): member k has
+        ``(-1)**k * dw[k // 2]`` (None for sampling: sigma, whose weight changes depend on the
+        structure)."""
         import torch
         return None if self.basis is None else torch.tensor(self.coef, dtype=self.basis.dtype) @ self.basis
 
@@ -296,22 +267,6 @@ class LLPRModel:
         return sig[:, None], (phi_atom * u_atom).sum(1, keepdim=True)
 
 
-def sigma_factors(members: int) -> np.ndarray:
-    """(K,) factors z_k of σ for ``sampling: sigma``: symmetric normal quantiles Φ⁻¹((j + ½)/K)
-    scaled to a sample standard deviation (ddof = 1) of 1, alternating +, − by member
-    (odd K: the last member is the middle quantile, 0)."""
-    from scipy.stats import norm
-    k = int(members)
-    if k < 2:
-        return np.zeros(max(k, 0))
-    q = norm.ppf((np.arange(k) + 0.5) / k)
-    z = np.empty(k)
-    pos = np.sort(q[q > 0])[::-1]
-    z[0:2 * len(pos):2], z[1:2 * len(pos):2] = pos, -pos
-    z[2 * len(pos):] = 0.0
-    return z / np.std(z, ddof=1)
-
-
 def _gradients(rows, inputs) -> list:
     """Gradients (R, *input.shape) of every entry of ``rows`` (R,) with respect to ``inputs``,
     in one backward pass (batched over the rows)."""
@@ -339,7 +294,8 @@ class LLPRMember(BatchedMember):
         """``members`` pseudo-members of the model file ``path`` (kwargs: :class:`LLPRModel`)."""
         if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 2:
             raise ConfigError(f"mace_llpr needs 'members: K' with an integer K >= 2 pseudo-members, "
-                              f"got {members!r}; for σ from one pass use LLPRCalculator")
+                              f"got {members!r}; for σ from one pass use "
+                              f"committee_calc.members.mace_llpr.LLPRCalculator")
         core = LLPRModel(path, members=int(members), **kwargs)
         return [cls(core, k, name=f"{name}_{k}" if name else None) for k in range(int(members))]
 
@@ -380,7 +336,9 @@ class LLPRCalculator(Calculator):
     ``model``: an :class:`LLPRModel` or a model path (kwargs go to :class:`LLPRModel`).
     Results: energy, free_energy [eV], forces (N,3) [eV/Å], stress (6,) [eV/Å³] (3-D periodic),
     energies (N,) [eV], energy_std [eV] (calibrated LLPR σ), energy_std_per_atom [eV].
-    Asking for the energy alone runs no backward pass.
+    Asking for the energy alone runs no backward pass; asking for forces or stress gives both
+    (3-D periodic cells) from the same backward pass.  Raises ConfigError for ``members``
+    (pseudo-members are ``{backend: mace_llpr, members: K}`` / :meth:`LLPRMember.from_file`).
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "energies",
@@ -388,10 +346,15 @@ class LLPRCalculator(Calculator):
 
     def __init__(self, model, **kwargs):
         super().__init__()
+        if kwargs.get("members"):
+            raise ConfigError("LLPRCalculator gives the model with its σ; for pseudo-members use "
+                              "LLPRMember.from_file(path, members=K) or {backend: mace_llpr, members: K}")
         self.core = model if isinstance(model, LLPRModel) else LLPRModel(model, **kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         self.core.mace.check_atoms(self.atoms)
+        if "forces" in properties or "stress" in properties:  # one backward pass gives both
+            properties = ("energy", "forces") + (("stress",) if is_bulk(self.atoms) else ())
         res = self.core.run([self.atoms], properties)[0][0]
         self.results = dict(res, free_energy=res["energy"], energy_std_per_atom=res["energy_std"] / len(self.atoms))
