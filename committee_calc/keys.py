@@ -62,3 +62,9 @@ COMMITTEE_KEYS = (ENERGY_MEMBERS, FORCES_MEMBERS, STRESS_MEMBERS, ENERGIES_MEMBE
                   ENERGY_STD_PER_ATOM, ENERGY_STD_PER_MOLECULE, N_MOLECULES, FORCES_STD,
                   FORCES_STD_ATOM, FORCES_STD_MAX, FORCES_STD_MEAN, FORCE_UNCERTAINTY_RELATIVE,
                   STRESS_STD, ENERGIES_STD, N_NONFINITE)
+
+#: prefixes of ``info``/``arrays`` keys that hold values at one geometry: reference labels
+#: (``REF_energy``...), baselines (``BASE_``), Δ targets (``DELTA_``) and committee predictions
+#: (``committee_``).  Drivers that move atoms drop them from their inputs
+#: (:func:`committee_calc.structures.drop_labels`), so no moved frame carries a stale label.
+GEOMETRY_LABEL_PREFIXES = ("REF_", "BASE_", "DELTA_", "committee_")

@@ -19,6 +19,7 @@ import numpy as np
 from ase import Atoms
 
 from .errors import CellError, ConfigError, StructureReadError
+from .keys import GEOMETRY_LABEL_PREFIXES
 from .units import AMU_PER_A3_TO_GCM3
 
 
@@ -179,8 +180,23 @@ def same_geometry(a, b, tol: float = 1e-6) -> bool:
             and np.allclose(a.cell[:], b.cell[:], atol=tol, rtol=0))
 
 
-def read_structures(path, index=":") -> list:
+def drop_labels(atoms, prefixes=GEOMETRY_LABEL_PREFIXES):
+    """Remove (in place) the ``info`` and ``arrays`` entries whose key starts with one of
+    ``prefixes`` (values at this geometry: reference labels, baselines, committee predictions);
+    returns ``atoms``."""
+    for key in [k for k in atoms.info if k.startswith(prefixes)]:
+        del atoms.info[key]
+    for key in [k for k in atoms.arrays if k.startswith(prefixes)]:
+        del atoms.arrays[key]
+    return atoms
+
+
+def read_structures(path, index=":", labels: bool = True) -> list:
     """Every structure of a file (any ASE format) or of the files in a folder.
+
+    ``labels=False`` (drivers that move atoms) drops the values that belong to the file's
+    geometries (:func:`drop_labels`: ``REF_*``, ``BASE_*``, ``DELTA_*``, ``committee_*``), so no
+    moved frame written later carries a stale reference label.
 
     Raises :class:`~committee_calc.errors.StructureReadError` when the path is
     missing, a file cannot be read, or nothing is found, and :func:`check_structure`'s errors
@@ -204,6 +220,8 @@ def read_structures(path, index=":") -> list:
         got = got if isinstance(got, list) else [got]
         for i, atoms in enumerate(got):
             check_structure(atoms, f"structure {i} of {str(f)!r}")
+            if not labels:
+                drop_labels(atoms)
         images.extend(got)
     if not images:
         raise StructureReadError(f"{str(p)!r} holds no structures")

@@ -90,7 +90,7 @@ def run(argv=None) -> int:
     if args.labels:
         raise ConfigError("a campaign keeps its labels in OUT/labels.extxyz; drop --labels")
     thresholds, u_max = policy_thresholds("stop", limits_from_args(args, "threshold"), args.u_max)
-    images = read_structures(args.candidates)
+    images = read_structures(args.candidates, labels=False)
     committee = load_committee_from_args(args)
     check_species(committee, images)
     require_stress(committee, args.cell, "--cell")

@@ -106,7 +106,7 @@ def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     bias = bias_from_args(args)
     check_outputs(args)
-    images = read_structures(args.structure)
+    images = read_structures(args.structure, labels=False)
     if not -len(images) <= args.index < len(images):
         raise ConfigError(f"--index {args.index} is out of range: {args.structure} holds {len(images)}")
     atoms = images[args.index]

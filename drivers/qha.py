@@ -128,7 +128,7 @@ def run(argv=None) -> int:
         raise ConfigError("give the volumes (>= 5): --linear-scales, --volume-scales, --scale-range or --pressures-GPa")
     scan = VolumeScan(**{k: getattr(args, k) for k in VOLUME_CHOICES}, relax=args.relax, fmax_eVA=args.fmax_eVA,
                       relax_steps=args.relax_steps, static_from_reference=args.static_from_reference)
-    atoms = read_structures(args.structure)[0]
+    atoms = read_structures(args.structure, labels=False)[0]
     settings = settings_from_args(args)
     committee = cli.load_committee_from_args(args)
     cli.check_species(committee, [atoms])

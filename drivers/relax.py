@@ -117,7 +117,7 @@ def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     spec = spec_from_args(args)  # everything is validated before the first output file is written
     check_outputs(args)
-    images = read_structures(args.candidates)
+    images = read_structures(args.candidates, labels=False)
     committee = load_committee_from_args(args)
     check_candidates(committee, images)
     relaxer = make_relaxer(args, committee)  # build_gate imports the reference calculator now

@@ -100,7 +100,7 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     check_outputs(args)
     settings = settings_from_args(args)
-    structures = read_structures(args.structures)
+    structures = read_structures(args.structures, labels=False)
     # the committee reports σ_E per molecule (or atom) with this count too (labels, trajectory)
     molecules = unit_count(structures, settings.units, args.molecules)
     committee = load_committee_from_args(args, molecules=molecules)
