@@ -62,6 +62,9 @@ class HAL:
     def to_dict(self) -> dict:
         return {"kind": "hal", **asdict(self)}
 
+    def describe(self) -> str:
+        return f"HAL bias B = −τ σ_E, τ = {self.tau:g}"
+
 
 @dataclass(frozen=True)
 class UDD:
@@ -83,6 +86,9 @@ class UDD:
 
     def to_dict(self) -> dict:
         return {"kind": "udd", **asdict(self)}
+
+    def describe(self) -> str:
+        return f"UDD bias B = A (exp(−σ_E²/(N b²)) − 1), A = {self.a_eV:g} eV, b = {self.b_eV:g} eV"
 
 
 def bias_from_dict(spec) -> HAL | UDD | None:

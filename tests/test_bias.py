@@ -226,6 +226,9 @@ def test_md_driver_biased_run_logs_unbiased_values_and_refuses_another_bias(tmp_
         assert r["pressure_unbiased_GPa"] != r["pressure_GPa"]
     state = json.loads((Path(inputs["out"]) / "md_state.json").read_text())
     assert state["bias"] == {"kind": "hal", "tau": 0.5}
+    summary = (Path(inputs["out"]) / "summary.md").read_text()  # says it was biased, unbiased P beside
+    assert "HAL bias B = −τ σ_E, τ = 0.5" in summary and "mean pressure, unbiased" in summary
+    assert "mean pressure (biased surface)" in summary
     inputs["extra"][-1] = "0.6"
     assert DRIVERS["md"][0](argv("md", inputs) + ["--steps", "3"]) == 2
     assert "bias" in capsys.readouterr().err.strip().splitlines()[-1]
@@ -241,6 +244,8 @@ def test_mc_driver_biased_chain_compares_biased_energies(tmp_path, capsys):
     assert all(-0.5 <= float(r["bias_energy_eV"]) < 0 for r in rows)
     run = json.loads((Path(inputs["out"]) / "run.json").read_text())
     assert run["bias"] == {"kind": "udd", "a_eV": 0.5, "b_eV": 0.01}
+    summary = (Path(inputs["out"]) / "summary.md").read_text()
+    assert "UDD bias" in summary and "A = 0.5 eV, b = 0.01 eV" in summary and "biased surface" in summary
     inputs["extra"] = []
     assert DRIVERS["mc"][0](argv("mc", inputs) + ["--steps", "3"]) == 2
     assert "started with bias" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..bias import bias_from_dict
 from ..fileio import (
     CsvLog,
     append_frame,
@@ -67,6 +68,11 @@ def save_summary(out, summary: dict, warnings=()) -> None:
     numbers += [("reference calls (this session)", str(summary["n_reference_calls_this_session"])),
                 ("committee calls (this session)", str(summary["n_committee_calls_this_session"]))]
     warns = [f"chain {c['chain']} terminated: {c['terminated']}" for c in chains if c["terminated"]]
+    bias = bias_from_dict(summary.get("bias"))
+    if bias is not None:
+        numbers.insert(0, ("bias", f"{bias.describe()}: the chains sample E + B"))
+        warns.append(f"biased run ({bias.describe()}): the chains' energies above are of the biased "
+                     f"surface; steps.csv has the unbiased trial energies (trial_energy_unbiased_eV)")
     files = [(RUN_FILE, "settings fixed at the first run"), (SUMMARY_FILE, "these numbers per chain"),
              (f"chain_XXX/{TRAJECTORY}", "start and accepted structures with uncertainties"),
              (f"chain_XXX/{STEPS}", "one row per step"), (f"chain_XXX/{STATE}", "state to resume from")]

@@ -254,7 +254,8 @@ def run_threshold_mc(structures, gate, out, settings: MCSettings, info=None) -> 
               "n_terminated": sum(1 for s in summary if s["terminated"]),
               "n_reference_calls_this_session": gate.n_reference_calls,
               "n_committee_calls_this_session": gate.n_committee_calls,
-              "n_retrains_this_session": gate.n_retrains}
+              "n_retrains_this_session": gate.n_retrains,
+              "bias": settings.bias.to_dict() if settings.bias else None}
     bar.close()
     save_summary(out, totals, domain_warnings(gate.committee))
     return totals

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bias import bias_from_dict
 from ..fileio import load_json, save_json_atomic
 from ..summary_md import domain_warnings, write_summary_md
 
@@ -102,8 +103,14 @@ def write_md_summary(out_dir, run, gate, settings: dict | None = None) -> str:
 
     numbers = [("steps", f"{md.start_step} → {md.last_step}"), ("frames written", str(md.n_frames)),
                ("ensemble", str(settings.get("ensemble", "default")))]
+    biased = bias_from_dict(settings.get("bias"))
+    surface = " (biased surface)" if biased else ""
+    if biased:
+        numbers.append(("bias", f"{biased.describe()}: the dynamics ran on E + B"))
     numbers += [x for x in (stat("temperature_K", "mean temperature", "K"),
-                            stat("pressure_GPa", "mean pressure", "GPa"),
+                            stat("pressure_GPa", "mean pressure" + surface, "GPa"),
+                            stat("pressure_unbiased_GPa", "mean pressure, unbiased", "GPa"),
+                            stat("bias_energy_eV", "mean bias energy B", "eV"),
                             stat("volume_A3", "mean volume", "Å³"),
                             stat("forces_std_max_eVA", "largest force spread σF (max over atoms)", "eV/Å", np.nanmax),
                             stat("energy_std_per_atom_eV", "largest energy spread σE", "meV/atom", np.nanmax,
@@ -114,6 +121,10 @@ def write_md_summary(out_dir, run, gate, settings: dict | None = None) -> str:
     warns = list(domain_warnings(gate.committee))
     if md.stopped:
         warns.insert(0, f"stopped at step {md.last_step}: {md.stop_reason} (structure in {UNPHYSICAL})")
+    if biased:
+        warns.append(f"biased run ({biased.describe()}): E_pot and P of the log's energy_eV/pressure_GPa, "
+                     f"of {THERMO_PLOT} and of the progress lines are of the biased surface; the "
+                     f"unbiased values are the columns energy_unbiased_eV and pressure_unbiased_GPa")
     if gate.reference is None:
         warns.append("committee only: no reference checked any step (σ are the committee's own spreads)")
     files = [(TRAJECTORY, "frames every --write-interval steps"), (LOG, "per-step thermo log and spreads"),

@@ -76,9 +76,13 @@ def plot_thermo(log_path, png_path, dpi=110) -> str:
     ref = np.array([i for i, d in enumerate(log.get("gate_decision", [])) if d == K.REFERENCE], dtype=int)
     fig, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 1.6 * len(panels) + 0.8))
     axes = np.atleast_1d(axes)
+    unb = {"energy_eV": "energy_unbiased_eV", "pressure_GPa": "pressure_unbiased_GPa"}
     for k, (ax, (col, f, label)) in enumerate(zip(axes, panels)):
         y = log[col] * f
-        ax.plot(t_ps, y, color=f"C{k}", lw=0.9)
+        ax.plot(t_ps, y, color=f"C{k}", lw=0.9, label="biased surface" if unb.get(col) in log else None)
+        if unb.get(col) in log:  # a biased run: the unbiased observable beside it
+            ax.plot(t_ps, log[unb[col]] * f, color="0.35", lw=0.8, ls="--", label="unbiased")
+            ax.legend(fontsize=7, loc="best")
         if col == "temperature_K" and "temperature_target_K" in log:
             ax.plot(t_ps, log["temperature_target_K"], color="k", lw=1.0, ls="--", label="thermostat target")
             ax.legend(fontsize=7, loc="upper left")
@@ -87,5 +91,8 @@ def plot_thermo(log_path, png_path, dpi=110) -> str:
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("time (ps)")
-    axes[0].set_title("MD thermodynamic trace (committee mean; σ: committee standard deviation)")
+    biased = "\nbiased run: E and P solid on the biased surface, dashed unbiased" \
+        if "energy_unbiased_eV" in log else ""
+    axes[0].set_title("MD thermodynamic trace (committee mean; σ: committee standard deviation)" + biased,
+                      fontsize=10 if biased else None)
     return save_figure(fig, png_path, dpi=dpi)
