@@ -12,8 +12,9 @@ energy errors (reference energies in ``info[--energy-key]``, eV) in ``model.mode
     members:
       - {backend: mace_llpr, path: model.model, members: 8}
 
-Prints one JSON line: path, n_train, n_heldout, features, regularizer, alpha, nll, and on the
-held-out structures rmse_eV, rms_sigma_eV and spearman (σ against |error|).  Bad input (missing
+Prints one JSON line on stdout (the committee.yaml entry to use goes to stderr): path, n_train,
+n_heldout, features, regularizer, alpha, nll, and on the held-out structures rmse_eV,
+rms_sigma_eV and spearman (σ against |error|).  Bad input (missing
 or unreadable files, no reference energies, not a MACE model): one ``error:`` line, exit 2.
 """
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _main(argv=None) -> int:
     summary = fit_llpr(args.model, train, heldout, energy_key=args.energy_key, out=out, head=args.head,
                        dtype=args.dtype, batch_size=args.batch_size)
     print(json.dumps(summary))
+    cov = "" if out == covariance_path(args.model) else f", covariance: {out}"
+    print(f"wrote {out}; a committee of 8 pseudo-members of this model in committee.yaml:\n"
+          f"  members:\n    - {{backend: mace_llpr, path: {args.model}, members: 8{cov}}}", file=sys.stderr)
     return 0
 
 

@@ -108,16 +108,18 @@ def check_model_file(path, backend: str) -> str:
 
 
 def torch_load(path, backend: str, device: str = "cpu"):
-    """``torch.load`` a pickled model (trusted files only) with clear errors."""
+    """``torch.load`` a pickled model (trusted files only) with clear errors (ModelFileError;
+    ConfigError for an unusable ``device``, :func:`check_device`)."""
     import torch
 
     path = check_model_file(path, backend)
+    check_device(device)
     try:
         with torch_scope():  # unpickling may import (and set up) framework modules
             return torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # pickle/zip/runtime errors of a corrupt file
         raise ModelFileError(
-            f"cannot load {backend} model file {path!r}: {type(exc).__name__}: {exc}. "
+            f"cannot load {backend} model file {path!r}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
             "The file is corrupt, truncated or not a model of this framework/version."
         ) from exc
 
@@ -143,10 +145,16 @@ def dtype_name(tdtype) -> str:
 
 
 def check_device(device: str) -> str:
+    """``device`` if torch knows it and this machine has it; ConfigError otherwise."""
     import torch
 
     if not isinstance(device, str):
         raise ConfigError(f"device must be a string like 'cpu' or 'cuda', got {device!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown torch device {device!r} ({str(exc).rstrip('.')}); use 'cpu', "
+                          f"'cuda' or 'cuda:N'") from exc
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU; use 'cpu'")
     return device

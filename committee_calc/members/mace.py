@@ -22,6 +22,10 @@ model files you trust.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
@@ -70,10 +74,14 @@ def _mace():
     global _MODULES
     if _MODULES is None:
         import_framework("mace", "mace-torch", "mace")
-        with torch_env():
+        printed = io.StringIO()  # mace prints a notice about optional cuequivariance on stdout
+        with torch_env(), contextlib.redirect_stdout(printed):
             import torch
             from mace import data as mace_data
             from mace.tools import torch_geometric, torch_tools, utils
+        rest = [ln for ln in printed.getvalue().splitlines() if ln.strip() and "cuequivariance" not in ln]
+        if rest:  # anything else it printed goes to stderr: stdout stays the drivers' own
+            print("\n".join(rest), file=sys.stderr)
 
         _MODULES = (torch, mace_data, torch_geometric, torch_tools, utils)
     return _MODULES
