@@ -396,11 +396,14 @@ def test_yaml_entry_is_a_committee(llpr_model, tmp_path):
     (lambda d, a: a.extend(["--energy-key", "nosuch"]), r"ConfigError.*info\['nosuch'\]"),
     (lambda d, a: a.extend(["--batch-size", "0"]), r"--batch-size: must be an integer >= 1"),
     (lambda d, a: a.extend(["--out", str(d / "afile" / "c.npz")]), r"cannot create .*afile.* is a file"),
+    (lambda d, a: (bulk("C", "diamond", 3.57).write(str(d / "c.extxyz")), a.__setitem__(1, str(d / "c.extxyz"))),
+     r"UnknownSpeciesError.*\['C'\]"),
 ])
 def test_fit_command_bad_input(llpr_model, tmp_path, capsys, edit, text):
     (tmp_path / "afile").write_text("x")
     write_extxyz(labelled_si(3, seed=9), tmp_path / "h.extxyz")
-    args = [llpr_model, str(tmp_path / "h.extxyz"), "--heldout", str(tmp_path / "h.extxyz")]
+    write_extxyz(labelled_si(3, seed=10), tmp_path / "t.extxyz")
+    args = [llpr_model, str(tmp_path / "t.extxyz"), "--heldout", str(tmp_path / "h.extxyz")]
     edit(tmp_path, args)
     try:
         rc = fit_main(args)
@@ -414,8 +417,12 @@ def test_fit_command_bad_input(llpr_model, tmp_path, capsys, edit, text):
 def test_fit_command_prints_its_summary(llpr_model, tmp_path, capsys):
     write_extxyz(labelled_si(3, seed=9), tmp_path / "h.extxyz")
     out = tmp_path / "cov.npz"
-    assert fit_main([llpr_model, str(tmp_path / "h.extxyz"), "--heldout", str(tmp_path / "h.extxyz"),
-                     "--out", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with pytest.warns(RuntimeWarning, match="3 of 3 held-out structures are also training"):
+        assert fit_main([llpr_model, str(tmp_path / "h.extxyz"), "--heldout", str(tmp_path / "h.extxyz"),
+                         "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out.strip().splitlines()[-1])  # stdout: the JSON line only
+    assert len(printed.out.strip().splitlines()) == 1
     assert summary["path"] == str(out) and out.is_file() and summary["n_train"] == 3
     assert {"alpha", "regularizer", "spearman", "rmse_eV", "rms_sigma_eV"} <= set(summary)
+    assert f"members: 8, covariance: {out}" in printed.err  # the committee.yaml entry to use

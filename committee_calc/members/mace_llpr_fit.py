@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CalibrationError, ConfigError
 from ..fileio import atomic_write_bytes
+from ..structures import structure_hash
 from .mace_llpr import LLPRModel, covariance_path, model_digest
 
 #: ς² grid of the calibration, relative to the mean eigenvalue of C
@@ -67,13 +69,22 @@ def fit_llpr(model_path, train_frames, heldout_frames, energy_key: str = "REF_en
     ``heldout_frames`` (reference energies ``info[energy_key]`` [eV]) and write them to ``out``
     (default :func:`covariance_path`).  Returns a summary: path, n_train, n_heldout, features,
     regularizer, alpha, nll, rmse_eV and rms_sigma_eV on the held-out frames, and
-    spearman (rank correlation of σ with |error| there).  Raises ConfigError (missing energies),
-    CalibrationError, ModelFileError.
+    spearman (rank correlation of σ with |error| there).  The training frames need no energies
+    (C uses their features only); held-out frames that are also training frames (same geometry)
+    are warned about: their errors make α optimistic.  Raises ConfigError (no training frames,
+    missing held-out energies, elements the model lacks), CalibrationError, ModelFileError.
     """
     from scipy.stats import spearmanr
 
-    e_train, e_held = (_energies(f, energy_key, w) for f, w in ((train_frames, "training"),
-                                                                 (heldout_frames, "held-out")))
+    if not len(train_frames):
+        raise ConfigError("no training structures given: the LLPR covariance is a sum over them")
+    e_held = _energies(heldout_frames, energy_key, "held-out")
+    seen = {structure_hash(a) for a in train_frames}
+    shared = sum(structure_hash(a) in seen for a in heldout_frames)
+    if shared:
+        warnings.warn(f"{shared} of {len(heldout_frames)} held-out structures are also training "
+                      f"structures: the calibration α fitted on them is optimistic; hold out other "
+                      f"frames", RuntimeWarning, stacklevel=2)
     core = LLPRModel(model_path, dtype=dtype, head=head, need_covariance=False)
     phi_train, _ = features(core, train_frames, batch_size)
     phi_held, pred = features(core, heldout_frames, batch_size)
@@ -82,12 +93,12 @@ def fit_llpr(model_path, train_frames, heldout_frames, energy_key: str = "REF_en
     path = Path(out) if out is not None else covariance_path(model_path)
     buf = io.BytesIO()
     np.savez(buf, covariance=cov, weights=core.last.w.cpu().numpy(), model_sha256=model_digest(model_path),
-             head=core.mace.head, energy_key=energy_key, n_train=len(e_train), n_heldout=len(e_held),
+             head=core.mace.head, energy_key=energy_key, n_train=len(train_frames), n_heldout=len(e_held),
              **cal)
     atomic_write_bytes(path, buf.getvalue())
     core.load(path)
     sig, err = core.sigma(phi_held), np.abs(pred - e_held)
-    return {"path": str(path), "n_train": len(e_train), "n_heldout": len(e_held),
+    return {"path": str(path), "n_train": len(train_frames), "n_heldout": len(e_held),
             "features": core.last.dim, **cal, "rmse_eV": float(np.sqrt(np.mean(err ** 2))),
             "rms_sigma_eV": float(np.sqrt(np.mean(sig ** 2))),
             "spearman": float(spearmanr(sig, err).statistic)}
