@@ -60,6 +60,11 @@ class ReferenceCalculationError(CommitteeError):
     """The reference (e.g. DFT) calculation failed, crashed or timed out."""
 
 
+class CommitteeCalculationError(CommitteeError):
+    """A committee member raised on one structure (e.g. a crashing or failing calculator): the
+    structure's relaxation ends ``committee_failed``, the others go on."""
+
+
 class LabelStoreError(CommitteeError, OSError):
     """The label store cannot be opened or appended to safely."""
 

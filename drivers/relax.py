@@ -137,8 +137,8 @@ def run(argv=None) -> int:
     print(res.describe())
     if res.all_failed:  # nearly always the reference's settings: a user-facing error (exit 2)
         raise ReferenceCalculationError(
-            f"the reference calculation failed for all {res.n_failed} candidates (first: "
-            f"{res.rows[0]['reason']}); every reason is in {res.out / 'summary.csv'}")
+            f"the reference or committee calculation failed for all {res.n_failed} candidates "
+            f"(first: {res.rows[0]['reason']}); every reason is in {res.out / 'summary.csv'}")
     return 0
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from ase import Atoms
 
 from ..config import load_committee
-from ..errors import NonFiniteOutputError, ReferenceCalculationError
+from ..errors import CommitteeCalculationError, NonFiniteOutputError, ReferenceCalculationError
 from ..fileio import append_frame, read_frames_repair, write_structures_atomic
 from ..gate import Gate
 from ..io import read_uncertainties
@@ -171,7 +171,9 @@ def relax_stage(state, committee, inputs, progress, trained=frozenset(), atom_bu
                 res, free = more
             final, status, reason = res.atoms, res.status, res.reason
         else:
-            res, status, reason = None, "nonfinite", f"non-finite committee output: {exc}"
+            failed = isinstance(exc, CommitteeCalculationError)  # a member raised on it
+            res, status = None, "committee_failed" if failed else "nonfinite"
+            reason = str(exc) if failed else f"non-finite committee output: {exc}"
             final = None
         if final is None:  # stopped at its first evaluation, or by non-finite output
             frames = read_frames_repair(traj)

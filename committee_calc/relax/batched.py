@@ -38,8 +38,9 @@ import logging
 import time
 from collections import deque
 
-from ..errors import ReferenceCalculationError
+from ..errors import CommitteeCalculationError, ReferenceCalculationError
 from .budget import AtomBudget
+from .surface import member_call
 
 log = logging.getLogger("committee_calc.relax.batched")
 
@@ -54,7 +55,8 @@ class BatchedRelaxation:
     ``committee_seconds`` (time in the batched calls).
     """
 
-    def __init__(self, relaxer, budget=None, errors=(ReferenceCalculationError,), on_round=None):
+    def __init__(self, relaxer, budget=None, errors=(ReferenceCalculationError, CommitteeCalculationError),
+                 on_round=None):
         self.relaxer = relaxer
         self.budget = budget if budget is not None else AtomBudget()
         self.errors = tuple(errors)
@@ -94,7 +96,13 @@ class BatchedRelaxation:
             if not active:
                 continue
             t0 = time.perf_counter()
-            coms = self._predict(gate, [t for _, t in active])
+            try:
+                coms = member_call(lambda tasks=[t for _, t in active]: self._predict(gate, tasks))
+            except CommitteeCalculationError:  # one candidate's: find it, end it, go on
+                active, coms = self._isolate(gate, active, finish)
+                n_active = sum(t.natoms for _, t in active)
+                if not active:
+                    continue
             dt = time.perf_counter() - t0
             self.rounds += 1
             self.evaluations += len(active)
@@ -125,6 +133,21 @@ class BatchedRelaxation:
             for k, c in zip(idx, gate.predict_committee([tasks[k].pending for k in idx], props)):
                 out[k] = c
         return out
+
+    def _isolate(self, gate, active, finish) -> tuple:
+        """After a failed batched call: each task's call alone; those that fail end
+        (``finish`` with the CommitteeCalculationError).  Returns (the others, their outputs)."""
+        keep, coms = [], []
+        for key, task in active:
+            try:
+                com = member_call(lambda t=task: self._predict(gate, [t]))[0]
+            except CommitteeCalculationError as exc:
+                log.warning("%s: %s", key, exc)
+                finish(key, task, exc)
+                continue
+            keep.append((key, task))
+            coms.append(com)
+        return keep, coms
 
     def _advance(self, key, task, finish) -> bool:
         """Run ``task`` to its next evaluation (True) or its end (False: ``finish`` called)."""

@@ -13,7 +13,7 @@ from ..units import check_positive
 POLICIES = ("fallback", "stop", "stop_and_label")
 OPTIMIZERS = ("FIRE", "BFGS", "LBFGS")
 STATUSES = ("converged", "unverified", "stalled", "max_steps", "uncertain", "threshold", "hard_cap",
-            "exploded", "reference_failed")
+            "exploded", "reference_failed", "committee_failed")
 
 
 def optimizer_class(name: str):

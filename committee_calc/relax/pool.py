@@ -35,8 +35,9 @@ Output folder layout (everything a rerun resumes from)
         force [eV/Å] and residual stress [GPa, with ``cell``] there (empty
         where no reference result exists), ``verified`` (``yes``/``no``/``not
         verified``) and ``reference_calls`` (attempted: a failed call counts).
-        A reference failure gives status ``reference_failed`` with the error in
-        ``reason``.  A rerun reopens (:func:`reopen_summary`) the rows of
+        A reference failure gives status ``reference_failed``, a member that raises on
+        the candidate (CommitteeCalculationError) ``committee_failed``, with the error in
+        ``reason``; the other candidates go on.  A rerun reopens (:func:`reopen_summary`) the rows of
         failed candidates (retried) and of candidates that ended at a smaller
         ``max_steps`` (continued).
     ``relaxed.extxyz``
@@ -58,7 +59,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..errors import CommitteeError, ConfigError, ReferenceCalculationError
+from ..errors import CommitteeCalculationError, CommitteeError, ConfigError, ReferenceCalculationError
 from ..fileio import (
     CsvLog,
     fsync_file,
@@ -74,6 +75,7 @@ from ..structures import density_gcm3
 from .batched import BatchedRelaxation
 from .budget import AtomBudget
 from .summary import (
+    FAILED,
     SUMMARY_COLUMNS,
     VERIFIED,
     describe_row,
@@ -229,8 +231,8 @@ class RelaxPool:
         def finish(cid, task, exc):
             atoms = atoms_of[cid]
             if exc is not None:  # attempted calls: saved ones, those of this run, the failed one
-                row = failed_row(cid, atoms, exc, task.calc.state.reference + 1,
-                                 task.calc.state.steps)
+                row = failed_row(cid, atoms, exc, task.calc.state.reference
+                                 + isinstance(exc, ReferenceCalculationError), task.calc.state.steps)
             else:
                 row = self._row(cid, atoms, task.result, last.pop(cid, None))
             summary.append(row)
@@ -268,11 +270,12 @@ class RelaxPool:
         try:
             res = self.relaxer.relax(atoms, info={"candidate": cid},
                                      on_frame=lambda f: append_frame(path, f), resume=resume)
-        except ReferenceCalculationError as exc:
+        except (ReferenceCalculationError, CommitteeCalculationError) as exc:
             # attempted calls: those of earlier runs (saved frame), those of this run, the failed one
             earlier = int(resume.info.get("relax_reference_calls", 0)) if resume is not None else 0
             steps = int(resume.info.get("relax_step", 0)) if resume is not None else 0
-            return failed_row(cid, atoms, exc, earlier + gate.n_reference_calls - before + 1, steps)
+            failed = isinstance(exc, ReferenceCalculationError)
+            return failed_row(cid, atoms, exc, earlier + gate.n_reference_calls - before + failed, steps)
         return self._row(cid, atoms, res, frames[-1] if frames else None)
 
     def _row(self, cid, atoms, res, last) -> dict:
@@ -306,7 +309,7 @@ class RelaxPool:
         out = []
         for cid in ids:
             row = rows.get(cid)
-            if row is None or row["status"] == "reference_failed":
+            if row is None or row["status"] in FAILED:
                 continue
             if cid not in self._finals:
                 last = read_last_frame(self.traj_dir / f"{cid}.extxyz")  # a finished one: whole

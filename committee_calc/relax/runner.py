@@ -26,6 +26,7 @@ from ..summary_md import domain_warnings, write_summary_md
 from ..units import check_positive
 from .io import write_clusters_csv
 from .pool import RelaxPool, candidate_ids, final_frame
+from .summary import FAILED
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,12 @@ class PoolRun:
 
     @property
     def n_failed(self) -> int:
-        """Candidates whose reference calculation failed."""
-        return self.status.get("reference_failed", 0)
+        """Candidates whose reference or committee calculation failed."""
+        return sum(self.status.get(s, 0) for s in FAILED)
 
     @property
     def all_failed(self) -> bool:
-        """Every candidate's reference failed (nothing was relaxed)."""
+        """Every candidate's reference or committee failed (nothing was relaxed)."""
         return bool(self.rows) and self.n_failed == len(self.rows)
 
     def describe(self) -> str:
@@ -170,6 +171,7 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
 
 #: statuses that need the user's attention in ``summary.md``
 _ATTENTION = {"reference_failed": "the reference calculation failed", "hard_cap": "stopped at a hard cap",
+              "committee_failed": "a committee member raised on it (reason in summary.csv)",
               "exploded": "ended by a guard (blown-up structure)", "max_steps": "not converged within --max-steps",
               "stalled": "stalled before converging", "uncertain": "stopped: spread above U_max (stop policy)"}
 

@@ -13,6 +13,7 @@ import logging
 import math
 from pathlib import Path
 
+from ..errors import CommitteeCalculationError
 from ..fileio import atomic_write_text
 
 log = logging.getLogger("committee_calc.relax.gated")
@@ -26,13 +27,20 @@ SUMMARY_COLUMNS = ("id", "status", "steps", "committee_calls", "reference_calls"
                    "reference_stress_max_GPa", "verified", "surface_switches")
 #: ``verified`` column: the reference agrees / disagrees / was not asked
 VERIFIED = {True: "yes", False: "no", None: "not verified"}
+#: statuses of a candidate whose reference or committee raised: retried on a rerun
+FAILED = ("reference_failed", "committee_failed")
+
+
 def log_row(row):
-    (log.error if row["status"] == "reference_failed" else log.info)("%s", describe_row(row))
+    (log.error if row["status"] in FAILED else log.info)("%s", describe_row(row))
 
 
 def failed_row(cid, atoms, exc, attempted, steps) -> dict:
-    """The row of a candidate whose reference raised (``attempted`` calls, the failed one too)."""
-    return {"id": cid, "status": "reference_failed", "reason": str(exc).splitlines()[0],
+    """The row of a candidate whose reference raised (``attempted`` calls, the failed one too;
+    status ``reference_failed``) or whose committee raised (CommitteeCalculationError:
+    ``committee_failed``)."""
+    status = "committee_failed" if isinstance(exc, CommitteeCalculationError) else "reference_failed"
+    return {"id": cid, "status": status, "reason": str(exc).splitlines()[0],
             "natoms": len(atoms), "reference_calls": attempted, "verified": VERIFIED[None],
             "steps": steps}
 
@@ -75,7 +83,7 @@ def reopen_summary(path, max_steps) -> list:
         return []  # CsvLog refuses (or repairs) it
 
     def reopen(r):
-        return r["status"] == "reference_failed" or (
+        return r["status"] in FAILED or (
             r["status"] == "max_steps" and int(r.get("steps") or 0) < int(max_steps))
 
     ids = [r["id"] for r in rows if reopen(r)]

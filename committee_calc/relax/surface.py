@@ -38,7 +38,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .. import keys as K
-from ..errors import ConfigError, GateStop
+from ..errors import CommitteeCalculationError, CommitteeError, ConfigError, GateStop
 from ..io import attach_uncertainties, read_uncertainties
 from ..structures import same_geometry
 
@@ -181,7 +181,7 @@ class PolicyCalculator(Calculator):
         if given is not None and given[2] is self.gate.committee and _same(given[0], _geometry(atoms)):
             com = given[1]
         else:
-            com = self.gate.committee_output(atoms, props)
+            com = member_call(lambda: self.gate.committee_output(atoms, props))
         why = None if self.guards is None or com is None else self.guards.forces(com.get(K.FORCES))
         if why is not None:
             self.state.committee += 1  # asked, never decided on
@@ -283,6 +283,19 @@ class PolicyCalculator(Calculator):
         f.info.update(self.state.info())
         f.info[K.GATE_DECISION] = decision
         return f
+
+
+def member_call(fn):
+    """``fn()`` (a committee call on one structure or a batch); an exception of a member that is
+    not one of ours (a crashing calculator, an SCF failure) becomes CommitteeCalculationError,
+    so that only the structure(s) of the call end ``committee_failed``."""
+    try:
+        return fn()
+    except CommitteeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any member's own failure
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise CommitteeCalculationError(f"a committee member failed: {type(exc).__name__}: {text}") from exc
 
 
 def _geometry(atoms) -> tuple:

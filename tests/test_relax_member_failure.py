@@ -1,0 +1,67 @@
+"""A committee member that raises on one candidate ends only that candidate (``committee_failed``,
+the reason in summary.csv), batched and per-structure alike; the others relax on, the run
+still writes its files, and a rerun retries the failed candidate."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+from ase.calculators.calculator import all_changes
+from ase.calculators.emt import EMT
+
+from committee_calc import CommitteeCalculator
+from committee_calc.gate import Gate
+from committee_calc.relax.gated import GatedRelaxer
+from committee_calc.relax.pool import RelaxPool
+from test_relax_members import cu_pool, perturbed_members
+
+#: lattice of the candidate the flaky member fails on (cu_pool's candidate 3: 3.56 + 3 x 0.014 Å)
+BAD_CELL = 3.56 + 3 * 0.014
+
+
+class FlakyEMT(EMT):
+    """EMT that raises on one candidate's cell (a calculator that fails on one structure)."""
+
+    fail = True
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if FlakyEMT.fail and abs(atoms.cell[0, 0] - BAD_CELL) < 1e-6:
+            raise RuntimeError("SCF did not converge (simulated)")
+        super().calculate(atoms, properties, system_changes)
+
+
+def _run(out, batch):
+    committee = CommitteeCalculator([*perturbed_members()[:1], FlakyEMT()])
+    relaxer = GatedRelaxer(Gate(committee), optimizer="FIRE", fmax=0.05, max_steps=30)
+    pool = RelaxPool(relaxer, out, progress=False, batch=batch)
+    return pool.run(cu_pool(6))
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_a_member_failing_on_one_candidate_ends_only_that_candidate(tmp_path, batch):
+    FlakyEMT.fail = True
+    rows = _run(tmp_path / "p", batch)
+    status = {r["id"]: r["status"] for r in rows}
+    assert status.pop("cu03") == "committee_failed"
+    assert set(status.values()) == {"converged"} and len(status) == 5
+    bad = next(r for r in rows if r["id"] == "cu03")
+    assert "RuntimeError: SCF did not converge (simulated)" in bad["reason"]
+    with open(tmp_path / "p" / "summary.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    relaxed = (tmp_path / "p" / "relaxed.extxyz").read_text()
+    assert "cu03" not in relaxed and "cu02" in relaxed
+    FlakyEMT.fail = False  # the member works now: a rerun retries only the failed candidate
+    again = _run(tmp_path / "p", batch)
+    assert {r["id"]: r["status"] for r in again}["cu03"] == "converged"
+    assert [r for r in again if r["id"] != "cu03"] == [r for r in rows if r["id"] != "cu03"]
+
+
+def test_batched_and_per_structure_agree_on_a_failing_member(tmp_path):
+    FlakyEMT.fail = True
+    a, b = _run(tmp_path / "a", True), _run(tmp_path / "b", False)
+    key = ("id", "status", "steps", "reference_calls", "reason")
+    assert [tuple(r[k] for k in key) for r in a] == [tuple(r[k] for k in key) for r in b]
+    for x, y in zip(a, b):  # EMT's neighbour list makes the last digits depend on call order
+        assert bool(x["energy_eV"]) == bool(y["energy_eV"])
+        if x["energy_eV"]:
+            assert float(x["energy_eV"]) == pytest.approx(float(y["energy_eV"]), abs=1e-10)
