@@ -167,6 +167,9 @@ BAD = {
                       "misses the field\\(s\\) memory, walltime"),
     "shard 3/2": (lambda t: ["--shard", "3/2"], "k must be between 1 and N"),
     "workers 0": (lambda t: ["--workers", "0"], "argument --workers: must be an integer >= 1"),
+    # checked before any chunk reaches a worker, naming the largest candidate of the whole pool
+    "atom budget, 2 workers": (lambda t: ["--workers", "2", "--atom-budget", "2"],
+                               r"error: ConfigError: candidate \S+ \(4 atoms\): the atom budget 2 is smaller"),
 }
 
 

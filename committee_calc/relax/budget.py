@@ -70,4 +70,17 @@ class AtomBudget:
         return f"atom budget {self.atoms} ({how}{'; ' + steps if steps else ''})"
 
 
-__all__ = ["AtomBudget"]
+def pool_budget(ids, images, atom_budget=None) -> AtomBudget:
+    """The :class:`AtomBudget` of a pool (``atom_budget`` atoms, None: grown from timings); a
+    fixed one smaller than the largest candidate is refused (ConfigError naming it)."""
+    images = list(images)
+    if not images:
+        return AtomBudget(atom_budget or None)
+    big = max(range(len(images)), key=lambda k: len(images[k]))
+    try:
+        return AtomBudget(atom_budget, largest=len(images[big]))
+    except ConfigError as exc:
+        raise ConfigError(f"candidate {ids[big]} ({len(images[big])} atoms): {exc}") from None
+
+
+__all__ = ["AtomBudget", "pool_budget"]

@@ -73,7 +73,7 @@ from ..fileio import append_frame as _append_frame
 from ..progress import Progress, progress_iter
 from ..structures import density_gcm3
 from .batched import BatchedRelaxation
-from .budget import AtomBudget
+from .budget import pool_budget
 from .summary import (
     FAILED,
     SUMMARY_COLUMNS,
@@ -182,7 +182,7 @@ class RelaxPool:
         if len(ids) != len(images) or len(set(ids)) != len(ids):
             raise ConfigError("candidate ids must be unique, one per structure")
         check_candidates(self.relaxer.gate.committee, images, ids)
-        budget = self._budget(ids, images) if self.batch else None
+        budget = pool_budget(ids, images, self.atom_budget) if self.batch else None
         meta = load_json(self.out / "pool.json")  # a corrupt state is refused before anything is created
         self.out.mkdir(parents=True, exist_ok=True)
         self.traj_dir.mkdir(exist_ok=True)
@@ -205,16 +205,6 @@ class RelaxPool:
         self.write_relaxed(ids, summary)
         by_id = {r["id"]: r for r in summary.rows()}
         return [by_id[i] for i in ids if i in by_id]
-
-    def _budget(self, ids, images) -> AtomBudget:
-        """The atom budget; a fixed one smaller than the largest candidate is refused, naming it."""
-        if not images:
-            return AtomBudget(self.atom_budget or None)
-        big = max(range(len(images)), key=lambda k: len(images[k]))
-        try:
-            return AtomBudget(self.atom_budget, largest=len(images[big]))
-        except ConfigError as exc:
-            raise ConfigError(f"candidate {ids[big]} ({len(images[big])} atoms): {exc}") from None
 
     def _run_batched(self, ids, todo, summary, budget) -> None:
         """The unfinished candidates in flight together (:mod:`.batched`)."""

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
+from ..relax.budget import pool_budget
 from ..relax.gated import GatedRelaxer
 from ..relax.pool import RelaxPool, candidate_ids, check_candidates, settings_change
 from ..relax.runner import PoolRun, cluster_pool, one_surface, plot_pool, run_pool, write_pool_summary_md
@@ -161,6 +162,8 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
     if len(ids) != len(images) or len(set(ids)) != len(ids):
         raise ConfigError("candidate ids must be unique, one per structure")
     check_candidates(relaxer.gate.committee, images, ids)
+    if recipe.batch:  # refused here, before the workers start, naming the largest candidate
+        pool_budget(ids, images, recipe.atom_budget)
     out = Path(out_dir)
     done = _prepare(out, ids, images, relaxer.settings(), relaxer.max_steps)
     todo = [(i, a) for i, a in zip(ids, images) if i not in done]
