@@ -45,7 +45,7 @@ from committee_calc.cli import (
 from committee_calc.errors import ConfigError, ReferenceCalculationError
 from committee_calc.relax.gated import OPTIMIZERS, POLICIES, GatedRelaxer, policy_thresholds
 from committee_calc.relax.guards import DEFAULT_GUARDS, FIELDS, Guards
-from committee_calc.relax.pool import check_candidates
+from committee_calc.relax.pool import batches_natively, check_candidates
 from committee_calc.scale.pool import run_pool_with
 from committee_calc.structures import read_structures
 
@@ -120,10 +120,10 @@ def run(argv=None) -> int:
     images = read_structures(args.candidates, labels=False)
     committee = load_committee_from_args(args)
     check_candidates(committee, images)
-    relaxer = make_relaxer(args, committee)  # build_gate imports the reference calculator now
+    relaxer, batch = make_relaxer(args, committee), not args.no_batch and batches_natively(committee)
     res = run_pool_with(spec, relaxer, images, args.out, args.committee, args.molecules, args.shard,
                         cluster=args.cluster, cluster_eps=args.cluster_eps, descriptor=args.descriptor,
-                        progress=not args.no_progress, batch=not args.no_batch, atom_budget=args.atom_budget or None)
+                        progress=not args.no_progress, batch=batch, atom_budget=args.atom_budget or None)
     if res.clusters is not None:
         print(f"{len(res.clusters)} distinct minima among {len(res.finished)} relaxed candidates "
               f"(DBSCAN eps={args.cluster_eps}); lowest:")

@@ -289,9 +289,13 @@ def test_killed_batched_pool_resumes_without_duplicates(tmp_path):
     assert len(hashes) == len(set(hashes)) > 0
 
 
-def test_driver_batched_and_no_batch_agree(tmp_path):
+def test_driver_batched_and_no_batch_agree(tmp_path, monkeypatch):
+    """The driver's batched path (forced here: an EMT committee does not batch natively, and the
+    driver then relaxes one candidate after another) equals --no-batch."""
+    import drivers.relax
     from drivers.relax import main
 
+    monkeypatch.setattr(drivers.relax, "batches_natively", lambda committee: True)
     write_inputs(tmp_path, n=4)
     out = {}
     for name, extra in (("batch", []), ("per", ["--no-batch"])):
@@ -320,6 +324,19 @@ def test_bad_batched_input_names_the_candidate(tmp_path, case, capsys):
     assert {"budget": "candidate cu00 (4 atoms)", "species": "candidate cu02"}[case] in err
     assert {"budget": "atom budget 2", "species": "Al"}[case] in err
     assert not (tmp_path / "out" / "summary.csv").exists() and not (tmp_path / "labels.extxyz").exists()
+
+
+def test_batched_only_for_committees_that_batch_natively(mace_models):
+    """committee-relax batches when a member evaluates many structures in one call (MACE ...);
+    a committee of ASE calculators relaxes one candidate after another (interleaving single
+    calls only costs their caches)."""
+    from committee_calc.members.mace import MACEMember
+    from committee_calc.relax.pool import batches_natively
+
+    assert not batches_natively(CommitteeCalculator(perturbed_members()))
+    mace = CommitteeCalculator([MACEMember.from_file(mace_models / f"mace_{k}.model") for k in range(2)])
+    assert batches_natively(mace) and batches_natively(Gate(mace))
+    assert batches_natively(CommitteeCalculator([MACEMember.from_file(mace_models / "mace_0.model"), EMT()]))
 
 
 def test_mace_collate_equals_torch_geometric_batch(mace_models):

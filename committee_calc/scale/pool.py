@@ -162,8 +162,7 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
     if len(ids) != len(images) or len(set(ids)) != len(ids):
         raise ConfigError("candidate ids must be unique, one per structure")
     check_candidates(relaxer.gate.committee, images, ids)
-    if recipe.batch:  # refused here, before the workers start, naming the largest candidate
-        pool_budget(ids, images, recipe.atom_budget)
+    pool_budget(ids, images, recipe.atom_budget)  # refused before the workers start, naming the candidate
     out = Path(out_dir)
     done = _prepare(out, ids, images, relaxer.settings(), relaxer.max_steps)
     todo = [(i, a) for i, a in zip(ids, images) if i not in done]
