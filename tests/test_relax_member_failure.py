@@ -65,3 +65,26 @@ def test_batched_and_per_structure_agree_on_a_failing_member(tmp_path):
         assert bool(x["energy_eV"]) == bool(y["energy_eV"])
         if x["energy_eV"]:
             assert float(x["energy_eV"]) == pytest.approx(float(y["energy_eV"]), abs=1e-10)
+
+
+def test_exploded_candidates_are_not_clustered_or_ranked(tmp_path):
+    """A guard's blown-up final structure stays in summary.csv but not in clusters.csv, the
+    ranking of summary.md or the landscape (found by the batched-relaxation trial)."""
+    from ase.build import bulk
+
+    from committee_calc.relax.guards import Guards
+    from committee_calc.relax.runner import run_pool
+
+    pool = cu_pool(3)
+    squeezed = bulk("Cu", "fcc", 3.30, cubic=True)  # relaxing the cell grows it by ~30 %
+    squeezed.info["candidate_id"] = "squeezed"
+    pool.append(squeezed)
+    relaxer = GatedRelaxer(Gate(CommitteeCalculator(perturbed_members())), fmax=0.05, max_steps=60,
+                           cell=True, guards=Guards(volume_factor=1.1))
+    run = run_pool(relaxer, pool, tmp_path / "p", cluster=True, progress=False)
+    status = {r["id"]: r["status"] for r in run.rows}
+    assert status["squeezed"] == "exploded"
+    assert next(r for r in run.rows if r["id"] == "squeezed")["energy_eV"] not in (None, "")
+    assert "squeezed" not in {r["id"] for r in run.finished} and len(run.finished) == 3
+    assert "squeezed" not in (tmp_path / "p" / "clusters.csv").read_text()
+    assert "3 are ranked" in (tmp_path / "p" / "summary.md").read_text()

@@ -78,6 +78,16 @@ class PoolRun:
                 f"evaluations; outputs in {self.out}")
 
 
+#: statuses whose final structure is not a relaxed candidate (a guard ended it blown up): left
+#: out of clustering, ranking and the landscape figure (their rows stay in summary.csv)
+NOT_RANKED = ("exploded",)
+
+
+def ranked_rows(rows) -> list:
+    """The rows that take part in clustering and ranking: with an energy, not :data:`NOT_RANKED`."""
+    return [r for r in rows if r.get("energy_per_atom_eV") not in (None, "") and r["status"] not in NOT_RANKED]
+
+
 def _per_atom(row, key):
     v = row.get(key)
     return float(v) / int(row["natoms"]) if v not in (None, "") else None
@@ -152,7 +162,7 @@ def run_pool(relaxer, images, out_dir, ids=None, cluster=False, cluster_eps=0.5,
     out = Path(out_dir)
     pool = RelaxPool(relaxer, out, progress=progress, batch=batch, atom_budget=atom_budget)
     rows = pool.run(images, ids)
-    finished = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
+    finished = ranked_rows(rows)
     labels = table = None
     if cluster and finished:
         labels, table = cluster_pool(out, finished, committee=relaxer.gate.committee,
@@ -210,7 +220,8 @@ def write_pool_summary_md(run: PoolRun, committee=None, top: int = 5, extra_warn
         ("trajectories/", "one extxyz trajectory per candidate"), ("pool.json", "the pool and its settings"),
         ("clusters.csv", "ranked distinct minima (DBSCAN)"), ("landscape.png", "energy per atom vs density"))
         if (Path(run.out) / name).exists()]
-    ran = (f"committee-relax relaxed a pool of {len(run.rows)} candidates; {len(run.finished)} have an energy."
+    ran = (f"committee-relax relaxed a pool of {len(run.rows)} candidates; {len(run.finished)} are ranked "
+           f"(an energy, not exploded)."
            + (f" {run.batching}." if run.batching else ""))
     return write_summary_md(run.out, "committee-relax summary", ran, numbers, warns, files)
 

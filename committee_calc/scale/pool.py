@@ -36,7 +36,15 @@ from ..fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
 from ..relax.budget import pool_budget
 from ..relax.gated import GatedRelaxer
 from ..relax.pool import RelaxPool, candidate_ids, check_candidates, settings_change
-from ..relax.runner import PoolRun, cluster_pool, one_surface, plot_pool, run_pool, write_pool_summary_md
+from ..relax.runner import (
+    PoolRun,
+    cluster_pool,
+    one_surface,
+    plot_pool,
+    ranked_rows,
+    run_pool,
+    write_pool_summary_md,
+)
 from ..relax.summary import SUMMARY_COLUMNS, log_row, reopen_summary, summary_in_order, upgrade_summary
 from ..units import check_positive
 from .executors import open_executor
@@ -221,7 +229,7 @@ def pool_run(out, ids, summary, relaxer=None, cluster=False, cluster_eps=0.5, de
     ``relaxer``, whose committee gives the descriptors) and ``landscape.png``."""
     by_id = {r["id"]: r for r in summary.rows()}
     rows = [by_id[i] for i in ids if i in by_id]
-    finished = [r for r in rows if r.get("energy_per_atom_eV") not in (None, "")]
+    finished = ranked_rows(rows)
     labels = table = None
     if cluster and finished:
         labels, table = cluster_pool(out, finished, committee=relaxer.gate.committee, eps=cluster_eps,
