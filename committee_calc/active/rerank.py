@@ -75,29 +75,32 @@ def _gates(ls, committee, reference, thresholds, logic, hard_cap, label_store) -
 
 def evaluate_landscape(ls, gates, progress=False, delta=False, batch_size=None) -> list:
     """GateResult per structure of ``ls`` (original order): the committee in batched calls of
-    ``batch_size`` structures (default 16; the gate's committee-only view, :meth:`Gate.evaluate_many
-    <committee_calc.gate.Gate.evaluate_many>`: a progress line ``predict`` per batch), then each
-    structure decided by its gate (:meth:`Gate.evaluate <committee_calc.gate.
-    Gate.evaluate>` with the precomputed output; progress ``gate``: a line per 5 % of the
-    structures, whose end names the reference calls so far).  With ``delta`` the landscape's baseline
-    values are stored with any label (Δ-learning).  Raises as :meth:`Gate.evaluate_many`."""
+    ``batch_size`` structures (default 16) over the whole landscape, cells of any size together
+    (``committee.predict``, committee only, never a reference: a progress line ``predict`` per
+    batch), then each structure decided by the gate of its unit count (:meth:`Gate.evaluate
+    <committee_calc.gate.Gate.evaluate>` with the precomputed output; progress ``gate``: a line
+    per 5 % of the structures, whose end names the reference calls so far).  A committee without
+    ``predict`` is evaluated by each gate.  With ``delta`` the landscape's baseline values are
+    stored with any label (Δ-learning).  Raises as :meth:`Gate.evaluate_many
+    <committee_calc.gate.Gate.evaluate_many>`."""
+    committee = next(iter(gates.values())).committee
+    predict = getattr(committee, "predict", None)
+    coms = [None] * len(ls)
+    if predict is not None:  # raw committee output: each gate counts its own molecules
+        coms = predict(list(ls.structures), batch_size=batch_size, properties=[K.ENERGY, K.FORCES],
+                       progress=progress)
+        coms = [c if c.get(K.FORCES) is not None else None for c in coms]
     results = [None] * len(ls)
-    for n, gate in gates.items():
-        idx = np.flatnonzero(ls.n_units == n)
-        images = [ls.structures[i] for i in idx]
-        # the committee's batched output first (committee only: never a reference), then decided
-        coms = gate.committee_only().evaluate_many(images, progress=progress, batch_size=batch_size,
-                                                   nonfinite="none")
-        with Progress(len(idx), "gate", unit="structures", enabled=progress) as bar:
-            calls0 = gate.n_reference_calls
-            for i, a, c in zip(idx, images, coms):
-                calls = gate.n_reference_calls
-                results[i] = gate.evaluate(a, info={"index": int(i), "name": ls.names[i]},
-                                           baseline=ls.baseline(i) if delta else None,
-                                           committee_results=None if c is None else c.committee_results)
-                n_ref = gate.n_reference_calls - calls0
-                last = f"{ls.names[i]}: reference" if gate.n_reference_calls > calls else ls.names[i]
-                bar.update(1, postfix=f"{n_ref} reference call{'s' * (n_ref != 1)}; {last}")
+    calls = lambda: sum(g.n_reference_calls for g in gates.values())  # noqa: E731
+    with Progress(len(ls), "gate", unit="structures", enabled=progress) as bar:
+        calls0 = calls()
+        for i, (a, c) in enumerate(zip(ls.structures, coms)):
+            gate, before = gates[float(ls.n_units[i])], calls()
+            results[i] = gate.evaluate(a, info={"index": int(i), "name": ls.names[i]},
+                                       baseline=ls.baseline(i) if delta else None, committee_results=c)
+            n_ref = calls() - calls0
+            last = f"{ls.names[i]}: reference" if calls() > before else ls.names[i]
+            bar.update(1, postfix=f"{n_ref} reference call{'s' * (n_ref != 1)}; {last}")
     return results
 
 
