@@ -105,8 +105,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors end, like every other refusal, with one ``error:`` line
-    (after the usage) and exit code 2; every driver's parser also gets ``--version`` and
+    """argparse whose usage errors are, like every other refusal, one ``error:`` line (naming
+    ``--help``, not the whole usage) and exit code 2; every driver's parser also gets ``--version`` and
     ``--verbose`` (third-party warnings shown, see :func:`run_cli`) and the :class:`HelpFormatter`
     (defaults in ``--help``)."""
 
@@ -119,8 +119,8 @@ class ArgumentParser(argparse.ArgumentParser):
                           help="show third-party (torch, e3nn, MACE, phonopy, ...) warnings")
 
     def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"error: {self.prog}: {' '.join(str(message).split())}\n")
+        self.exit(2, f"error: {self.prog}: {' '.join(str(message).split())} ({self.prog} --help lists "
+                     f"the options)\n")
 
 
 def _arg_type(check, label: str):

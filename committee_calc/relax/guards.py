@@ -34,7 +34,8 @@ def _limit(name, value, low):
         return None
     v = float(value)
     if not math.isfinite(v) or v <= low:
-        raise ConfigError(f"guard {name} must be a number > {low:g} (None: no check), got {value!r}")
+        raise ConfigError(f"guard {name} (--guard-{name.replace('_', '-')}) must be a number > {low:g}, "
+                          f"got {value!r}; 0 on the command line (None in Python) turns it off")
     return v
 
 
