@@ -46,7 +46,7 @@ from .calibration_maps import (
 )
 from .calibration_offsets import EnergyOffsets
 from .config import read_yaml, write_yaml_atomic
-from .errors import BackendUnavailableError, CalibrationError, ConfigError
+from .errors import BackendUnavailableError, CalibrationError, CommitteeWarning, ConfigError
 from .structures import read_structures, structure_hash
 
 #: quantities the calibration suite fits: energy per atom, force and stress components
@@ -233,7 +233,7 @@ def fit_conformal(errors, sigmas, coverage: float = 0.95) -> Calibrator:
     if level > 1:
         warnings.warn(f"{scores.size} samples are too few for a finite split-conformal quantile at "
                       f"coverage {c:g} (needs >= {math.ceil(c / (1 - c))}); using the largest score",
-                      RuntimeWarning, stacklevel=2)
+                      CommitteeWarning, stacklevel=2)
     q = float(np.quantile(scores, min(level, 1.0), method="higher"))
     return conformal_calibrator(c, max(q, np.finfo(float).tiny))
 

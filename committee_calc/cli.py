@@ -58,7 +58,7 @@ QUIET_MODULES = ("e3nn", "torch", "torch_geometric", "mace", "phonopy", "spglib"
 #: third-party warnings attributed to other modules (ast; phonopy's warnings with a stacklevel
 #: that points into committee_calc, whose own QHAWarning/PhononWarning say the same specifically)
 QUIET_MESSAGES = ("The TorchScript type system", "Lattice parameters are extrapolated outside the fitted volume",
-                  "Half-grid shift", "Mesh [")
+                  "Half-grid shift", "Mesh [", "logm result may be inaccurate")  # the last: scipy in ASE's cell filter
 
 
 #: unit suffix of an option name (``--pressure-GPa``) -> the unit shown in ``--help``; one spelling

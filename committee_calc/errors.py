@@ -88,3 +88,9 @@ class LostSchedulerError(CommitteeError):
 
 __all__ = [name for name, obj in list(globals().items())
            if isinstance(obj, type) and obj.__module__ == __name__]
+
+
+class CommitteeWarning(RuntimeWarning):
+    """A committee_calc warning (label store repaired, retraining skipped, calibration coverage,
+    an isolated atom...): drivers print it as one ``warning:`` line.  A RuntimeWarning, so
+    filters and tests written for those still match."""

@@ -47,7 +47,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from . import keys as K
 from .domain import check_results
-from .errors import ConfigError, GateStop, NonFiniteOutputError
+from .errors import CommitteeWarning, ConfigError, GateStop, NonFiniteOutputError
 from .labeller import Labeller
 from .measures import check_energy_offsets, check_limits, check_molecules, compute_measures, decide, parse_limits
 from .molecules import count_molecules
@@ -380,7 +380,7 @@ class Gate(Calculator):
             if self.retrain_errors == "raise":
                 raise
             warnings.warn(f"retraining failed ({type(exc).__name__}: {exc}); keeping the "
-                          "current committee", RuntimeWarning, stacklevel=3)
+                          "current committee", CommitteeWarning, stacklevel=3)
             return
         self.committee = new
         self.n_retrains += 1

@@ -62,7 +62,7 @@ import numpy as np
 from ase import Atoms
 
 from ._lock import file_lock
-from .errors import LabelStoreError
+from .errors import CommitteeWarning, LabelStoreError
 from .fileio import fsync_dir as _fsync_dir
 from .fileio import write_all as _write_all  # module global: tests replace it to emulate a kill
 from .io import attach_uncertainties
@@ -155,7 +155,7 @@ class LabelStore:
             self._torn_seen = torn
             warnings.warn(f"label store {self.path} ends with an incomplete frame ({torn[1]} bytes at offset "
                           f"{torn[0]}): not read; the next append moves it to {self.quarantine_path}",
-                          RuntimeWarning, stacklevel=5)
+                          CommitteeWarning, stacklevel=5)
         return True
 
     def _create_folder(self) -> None:
@@ -233,7 +233,7 @@ class LabelStore:
         self.n_quarantined += 1
         warnings.warn(f"label store {self.path}: a torn trailing frame ({len(data)} bytes, from "
                       f"an interrupted write) was moved to {self.quarantine_path}",
-                      RuntimeWarning, stacklevel=3)
+                      CommitteeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ formatting
     def format_frame(self, atoms, reference_results: dict, committee_results=None,

@@ -37,7 +37,7 @@ import numpy as np
 from ase import Atoms
 
 from .. import keys as K
-from ..errors import CommitteeError, ConfigError, ModelFileError
+from ..errors import CommitteeError, CommitteeWarning, ConfigError, ModelFileError
 from ..structures import is_bulk
 from ..units import GPA
 from ._torch_common import check_device, check_model_file, import_framework, keeps_torch_globals, torch_scope
@@ -224,7 +224,7 @@ class CHGNetMember(BatchedMember):
         key = (atoms.get_chemical_formula(), tuple(lonely))
         if lonely and key not in self._warned:
             self._warned.add(key)
-            warnings.warn(f"member {self.name!r}: {self._isolated_message(atoms, lonely)}", RuntimeWarning,
+            warnings.warn(f"member {self.name!r}: {self._isolated_message(atoms, lonely)}", CommitteeWarning,
                           stacklevel=4)
 
     @classmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CalibrationError, ConfigError
+from ..errors import CalibrationError, CommitteeWarning, ConfigError
 from ..fileio import atomic_write_bytes
 from ..structures import structure_hash
 from .mace_llpr import LLPRModel, covariance_path, model_digest
@@ -84,7 +84,7 @@ def fit_llpr(model_path, train_frames, heldout_frames, energy_key: str = "REF_en
     if shared:
         warnings.warn(f"{shared} of {len(heldout_frames)} held-out structures are also training "
                       f"structures: the calibration α fitted on them is optimistic; hold out other "
-                      f"frames", RuntimeWarning, stacklevel=2)
+                      f"frames", CommitteeWarning, stacklevel=2)
     core = LLPRModel(model_path, dtype=dtype, head=head, need_covariance=False)
     phi_train, _ = features(core, train_frames, batch_size)
     phi_held, pred = features(core, heldout_frames, batch_size)
