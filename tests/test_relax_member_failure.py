@@ -88,3 +88,20 @@ def test_exploded_candidates_are_not_clustered_or_ranked(tmp_path):
     assert "squeezed" not in {r["id"] for r in run.finished} and len(run.finished) == 3
     assert "squeezed" not in (tmp_path / "p" / "clusters.csv").read_text()
     assert "3 are ranked" in (tmp_path / "p" / "summary.md").read_text()
+
+
+def test_reference_failure_at_verification_reports_the_steps_done_in_both_modes(tmp_path, monkeypatch):
+    """The reference fails on one candidate's verification single point, after its committee
+    steps: per-structure and batched rows both give those steps (per-structure said 0)."""
+    monkeypatch.chdir(tmp_path)  # the reference keeps its failed calculations in ./failed
+    rows = {}
+    for batch in (True, False):
+        FlakyEMT.fail = True
+        committee = CommitteeCalculator(perturbed_members())
+        relaxer = GatedRelaxer(Gate(committee, FlakyEMT()), optimizer="FIRE", fmax=0.05, max_steps=30)
+        rows[batch] = {r["id"]: r for r in RelaxPool(relaxer, tmp_path / f"b{batch}", progress=False,
+                                                     batch=batch).run(cu_pool(5))}
+    bad = [rows[b]["cu03"] for b in (True, False)]
+    assert [r["status"] for r in bad] == ["reference_failed"] * 2
+    assert bad[0]["steps"] == bad[1]["steps"] and int(bad[0]["steps"]) > 0
+    assert bad[0]["reference_calls"] == bad[1]["reference_calls"]

@@ -278,7 +278,8 @@ class RelaxPool:
         except (ReferenceCalculationError, CommitteeCalculationError) as exc:
             # attempted calls: those of earlier runs (saved frame), those of this run, the failed one
             earlier = int(resume.info.get("relax_reference_calls", 0)) if resume is not None else 0
-            steps = int(resume.info.get("relax_step", 0)) if resume is not None else 0
+            last = read_last_frame(path)  # steps: of the last frame saved, as the batched path counts
+            steps = int(last.info.get("relax_step", 0)) if last is not None else 0
             failed = isinstance(exc, ReferenceCalculationError)
             return failed_row(cid, atoms, exc, earlier + gate.n_reference_calls - before + failed, steps)
         return self._row(cid, atoms, res, frames[-1] if frames else None)
