@@ -205,6 +205,7 @@ def test_guards_end_a_collapsing_candidate_before_the_reference(batch):
     close = Atoms("Ar2", positions=[[0, 0, 0], [0.4, 0, 0]])
     res = BatchedRelaxation(relaxer).relax([close])[0] if batch else relaxer.relax(close)
     assert res.status == "exploded" and res.n_committee_calls == 0 and res.atoms is None
+    assert "in the input structure (before any step" in res.reason
     # force blow-up: the committee answers, the guard ends it before the gate falls back
     relaxer = GatedRelaxer(_pair_gate([40.0, 0, 0], k=10.0), fmax=1e-3)
     res = BatchedRelaxation(relaxer).relax([start])[0] if batch else relaxer.relax(start)

@@ -172,7 +172,9 @@ class PolicyCalculator(Calculator):
         if self.guards is not None and not _same(geo, self._checked):
             why = self.guards.geometry(atoms, self.volume0)
             if why is not None:
-                raise Stop("exploded", f"exploded: {why}")
+                start = self.state.evaluations == 0  # the input itself, before any step
+                raise Stop("exploded", f"exploded: {why}" + (" in the input structure (before any step: fix "
+                                                               "the structure or loosen --guard-*)" if start else ""))
         self._checked = geo
 
     def _committee(self, atoms, props):
