@@ -46,6 +46,7 @@ from .gate import Gate
 from .imports import import_object
 from .measures import MEASURES, check_molecules, cli_limit_value, parse_limits
 from .reference import load_reference
+from .relax.pool import check_candidates
 from .train import committee_retrainer
 from .units import check_count, check_finite, check_positive
 
@@ -259,15 +260,9 @@ def load_reference_from_args(args):
 
 
 def check_species(committee, images) -> None:
-    """Every element of every structure must be known to every member (checked before writing)."""
-    members = getattr(committee, "members", None) or getattr(getattr(committee, "committee", None),
-                                                             "members", [])
-    for i, atoms in enumerate(images):
-        for m in members:
-            try:
-                m.check_atoms(atoms)
-            except CommitteeError as exc:
-                raise type(exc)(f"structure {i}: {exc}") from None
+    """Every element of every structure must be known to every member (checked before writing;
+    the error names the structure by its id, :func:`~committee_calc.relax.pool.check_candidates`)."""
+    check_candidates(committee, images)
 
 
 def retrainer_from_args(args):
