@@ -136,9 +136,7 @@ def run(argv=None) -> int:
             print(f"{r['id']}: {r['reason']}{cap_hint(r['reason'])}")
     print(res.describe())
     if res.all_failed:  # nearly always the reference's settings: a user-facing error (exit 2)
-        raise ReferenceCalculationError(
-            f"the reference or committee calculation failed for all {res.n_failed} candidates "
-            f"(first: {res.rows[0]['reason']}); every reason is in {res.out / 'summary.csv'}")
+        raise ReferenceCalculationError(res.failed_message())
     return 0
 
 

@@ -64,6 +64,12 @@ class PoolRun:
         """Every candidate's reference or committee failed (nothing was relaxed)."""
         return bool(self.rows) and self.n_failed == len(self.rows)
 
+    def failed_message(self) -> str:
+        """What failed when :attr:`all_failed` (the first reason, where the others are)."""
+        what = "reference" if self.status.get("reference_failed") == self.n_failed else "reference or committee"
+        return (f"the {what} calculation failed for all {self.n_failed} candidates (first: "
+                f"{self.rows[0]['reason']}); every reason is in {Path(self.out) / 'summary.csv'}")
+
     def describe(self) -> str:
         """The pool in one line: statuses, verification, failures, reference calls."""
         status = ", ".join(f"{n} {k}" for k, n in self.status.items())
