@@ -42,7 +42,7 @@ from committee_calc.cli import (
     run_cli,
     spec_from_args,
 )
-from committee_calc.errors import ConfigError, ReferenceCalculationError
+from committee_calc.errors import ConfigError
 from committee_calc.relax.gated import OPTIMIZERS, POLICIES, GatedRelaxer, policy_thresholds
 from committee_calc.relax.guards import DEFAULT_GUARDS, FIELDS, Guards
 from committee_calc.relax.pool import batches_natively, check_candidates
@@ -136,7 +136,7 @@ def run(argv=None) -> int:
             print(f"{r['id']}: {r['reason']}{cap_hint(r['reason'])}")
     print(res.describe())
     if res.all_failed:  # nearly always the reference's settings: a user-facing error (exit 2)
-        raise ReferenceCalculationError(res.failed_message())
+        raise res.failure()
     return 0
 
 

@@ -138,7 +138,7 @@ def test_every_reference_failing_exits_2_with_a_count(tmp_path, capsys, caplog):
     last = cap.err.strip().splitlines()[-1]
     assert last.startswith("error: ReferenceCalculationError: the reference calculation failed for all 3")
     assert "SCF did not converge" in last and "summary.csv" in last
-    assert "reference failed for 3 of 3" in cap.out
+    assert "reference_failed 3 of 3 (reasons in summary.csv)" in cap.out
     assert "None" not in caplog.text and "reference_failed" in caplog.text
     with open(tmp_path / "out" / "summary.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -105,3 +105,15 @@ def test_reference_failure_at_verification_reports_the_steps_done_in_both_modes(
     assert [r["status"] for r in bad] == ["reference_failed"] * 2
     assert bad[0]["steps"] == bad[1]["steps"] and int(bad[0]["steps"]) > 0
     assert bad[0]["reference_calls"] == bad[1]["reference_calls"]
+
+
+def test_every_candidate_failing_on_the_committee_is_a_committee_error(tmp_path):
+    from committee_calc.errors import CommitteeCalculationError
+    from committee_calc.relax.runner import run_pool
+
+    FlakyEMT.fail = True
+    relaxer = GatedRelaxer(Gate(CommitteeCalculator([*perturbed_members()[:1], FlakyEMT()])), max_steps=5)
+    run = run_pool(relaxer, [cu_pool(6)[3]], tmp_path / "p", progress=False)
+    assert run.all_failed and "committee_failed 1 of 1" in run.describe()
+    err = run.failure()
+    assert isinstance(err, CommitteeCalculationError) and "reference or committee" in str(err)

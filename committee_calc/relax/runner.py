@@ -22,6 +22,7 @@ import numpy as np
 
 from ..analysis.cluster import cluster_structures, ranked_table
 from ..analysis.plots import plot_landscape
+from ..errors import CommitteeCalculationError, CommitteeError, ReferenceCalculationError
 from ..summary_md import domain_warnings, write_summary_md
 from ..units import check_positive
 from .io import write_clusters_csv
@@ -64,11 +65,14 @@ class PoolRun:
         """Every candidate's reference or committee failed (nothing was relaxed)."""
         return bool(self.rows) and self.n_failed == len(self.rows)
 
-    def failed_message(self) -> str:
-        """What failed when :attr:`all_failed` (the first reason, where the others are)."""
-        what = "reference" if self.status.get("reference_failed") == self.n_failed else "reference or committee"
-        return (f"the {what} calculation failed for all {self.n_failed} candidates (first: "
-                f"{self.rows[0]['reason']}); every reason is in {Path(self.out) / 'summary.csv'}")
+    def failure(self) -> CommitteeError:
+        """The error to raise when :attr:`all_failed`: ReferenceCalculationError when only the
+        reference failed, else CommitteeCalculationError (the first reason, where the others are)."""
+        ref = self.status.get("reference_failed") == self.n_failed
+        what, cls = ("reference", ReferenceCalculationError) if ref else \
+            ("reference or committee", CommitteeCalculationError)
+        return cls(f"the {what} calculation failed for all {self.n_failed} candidates (first: "
+                   f"{self.rows[0]['reason']}); every reason is in {Path(self.out) / 'summary.csv'}")
 
     def describe(self) -> str:
         """The pool in one line: statuses, verification, failures, reference calls."""
@@ -79,7 +83,8 @@ class PoolRun:
                 f"{n} {'agree' if k == 'yes' else 'disagree' if k == 'no' else k}"
                 for k, n in self.verified.items())
         if self.n_failed:
-            text += f"; reference failed for {self.n_failed} of {len(self.rows)} (see summary.csv)"
+            text += (f"; {' and '.join(f'{k} {n}' for k, n in self.status.items() if k in FAILED)} of "
+                     f"{len(self.rows)} (reasons in summary.csv)")
         return (f"{text}; reference calls {self.n_reference_calls} / {self.n_evaluations} "
                 f"evaluations; outputs in {self.out}")
 

@@ -93,7 +93,7 @@ def reopen_summary(path, max_steps) -> list:
         w.writeheader()
         w.writerows(r for r in rows if not reopen(r))
         atomic_write_text(path, buf.getvalue())
-        log.info("continuing %d candidates of %s (reference failed, or max_steps below %d): %s",
+        log.info("continuing %d candidates of %s (reference or committee failed, or max_steps below %d): %s",
                  len(ids), path.parent, max_steps, ", ".join(ids))
     return ids
 
