@@ -214,3 +214,15 @@ def test_molecules_that_cannot_be_identified():
     cu = bulk("Cu", cubic=True)
     atoms, topo = make_whole(cu, labels=np.arange(len(cu)))
     assert topo.n_molecules == len(cu)
+
+
+def test_one_atom_units_of_a_small_metal_cell_are_whole():
+    """--units atoms on a primitive fcc cell (each atom bonds to its own periodic images): every
+    unit is one atom and already whole (was refused as a periodic network)."""
+    from ase.build import bulk
+
+    a = bulk("Cu", "fcc", a=3.61)
+    a.rattle(0.02, seed=1)
+    atoms, topo = make_whole(a, labels=np.arange(len(a)))
+    d = atoms.get_scaled_positions(wrap=False) - a.get_scaled_positions(wrap=False)
+    np.testing.assert_allclose(d - np.round(d), 0, atol=1e-10)  # the same atom, at most wrapped

@@ -127,6 +127,8 @@ def make_whole(atoms, labels=None, mult: float = 1.1):
         idx = np.flatnonzero(labels == m)
         root = idx[0]
         new[root] = pos[root]
+        if len(idx) == 1:  # a one-atom unit (--units atoms) is whole; bonds to its images are the lattice's
+            continue
         queue = deque([root])
         while queue:
             i = queue.popleft()
