@@ -119,7 +119,7 @@ def run(argv=None) -> int:
     check_outputs(args)
     images = read_structures(args.candidates, labels=False)
     committee = load_committee_from_args(args)
-    check_candidates(committee, images)
+    check_candidates(committee, images, atom_budget=args.atom_budget)  # before any cluster starts
     relaxer, batch = make_relaxer(args, committee), not args.no_batch and batches_natively(committee)
     res = run_pool_with(spec, relaxer, images, args.out, args.committee, args.molecules, args.shard,
                         cluster=args.cluster, cluster_eps=args.cluster_eps, descriptor=args.descriptor,

@@ -123,9 +123,10 @@ def settings_change(old: dict, new: dict) -> str:
     return ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
-def check_candidates(committee, images, ids=None) -> None:
+def check_candidates(committee, images, ids=None, atom_budget=None) -> None:
     """Every element of every candidate must be known to every member of ``committee`` (a
-    committee or a gate); raises the member's CommitteeError naming the candidate."""
+    committee or a gate), and a fixed ``atom_budget`` must hold the largest candidate
+    (:func:`~.budget.pool_budget`); raises the CommitteeError naming the candidate."""
     members = getattr(getattr(committee, "committee", committee), "members", None) or []
     images = list(images)
     ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
@@ -135,6 +136,8 @@ def check_candidates(committee, images, ids=None) -> None:
                 m.check_atoms(atoms)
             except CommitteeError as exc:
                 raise type(exc)(f"candidate {cid} (structure {k}): {exc}") from None
+    if atom_budget:
+        pool_budget(ids, images, atom_budget)
 
 
 def batches_natively(committee) -> bool:
