@@ -33,7 +33,6 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..fileio import CsvLog, atomic_write_text, load_json, save_json_atomic
-from ..relax.budget import pool_budget
 from ..relax.gated import GatedRelaxer
 from ..relax.pool import RelaxPool, candidate_ids, check_candidates, settings_change
 from ..relax.runner import (
@@ -169,8 +168,7 @@ def run_pool_scaled(recipe: RelaxRecipe, images, out_dir, executor=None, relaxer
         raise ConfigError(f"chunk_size must be a whole number >= 1, got {chunk_size!r}")
     if len(ids) != len(images) or len(set(ids)) != len(ids):
         raise ConfigError("candidate ids must be unique, one per structure")
-    check_candidates(relaxer.gate.committee, images, ids)
-    pool_budget(ids, images, recipe.atom_budget)  # refused before the workers start, naming the candidate
+    check_candidates(relaxer.gate.committee, images, ids, atom_budget=recipe.atom_budget)  # before the workers
     out = Path(out_dir)
     done = _prepare(out, ids, images, relaxer.settings(), relaxer.max_steps)
     todo = [(i, a) for i, a in zip(ids, images) if i not in done]
