@@ -33,6 +33,11 @@ def write_summary_md(out, title: str, ran: str, numbers, warnings=(), files=()) 
     return str(path)
 
 
+def present_files(out, files) -> list:
+    """The (name, what it holds) pairs of ``files`` whose name exists in the folder ``out``."""
+    return [(name, what) for name, what in files if (Path(out) / name).exists()]
+
+
 def domain_warnings(committee) -> list:
     """The domain/trust warnings a committee-only run gave (:mod:`committee_calc.domain`), as text;
     [] when the committee records no domain or none was left."""
@@ -42,4 +47,4 @@ def domain_warnings(committee) -> list:
     return list(getattr(watch, "messages", []))
 
 
-__all__ = ["SUMMARY_MD", "domain_warnings", "summary_text", "write_summary_md"]
+__all__ = ["SUMMARY_MD", "domain_warnings", "present_files", "summary_text", "write_summary_md"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..bias import bias_from_dict
 from ..fileio import load_json, save_json_atomic
-from ..summary_md import domain_warnings, write_summary_md
+from ..summary_md import domain_warnings, present_files, write_summary_md
 
 TRAJECTORY = "md_trajectory.extxyz"
 LOG = "md_log.csv"
@@ -129,8 +129,7 @@ def write_md_summary(out_dir, run, gate, settings: dict | None = None) -> str:
         warns.append("committee only: no reference checked any step (σ are the committee's own spreads)")
     files = [(TRAJECTORY, "frames every --write-interval steps"), (LOG, "per-step thermo log and spreads"),
              (STATE, "state to resume from")]
-    files += [(name, what) for name, what in ((PLOT, "σ trace"), (THERMO_PLOT, "E, T, P, V and σ traces"))
-              if (Path(out_dir) / name).is_file()]
+    files += present_files(out_dir, ((PLOT, "σ trace"), (THERMO_PLOT, "E, T, P, V and σ traces")))
     if run.label_store:
         files.append((run.label_store, "reference labels"))
     ran = (f"committee-md ({run.mode} mode) ran steps {md.start_step}–{md.last_step} "

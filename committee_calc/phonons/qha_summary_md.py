@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..summary_md import domain_warnings, write_summary_md
+from ..summary_md import domain_warnings, present_files, write_summary_md
 from ..units import ev_per_a3_to_gpa
 
 
@@ -56,12 +56,11 @@ def write_qha_summary_md(run, committee=None) -> str:
     if summary.get("supercell_warning"):
         warns.append(str(summary["supercell_warning"]))
     warns += domain_warnings(committee)
-    files = [(name, what) for name, what in (
+    files = present_files(out, (
         ("qha.csv", "T, V, G, B_T, β, C_P: mean potential and member mean ± σ"),
         ("qha.png", "2×3 panels, extrapolated temperatures shaded"),
         ("bands.png", "phonon bands with the committee ±σ band"), ("dos.png", "phonon DOS ±σ (clipped at 0)"),
-        ("qha_summary.json", "volumes, warnings, settings"), ("imaginary_modes.csv", "imaginary modes per volume"))
-        if (out / name).is_file()]
+        ("qha_summary.json", "volumes, warnings, settings"), ("imaginary_modes.csv", "imaginary modes per volume")))
     ran = "committee-qha computed phonons at each volume and the quasi-harmonic free energy G(T)."
     return write_summary_md(out, "committee-qha summary", ran, numbers, warns, files)
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..analysis.cluster import cluster_structures, ranked_table
 from ..analysis.plots import plot_landscape
 from ..errors import CommitteeCalculationError, CommitteeError, ReferenceCalculationError
-from ..summary_md import domain_warnings, write_summary_md
+from ..summary_md import domain_warnings, present_files, write_summary_md
 from ..units import check_positive
 from .io import write_clusters_csv
 from .pool import RelaxPool, candidate_ids, final_frame
@@ -225,12 +225,11 @@ def write_pool_summary_md(run: PoolRun, committee=None, top: int = 5, extra_warn
     warns += list(extra_warnings)
     if committee is not None:
         warns += domain_warnings(committee)
-    files = [(name, what) for name, what in (
+    files = present_files(run.out, (
         ("relaxed.extxyz", "final structures of the finished candidates"),
         ("summary.csv", "one row per finished candidate: status, energies [eV], spreads, reference calls"),
         ("trajectories/", "one extxyz trajectory per candidate"), ("pool.json", "the pool and its settings"),
-        ("clusters.csv", "ranked distinct minima (DBSCAN)"), ("landscape.png", "energy per atom vs density"))
-        if (Path(run.out) / name).exists()]
+        ("clusters.csv", "ranked distinct minima (DBSCAN)"), ("landscape.png", "energy per atom vs density")))
     ran = (f"committee-relax relaxed a pool of {len(run.rows)} candidates; {len(run.finished)} are ranked "
            f"(an energy, not exploded)."
            + (f" {run.batching}." if run.batching else ""))
