@@ -125,6 +125,20 @@ def si_train_file(tmp_path_factory, si_train_frames):
 
 
 @pytest.fixture(scope="session")
+def llpr_model(tmp_path_factory, si_train_frames):
+    """A tiny MACE model with its LLPR covariance fitted by the console command (test_llpr*)."""
+    pytest.importorskip("mace")
+    from drivers.llpr_fit import main as fit_main
+
+    d = tmp_path_factory.mktemp("llpr")
+    model = build_mace(d / "m.model", si_train_frames, seed=3, steps=4)
+    write_extxyz(si_train_frames, d / "train.extxyz")
+    write_extxyz(labelled_si(8, seed=5), d / "heldout.extxyz")
+    assert fit_main([model, str(d / "train.extxyz"), "--heldout", str(d / "heldout.extxyz")]) == 0
+    return model
+
+
+@pytest.fixture(scope="session")
 def mace_models(tmp_path_factory, si_train_frames):
     """Folder with mace_0..3.model (r_max 4, float64) + odd_rmax.model (r_max 3.5)."""
     pytest.importorskip("mace")
