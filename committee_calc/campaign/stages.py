@@ -44,7 +44,7 @@ from ..fileio import append_frame, read_frames_repair, write_structures_atomic
 from ..gate import Gate
 from ..io import read_uncertainties
 from ..relax.batched import BatchedRelaxation
-from ..relax.budget import AtomBudget
+from ..relax.budget import pool_budget
 from ..relax.criteria import max_force, stress_residual_GPa
 from ..relax.gated import GatedRelaxer
 from ..scale.campaign import prefetch_labels
@@ -194,7 +194,7 @@ def relax_stage(state, committee, inputs, progress, trained=frozenset(), atom_bu
 
     for cid in todo:
         starts[cid] = start_structure(state, cid, inputs)
-    budget = AtomBudget(atom_budget, largest=max((len(a) for a in starts.values()), default=1))
+    budget = pool_budget(todo, [starts[cid] for cid in todo], atom_budget)
     BatchedRelaxation(relaxers[False], budget, errors=(NonFiniteOutputError,)).run(
         [(cid, len(starts[cid])) for cid in todo], start, finish)
     order = [cid for cid in rec["active"] if cid in rec["results"]]
