@@ -98,8 +98,9 @@ def evaluate_landscape(ls, gates, progress=False, delta=False, batch_size=None) 
             gate, before = gates[float(ls.n_units[i])], calls()
             results[i] = gate.evaluate(a, info={"index": int(i), "name": ls.names[i]},
                                        baseline=ls.baseline(i) if delta else None, committee_results=c)
-            n_ref = calls() - calls0
-            last = f"{ls.names[i]}: reference" if calls() > before else ls.names[i]
+            after = calls()
+            n_ref = after - calls0
+            last = f"{ls.names[i]}: reference" if after > before else ls.names[i]
             bar.update(1, postfix=f"{n_ref} reference call{'s' * (n_ref != 1)}; {last}")
     return results
 

@@ -127,7 +127,7 @@ def check_candidates(committee, images, ids=None, atom_budget=None) -> None:
     """Every element of every candidate must be known to every member of ``committee`` (a
     committee or a gate), and a fixed ``atom_budget`` must hold the largest candidate
     (:func:`~.budget.pool_budget`); raises the CommitteeError naming the candidate."""
-    members = getattr(getattr(committee, "committee", committee), "members", None) or []
+    members = _members(committee)
     images = list(images)
     ids = [str(i) for i in ids] if ids is not None else candidate_ids(images)
     for k, (cid, atoms) in enumerate(zip(ids, images)):
@@ -146,8 +146,12 @@ def batches_natively(committee) -> bool:
     LLPR).  Without one, a batched relaxation only interleaves single calls, which costs the
     members' caches (ASE calculators rebuild their neighbour lists: measured 1.8x slower for an
     EMT committee), so ``committee-relax`` relaxes one candidate after another (same results)."""
-    members = getattr(getattr(committee, "committee", committee), "members", None) or []
-    return any(isinstance(m, BatchedMember) for m in members)
+    return any(isinstance(m, BatchedMember) for m in _members(committee))
+
+
+def _members(committee) -> list:
+    """The members of a committee, or of a gate's committee."""
+    return getattr(getattr(committee, "committee", committee), "members", None) or []
 
 
 def _safe(name: str) -> bool:
